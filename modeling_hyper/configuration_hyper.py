@@ -1,0 +1,77 @@
+"""Configuration of a HypeR retriever: a BERT-family backbone plus an optional (hyper-)prompt pool."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+REPRESENTATIONS = ("dense", "sparse")
+POOLINGS = ("mean", "cls")
+
+
+class HyperConfig(PretrainedConfig):
+    """Settings of `HyperRetrieverModel`.
+
+    Args:
+        backbone_config: the encoder's config (a `PretrainedConfig` or its dict); any encoder whose attention goes
+            through transformers' attention interface (BERT, RoBERTa, XLM-R, ...). MPNet works without prompts only.
+        representation: "dense" (pooled hidden states, shape (B, hidden)) or "sparse" (SPLADE: the MLM head's
+            max over tokens of log(1 + relu(logits)), shape (B, vocab)). Sparse needs a backbone with an MLM head.
+        pooling: "mean" over real tokens or "cls" (dense only).
+        normalize: L2-normalise dense embeddings.
+        share_encoders: one encoder for queries and passages; otherwise the passage encoder is a separate copy.
+        freeze_passage_encoder: the passage encoder gets no gradient (the release's setting: index built once).
+        freeze_query_backbone: only the prompt modules train (the release's default; the paper trains both).
+        hyper_prompt: the prompt pool's settings (`HyperPromptConfig` as a dict) or None for no prompt.
+            `pool_size == 1` is the single shared prefix baseline; `pool_size > 1` is HypeR's hyper-prompt.
+        max_length: tokens kept per text by `encode_queries` / `encode_corpus`; longer texts are truncated.
+        attention_backend: "sdpa" or "eager", the backbone's attention kernel under the prefix.
+    """
+
+    model_type = "hyper_retriever"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        representation: str = "dense",
+        pooling: str = "mean",
+        normalize: bool = True,
+        share_encoders: bool = True,
+        freeze_passage_encoder: bool = False,
+        freeze_query_backbone: bool = False,
+        hyper_prompt: dict | None = None,
+        max_length: int = 256,
+        attention_backend: str = "sdpa",
+        **kwargs,
+    ):
+        if isinstance(backbone_config, dict):
+            backbone_config = dict(backbone_config)
+            backbone_config = AutoConfig.for_model(backbone_config.pop("model_type", "bert"), **backbone_config)
+        self.backbone_config = backbone_config
+        self.representation = representation
+        self.pooling = pooling
+        self.normalize = normalize
+        self.share_encoders = share_encoders
+        self.freeze_passage_encoder = freeze_passage_encoder
+        self.freeze_query_backbone = freeze_query_backbone
+        self.hyper_prompt = dict(hyper_prompt) if hyper_prompt is not None else None
+        self.max_length = max_length
+        self.attention_backend = attention_backend
+        super().__init__(**kwargs)
+        self.validate_settings()
+
+    def validate_settings(self) -> None:
+        """Raises ValueError naming the offending key; called on construction."""
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"HyperConfig.representation={self.representation!r}: expected one of {REPRESENTATIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"HyperConfig.pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.attention_backend not in ("sdpa", "eager"):
+            raise ValueError(f"HyperConfig.attention_backend={self.attention_backend!r}: expected 'sdpa' or 'eager'")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"HyperConfig.max_length={self.max_length!r}: expected an integer >= 2")
+        if self.freeze_passage_encoder and self.share_encoders and not self.freeze_query_backbone:
+            raise ValueError(
+                "HyperConfig: freeze_passage_encoder=True with share_encoders=True would also freeze the query "
+                "backbone; set share_encoders=False (a separate passage encoder) or freeze_query_backbone=True"
+            )
