@@ -23,7 +23,7 @@ class HyperConfig(PretrainedConfig):
         freeze_query_backbone: only the prompt modules train (the release's default; the paper trains both).
         hyper_prompt: the prompt pool's settings (`HyperPromptConfig` as a dict) or None for no prompt.
             `pool_size == 1` is the single shared prefix baseline; `pool_size > 1` is HypeR's hyper-prompt.
-        max_length: tokens kept per text by `encode_queries` / `encode_corpus`; longer texts are truncated.
+        max_seq_length: tokens kept per text by `encode_queries` / `encode_corpus`; longer texts are truncated.
         attention_backend: "sdpa" or "eager", the backbone's attention kernel under the prefix.
     """
 
@@ -40,7 +40,7 @@ class HyperConfig(PretrainedConfig):
         freeze_passage_encoder: bool = False,
         freeze_query_backbone: bool = False,
         hyper_prompt: dict | None = None,
-        max_length: int = 256,
+        max_seq_length: int = 256,
         attention_backend: str = "sdpa",
         **kwargs,
     ):
@@ -55,7 +55,7 @@ class HyperConfig(PretrainedConfig):
         self.freeze_passage_encoder = freeze_passage_encoder
         self.freeze_query_backbone = freeze_query_backbone
         self.hyper_prompt = dict(hyper_prompt) if hyper_prompt is not None else None
-        self.max_length = max_length
+        self.max_seq_length = max_seq_length
         self.attention_backend = attention_backend
         super().__init__(**kwargs)
         self.validate_settings()
@@ -68,8 +68,8 @@ class HyperConfig(PretrainedConfig):
             raise ValueError(f"HyperConfig.pooling={self.pooling!r}: expected one of {POOLINGS}")
         if self.attention_backend not in ("sdpa", "eager"):
             raise ValueError(f"HyperConfig.attention_backend={self.attention_backend!r}: expected 'sdpa' or 'eager'")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise ValueError(f"HyperConfig.max_length={self.max_length!r}: expected an integer >= 2")
+        if not isinstance(self.max_seq_length, int) or self.max_seq_length < 2:
+            raise ValueError(f"HyperConfig.max_seq_length={self.max_seq_length!r}: expected an integer >= 2")
         if self.freeze_passage_encoder and self.share_encoders and not self.freeze_query_backbone:
             raise ValueError(
                 "HyperConfig: freeze_passage_encoder=True with share_encoders=True would also freeze the query "

@@ -308,7 +308,7 @@ class HyperRetrieverModel(PreTrainedModel):
         """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix.
 
         An empty list gives an empty (0, dim) result; an empty or blank query is an error; texts longer than
-        `config.max_length` tokens are truncated.
+        `config.max_seq_length` tokens are truncated.
         """
         for i, query in enumerate(self._check_texts(queries, "queries")):
             if not query.strip():
@@ -371,7 +371,7 @@ class HyperRetrieverModel(PreTrainedModel):
         for start in starts:
             batch = [texts[i] for i in order[start : start + batch_size]]
             tokens = self.tokenizer(
-                batch, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+                batch, padding=True, truncation=True, max_length=self.config.max_seq_length, return_tensors="pt"
             ).to(self.device)
             out = self(**tokens, is_query=is_query)
             emb = out.embeddings.float().cpu().numpy()
@@ -382,7 +382,10 @@ class HyperRetrieverModel(PreTrainedModel):
         inverse = np.argsort(order, kind="stable")
         if not embeddings:
             empty = np.zeros((0, self._output_dim()), dtype=np.float32)
-            return (scipy_sparse.csr_matrix(empty) if sparse else empty), None
+            no_attention = None
+            if is_query and self.hyper_prompt is not None:
+                no_attention = np.zeros((0, self.hyper_prompt.config.pool_size), dtype=np.float32)
+            return (scipy_sparse.csr_matrix(empty) if sparse else empty), no_attention
         stacked = scipy_sparse.vstack(embeddings, format="csr") if sparse else np.concatenate(embeddings)
         return stacked[inverse], (np.concatenate(attentions)[inverse] if attentions else None)
 

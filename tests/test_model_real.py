@@ -1,0 +1,87 @@
+"""Behaviour with the real all-MiniLM-L6-v2 and SPLADE weights: agreement with sentence-transformers, bad input."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+QUERIES = ["who wrote the novel moby dick", "what causes the seasons on earth", "a", "Is caffeine a stimulant?"]
+
+
+@pytest.fixture(scope="module")
+def plain_minilm(minilm_path):
+    return HyperRetrieverModel.from_backbone(minilm_path)
+
+
+@pytest.fixture(scope="module")
+def hyper_minilm(minilm_path):
+    torch.manual_seed(0)
+    return HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(pool_size=5))
+
+
+def test_no_prompt_equals_sentence_transformers(plain_minilm, minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(minilm_path, device="cpu")
+    passages = [{"title": "Moby-Dick", "text": "Moby-Dick is an 1851 novel by Herman Melville."}]
+    ours_q = plain_minilm.encode_queries(QUERIES, batch_size=3)
+    ours_p = plain_minilm.encode_corpus(passages)
+    assert ours_q.dtype == np.float32 and ours_q.shape == (4, 384)
+    cosine_q = (ours_q * reference.encode(QUERIES, normalize_embeddings=True)).sum(1)
+    cosine_p = (ours_p * reference.encode(["Moby-Dick Moby-Dick is an 1851 novel by Herman Melville."])).sum(1)
+    assert cosine_q.min() > 0.9999 and cosine_p.min() > 0.9999
+
+
+def test_batches_sorted_by_length_keep_input_order(hyper_minilm):
+    together = hyper_minilm.encode_queries(QUERIES, batch_size=2)
+    alone = np.stack([hyper_minilm.encode_queries([q])[0] for q in QUERIES])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    attention = hyper_minilm.prompt_attention(QUERIES, batch_size=3)
+    assert attention.shape == (4, 5)
+    np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-6)
+
+
+def test_hyper_prompt_changes_queries_not_passages(plain_minilm, hyper_minilm):
+    docs = ["The seasons are caused by the tilt of the Earth's axis."]
+    np.testing.assert_array_equal(hyper_minilm.encode_corpus(docs), plain_minilm.encode_corpus(docs))
+    assert np.abs(hyper_minilm.encode_queries(QUERIES) - plain_minilm.encode_queries(QUERIES)).max() > 1e-3
+
+
+def test_bad_input_gets_clear_errors(hyper_minilm):
+    with pytest.raises(ValueError, match=r"queries\[1\] is empty"):
+        hyper_minilm.encode_queries(["fine", "   "])
+    with pytest.raises(TypeError, match="list of strings"):
+        hyper_minilm.encode_queries("not a list")
+    with pytest.raises(TypeError, match=r"queries\[0\] is a int"):
+        hyper_minilm.encode_queries([3])
+    with pytest.raises(ValueError, match=r"corpus\[0\] has no 'text' key"):
+        hyper_minilm.encode_corpus([{"title": "t"}])
+    assert hyper_minilm.encode_queries([]).shape == (0, 384)  # documented: empty list -> empty result
+    assert hyper_minilm.prompt_attention([]).shape == (0, 5)
+
+
+def test_text_longer_than_max_length_is_truncated(hyper_minilm):
+    long_query = "retrieval " * 2000
+    capped = "retrieval " * (hyper_minilm.config.max_seq_length - 2)
+    np.testing.assert_allclose(
+        hyper_minilm.encode_queries([long_query]), hyper_minilm.encode_queries([capped]), atol=1e-5
+    )
+
+
+def test_sparse_needs_an_mlm_head(minilm_path):
+    with pytest.raises(ValueError, match="MLM head"):
+        HyperRetrieverModel.from_backbone(minilm_path, representation="sparse")
+
+
+def test_sparse_splade_encodes_to_vocabulary_csr(splade_path):
+    model = HyperRetrieverModel.from_backbone(
+        splade_path, representation="sparse", hyper_prompt=HyperPromptConfig(pool_size=3)
+    )
+    queries = model.encode_queries(QUERIES[:2])
+    docs = model.encode_corpus(["Herman Melville wrote Moby-Dick.", "Axial tilt causes seasons."])
+    assert scipy.sparse.issparse(queries) and queries.shape == (2, model.config.backbone_config.vocab_size)
+    assert (queries.data > 0).all() and 0 < queries.nnz < 0.5 * np.prod(queries.shape)
+    scores = (queries @ docs.T).toarray()
+    assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]  # SPLADE matches terms
