@@ -1,0 +1,68 @@
+"""On-disk cache of corpus embeddings, keyed by model identity, corpus identity and encode settings.
+
+Dense embeddings are stored as ``<key>.npy`` and reopened memory-mapped; sparse ones as ``<key>.npz`` (scipy CSR).
+``<key>.json`` beside them records what the key was made of. Files are written to a temporary name and renamed, so
+an interrupted run never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+Embeddings = np.ndarray | sp.csr_matrix
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def path_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """Identity of a model or data location: for a folder, the name, size and mtime of its weight files and
+    config.json; for a file, its size and mtime; otherwise (a Hub id, a fingerprint string) the string itself."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted({f for pattern in (*WEIGHT_PATTERNS, "config.json") for f in path.glob(pattern)})
+        return f"{path.resolve()}:" + ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    if path.is_file():
+        return f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    return str(name_or_path)
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """A short hex digest of the JSON form of ``parts`` (keys sorted)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_embeddings(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
+                      compute: Callable[[], Embeddings]) -> tuple[Embeddings, bool]:
+    """Returns (embeddings, hit): the cached array for ``parts`` if present, else ``compute()`` saved then reloaded.
+
+    Dense arrays come back memory-mapped read-only (n_docs, dim); sparse ones as CSR (n_docs, vocab).
+    """
+    cache_dir = Path(cache_dir)
+    key = cache_key(parts)
+    dense, sparse = cache_dir / f"{key}.npy", cache_dir / f"{key}.npz"
+    for path in (dense, sparse):
+        if path.exists():
+            return _load(path), True
+    embeddings = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = sparse if sp.issparse(embeddings) else dense
+    tmp = target.with_name(f".{key}.{os.getpid()}.tmp{target.suffix}")
+    if sp.issparse(embeddings):
+        sp.save_npz(tmp, sp.csr_matrix(embeddings))
+    else:
+        np.save(tmp, np.asarray(embeddings))
+    (cache_dir / f"{key}.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, target)
+    return _load(target), False
+
+
+def _load(path: Path) -> Embeddings:
+    return sp.load_npz(path).tocsr() if path.suffix == ".npz" else np.load(path, mmap_mode="r")

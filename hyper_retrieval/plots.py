@@ -1,0 +1,96 @@
+"""PNG figures for evaluation results: per-collection bars, prompt-attention heat map and 2-D projection.
+
+Every figure has a fixed size in inches and is saved at ``dpi``, so the PNG is ``figsize * dpi`` pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
+import numpy as np  # noqa: E402
+
+FIGSIZE = (8.0, 5.0)
+DPI = 100
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_collection_bars(scores: Mapping[str, Mapping[str, float]], path: str | os.PathLike, metric: str = "nDCG@10",
+                         figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
+    """Grouped bars: one group per collection, one bar per run. ``scores`` is {run name: {collection: value}};
+    a collection missing from a run gets no bar."""
+    runs = list(scores)
+    collections = list(dict.fromkeys(c for run in scores.values() for c in run))
+    width = 0.8 / max(len(runs), 1)
+    x = np.arange(len(collections))
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, run in enumerate(runs):
+        values = [scores[run].get(c, np.nan) for c in collections]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=run)
+    ax.set_xticks(x, collections, rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def mean_attention_by_task(attention: np.ndarray, task_labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Tasks in first-seen order and the mean attention (n_tasks, N) of their queries over the N pool prompts."""
+    attention = np.asarray(attention, dtype=np.float64)
+    labels = np.asarray(task_labels)
+    if attention.ndim != 2 or len(labels) != len(attention):
+        raise ValueError(f"need attention (n_queries, N) and one label per query, got {attention.shape}, {len(labels)}")
+    tasks = list(dict.fromkeys(labels.tolist()))
+    return tasks, np.stack([attention[labels == t].mean(axis=0) for t in tasks])
+
+
+def plot_attention_heatmap(attention: np.ndarray, task_labels: Sequence[str], path: str | os.PathLike,
+                           figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
+    """Heat map of the mean prompt attention per task: rows tasks, columns the N prompts of the pool."""
+    tasks, means = mean_attention_by_task(attention, task_labels)
+    fig, ax = plt.subplots(figsize=figsize)
+    image = ax.imshow(means, aspect="auto", cmap="viridis")
+    ax.set_yticks(np.arange(len(tasks)), tasks)
+    ax.set_xlabel("prompt in the pool")
+    ax.set_title("mean prompt attention per task")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """Projection (n, 2) of the rows of x (n, d) on their first two principal components (zeros past rank)."""
+    centred = np.asarray(x, dtype=np.float64) - np.mean(x, axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ vt[:2].T
+    return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
+
+
+def plot_attention_projection(attention: np.ndarray, task_labels: Sequence[str], path: str | os.PathLike,
+                              figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
+    """Scatter of per-query attention vectors (n_queries, N) projected by PCA to 2-D, coloured by task."""
+    tasks, _ = mean_attention_by_task(attention, task_labels)
+    points = pca_2d(attention)
+    labels = np.asarray(task_labels)
+    fig, ax = plt.subplots(figsize=figsize)
+    for task in tasks:
+        ax.scatter(*points[labels == task].T, s=8, alpha=0.7, label=task)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title("per-query prompt attention (PCA)")
+    ax.legend(fontsize="small", markerscale=2)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

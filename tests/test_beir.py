@@ -1,0 +1,161 @@
+"""Reading BEIR-format collections: the real bbir data, the Hub layout through datasets, pooling, bad inputs."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from sample_collection import write_collection
+
+from hyper_retrieval.beir import (
+    Corpus,
+    DataError,
+    load_collection,
+    load_hub_collection,
+    load_qrels,
+    load_queries,
+    pooled_collection,
+    split_pooled,
+)
+
+DOCS = [{"_id": "d1", "title": "T1", "text": "alpha"}, {"_id": "d2", "title": "", "text": "beta"},
+        {"_id": "d3", "text": "gamma"}]
+QUERIES = [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": "second"}, {"_id": "q3", "text": "third"}]
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return write_collection(tmp_path / "toy", DOCS, QUERIES,
+                            {"train": [("q1", "d1", 1)], "test": [("q2", "d2", 1), ("q2", "d3", 2), ("q3", "d1", 1)]})
+
+
+def test_corpus_reads_real_collection_in_file_order(bbir):
+    path = bbir / "ropes" / "corpus.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    corpus = Corpus.from_jsonl(path)
+    assert len(corpus) == json.loads((bbir / "ropes" / "meta.json").read_text())["docs"] == len(rows)
+    assert corpus.ids == [r["_id"] for r in rows] == list(corpus)
+    rng = np.random.default_rng(0)
+    picked = [rows[i] for i in rng.choice(len(rows), 50, replace=False)]
+    expected = [{"title": r["title"], "text": r["text"]} for r in picked]
+    assert corpus.get_many([r["_id"] for r in picked]) == expected
+    assert corpus[rows[7]["_id"]] == {"title": rows[7]["title"], "text": rows[7]["text"]}
+    assert [d for batch in corpus.batches(100) for d in batch] == [{"title": r["title"], "text": r["text"]}
+                                                                    for r in rows]
+    assert rows[3]["_id"] in corpus and "no-such-id" not in corpus
+    with pytest.raises(KeyError, match="no-such-id"):
+        corpus["no-such-id"]
+
+
+def test_load_collection_real_split(bbir):
+    collection = load_collection(bbir / "ropes", "test")
+    meta = json.loads((bbir / "ropes" / "meta.json").read_text())
+    assert collection.name == "ropes"
+    assert len(collection.queries) == len(collection.qrels) == meta["test_queries"]
+    assert set(collection.queries) == set(collection.qrels)
+    assert all(d in collection.corpus for docs in collection.qrels.values() for d in docs)
+
+
+def test_corpus_from_records_matches_jsonl(toy):
+    from_file = Corpus.from_jsonl(toy / "corpus.jsonl")
+    from_list = Corpus.from_records(DOCS)
+    assert from_list.ids == from_file.ids
+    assert from_list.get_many(["d3", "d1"]) == from_file.get_many(["d3", "d1"]) == [
+        {"title": "", "text": "gamma"}, {"title": "T1", "text": "alpha"}]
+
+
+def test_hub_layout_through_datasets(toy, tmp_path):
+    """BEIR's Hub layout (<name> with configs corpus/queries, <name>-qrels) read by datasets.load_dataset from
+    local folders shaped like those repos."""
+    hub = tmp_path / "hub" / "toy"
+    hub.mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (hub / name).write_text((toy / name).read_text())
+    (hub / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: {c}\n    path: {c}.jsonl\n" for c in ("corpus", "queries"))
+        + "---\n")
+    (hub.parent / "toy-qrels").mkdir()
+    for split in ("train", "test"):
+        (hub.parent / "toy-qrels" / f"{split}.tsv").write_text((toy / "qrels" / f"{split}.tsv").read_text())
+
+    from_hub = load_hub_collection(str(hub), "test", cache_dir=str(tmp_path / "cache"))
+    local = load_collection(toy, "test")
+    assert from_hub.name == "toy"
+    assert from_hub.queries == local.queries and from_hub.qrels == local.qrels
+    assert from_hub.corpus.ids == local.corpus.ids
+    assert from_hub.corpus.get_many(local.corpus.ids) == local.corpus.get_many(local.corpus.ids)
+    with pytest.raises(DataError, match="no split 'dev'.*train"):
+        load_hub_collection(str(hub), "dev", cache_dir=str(tmp_path / "cache"))
+
+
+def test_pooled_collection_keeps_ids_distinct(bbir):
+    parts = [load_collection(bbir / name, "test") for name in ("ropes", "multirc")]
+    pool = pooled_collection(parts)
+    assert len(pool.corpus) == sum(len(c.corpus) for c in parts)
+    assert len(set(pool.corpus.ids)) == len(pool.corpus)
+    assert len(pool.queries) == sum(len(c.queries) for c in parts)
+    for c in parts:
+        doc_id = c.corpus.ids[5]
+        assert pool.corpus[f"{c.name}/{doc_id}"] == c.corpus[doc_id]
+        assert split_pooled(pool.qrels, c.name) == {
+            f"{c.name}/{q}": {f"{c.name}/{d}": s for d, s in docs.items()} for q, docs in c.qrels.items()}
+    assert all(d in pool.corpus for docs in pool.qrels.values() for d in docs)
+
+
+def test_malformed_json_line_names_file_and_line(toy):
+    lines = (toy / "corpus.jsonl").read_text().splitlines()
+    lines.insert(2, '{"_id": "d9", "text": ')
+    (toy / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: malformed JSON"):
+        load_collection(toy, "test")
+
+
+@pytest.mark.parametrize("row, field", [({"_id": "q9"}, "text"), ({"text": "no id"}, "_id")])
+def test_row_missing_a_field(toy, row, field):
+    with open(toy / "queries.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"queries\.jsonl:4: row has no '{field}'"):
+        load_queries(toy / "queries.jsonl")
+
+
+def test_duplicate_doc_id(toy):
+    with open(toy / "corpus.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "d2", "text": "again"}) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:4: duplicate _id 'd2'.*corpus\.jsonl:2"):
+        Corpus.from_jsonl(toy / "corpus.jsonl")
+
+
+def test_missing_split_lists_available_splits(toy):
+    with pytest.raises(DataError, match=r"no split 'dev'.*available splits: \['test', 'train'\]"):
+        load_collection(toy, "dev")
+
+
+def test_missing_file(toy):
+    (toy / "queries.jsonl").unlink()
+    with pytest.raises(DataError, match="no queries.jsonl"):
+        load_collection(toy, "test")
+
+
+def test_qrels_row_with_wrong_column_count(toy):
+    with open(toy / "qrels" / "test.tsv", "a") as f:
+        f.write("q3\td2\n")
+    with pytest.raises(DataError, match=r"test\.tsv:5: expected 3 tab-separated columns.*got 2"):
+        load_qrels(toy / "qrels" / "test.tsv")
+
+
+def test_empty_split(toy):
+    (toy / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(DataError, match="split is empty"):
+        load_collection(toy, "test")
+
+
+def test_unknown_ids_reported_with_counts(toy, caplog):
+    with open(toy / "qrels" / "test.tsv", "a") as f:
+        f.write("q3\tmissing1\t1\nq3\tmissing2\t1\nq404\td1\t1\nq405\tmissing1\t1\n")
+    with pytest.raises(DataError, match=r"4 judgement\(s\) name unknown ids: 2 query id\(s\).*2 doc id\(s\)"):
+        load_collection(toy, "test")
+    with caplog.at_level(logging.WARNING):
+        collection = load_collection(toy, "test", on_unknown="skip")
+    assert "4 judgement(s) name unknown ids" in caplog.text
+    assert collection.qrels == {"q2": {"d2": 1, "d3": 2}, "q3": {"d1": 1}}
+    assert set(collection.queries) == {"q2", "q3"}

@@ -1,0 +1,266 @@
+"""eval.py end to end: BM25 through the command line, a real dense model in process, pooled mode, the config
+file form, --compare, and the refusals (different results in --out, a model folder without weights)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from sample_collection import sample_of
+from test_plots import png_size
+
+from hyper_retrieval.beir import load_collection
+from hyper_retrieval.bm25 import BM25
+from hyper_retrieval.metrics import compute_metrics
+from hyper_retrieval.results import ResultsExistError, read_trec_run
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_NAMES = ("ndcg@10", "r_precision", "recall@20", "recall@100", "mrr@10")
+
+
+def load_eval_module():
+    spec = importlib.util.spec_from_file_location("eval_cli", REPO / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def eval_cli():
+    return load_eval_module()
+
+
+@pytest.fixture(scope="module")
+def samples(bbir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    return sample_of(bbir / "ropes", root / "ropes", 60), sample_of(bbir / "multirc", root / "multirc", 40)
+
+
+def assert_metrics_equal(found, expected):
+    assert {m: found[m] for m in METRIC_NAMES} == pytest.approx({m: expected[m] for m in METRIC_NAMES}, abs=1e-9)
+
+
+def test_bm25_command_line_end_to_end(bbir, tmp_path):
+    out = tmp_path / "bm25"
+    subprocess.run([sys.executable, "eval.py", "--model", "bm25", "--data", str(bbir / "ropes"), "--zero-shot",
+                    str(bbir / "multirc"), "--split", "test", "--out", str(out), "--no-progress"],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["model"] == "bm25" and results["settings"]["zero_shot"] == ["multirc"]
+    assert {n: c["zero_shot"] for n, c in results["collections"].items()} == {"ropes": False, "multirc": True}
+    for name in ("ropes", "multirc"):
+        collection = load_collection(bbir / name, "test")
+        saved_run = read_trec_run(out / "runs" / f"{name}.trec")
+        fresh_run = BM25(collection.corpus.ids, collection.corpus.get_many(collection.corpus.ids)).search(
+            collection.queries)
+        metrics = results["collections"][name]["metrics"]
+        assert_metrics_equal(metrics, compute_metrics(saved_run, collection.qrels))
+        assert_metrics_equal(metrics, compute_metrics(fresh_run, collection.qrels))
+        assert metrics["num_queries"] == len(collection.qrels)
+    assert_metrics_equal(results["averages"]["in_domain"], results["collections"]["ropes"]["metrics"])
+    assert_metrics_equal(results["averages"]["zero_shot"], results["collections"]["multirc"]["metrics"])
+    table = (out / "results.md").read_text().splitlines()
+    rows = [line.split(" | ")[0].strip("| *") for line in table if line.startswith("| ") and "---" not in line]
+    assert rows == ["collection", "ropes", "in-domain average", "multirc", "zero-shot average"]
+    assert png_size(out / "ndcg_at_10.png") == (800, 500)
+
+
+def test_pooled_mode(eval_cli, samples, tmp_path):
+    out = tmp_path / "pooled"
+    eval_cli.main(["--model", "bm25", "--data", *map(str, samples), "--pooled", "--out", str(out), "--no-progress"])
+    results = json.loads((out / "results.json").read_text())
+    n_docs = sum(len(load_collection(s, "test").corpus) for s in samples)
+    for sample in samples:
+        collection = load_collection(sample, "test")
+        run = read_trec_run(out / "runs" / f"{collection.name}.trec")
+        assert set(run) == {f"{collection.name}/{q}" for q in collection.queries}
+        assert all(d.split("/")[0] in {s.name for s in samples} for docs in run.values() for d in docs)
+        qrels = {f"{collection.name}/{q}": {f"{collection.name}/{d}": s for d, s in docs.items()}
+                 for q, docs in collection.qrels.items()}
+        entry = results["collections"][collection.name]
+        assert_metrics_equal(entry["metrics"], compute_metrics(run, qrels))
+        assert entry["info"]["num_docs"] == n_docs
+
+
+def test_output_folder_with_different_results_is_refused(eval_cli, samples, tmp_path):
+    args = ["--model", "bm25", "--data", str(samples[0]), "--out", str(tmp_path / "o"), "--no-progress"]
+    eval_cli.main(args)
+    eval_cli.main(args)  # same settings: fine
+    with pytest.raises(ResultsExistError, match=r"different evaluation \(k: 100 there, 10 now\)"):
+        eval_cli.main([*args, "--k", "10"])
+    eval_cli.main([*args, "--k", "10", "--overwrite"])
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["k"] == 10
+
+
+def test_config_file_form(eval_cli, samples, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"model": "bm25", "data": [str(samples[0])], "zero-shot": [str(samples[1])],
+                                      "k": 20, "bm25_k1": 1.2, "out": str(tmp_path / "c"), "no_progress": True}))
+    eval_cli.main(["--config", str(config), "--k", "30"])  # the command line wins over the file
+    settings = json.loads((tmp_path / "c" / "results.json").read_text())["settings"]
+    assert (settings["k"], settings["bm25_k1"], settings["zero_shot"]) == (30, 1.2, ["multirc"])
+    config.write_text(yaml.safe_dump({"model": "bm25", "topk": 5}))
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--config", str(config)])
+    assert "unknown option(s) ['topk']" in capsys.readouterr().err
+
+
+def test_compare_runs(eval_cli, samples, tmp_path):
+    for name, k1, b in (("lucene_default", 0.9, 0.4), ("robertson_like", 1.5, 0.75)):
+        eval_cli.main(["--model", "bm25", "--data", *map(str, samples), "--zero-shot", "multirc", "--bm25-k1",
+                       str(k1), "--bm25-b", str(b), "--out", str(tmp_path / name), "--no-progress"])
+    eval_cli.main(["--compare", str(tmp_path / "lucene_default"), str(tmp_path / "robertson_like" / "results.json"),
+                   "--out", str(tmp_path / "cmp")])
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| collection | lucene_default | robertson_like |" in table
+    for name in ("lucene_default", "robertson_like"):
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert f"{results['collections']['ropes']['metrics']['ndcg@10']:.4f}" in table
+        assert f"{results['averages']['zero_shot']['ndcg@10']:.4f}" in table
+    assert "multirc (zero-shot)" in table
+    assert png_size(tmp_path / "cmp" / "compare_ndcg_at_10.png") == (800, 500)
+
+
+def test_model_folder_without_weights(eval_cli, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"has no weights.*found: \['config.json'\]"):
+        eval_cli.load_retriever(str(tmp_path))
+
+
+class MiniLMRetriever:
+    """BEIR-style encoders around sentence-transformers all-MiniLM-L6-v2, with a stand-in prompt attention
+    (softmax over the first 8 embedding dimensions) to exercise the attention outputs."""
+
+    def __init__(self, path):
+        from sentence_transformers import SentenceTransformer
+
+        self.st = SentenceTransformer(path, device="cpu")
+        self.config = SimpleNamespace(representation="dense")
+        self.corpus_calls = 0
+
+    def _encode(self, texts, batch_size, max_length):
+        if max_length:
+            self.st.max_seq_length = max_length
+        return self.st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def encode_queries(self, queries, batch_size=32, show_progress_bar=False, max_length=None):
+        return self._encode(queries, batch_size, max_length)
+
+    def encode_corpus(self, corpus, batch_size=32, show_progress_bar=False, max_length=None):
+        self.corpus_calls += 1
+        return self._encode([f"{d['title']} {d['text']}".strip() for d in corpus], batch_size, max_length)
+
+    def prompt_attention(self, queries, batch_size=32):
+        logits = 10 * self.encode_queries(queries)[:, :8]
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return weights / weights.sum(axis=1, keepdims=True)
+
+
+def test_dense_model_with_cache_and_attention(eval_cli, bbir, minilm_path, tmp_path, monkeypatch):
+    samples = sample_of(bbir / "ropes", tmp_path / "ropes", 25), sample_of(bbir / "multirc", tmp_path / "multirc", 15)
+    model = MiniLMRetriever(minilm_path)
+    monkeypatch.setattr(eval_cli, "load_retriever", lambda name: model)
+    cache, out = tmp_path / "cache", tmp_path / "dense"
+    args = ["--model", minilm_path, "--data", str(samples[0]), "--zero-shot", str(samples[1]), "--max-length", "64",
+            "--batch-size", "16", "--cache-dir", str(cache), "--out", str(out), "--no-progress"]
+    eval_cli.main(args)
+    assert model.corpus_calls == 2 and len(list(cache.glob("*.npy"))) == 2
+
+    results = json.loads((out / "results.json").read_text())
+    for sample in samples:
+        collection = load_collection(sample, "test")
+        key_file = next(p for p in cache.glob("*.json") if str(sample) in p.read_text())
+        assert json.loads(key_file.read_text())["max_length"] == 64
+        doc_vectors = model.encode_corpus(collection.corpus.get_many(collection.corpus.ids), 16, max_length=64)
+        np.testing.assert_allclose(np.load(key_file.with_suffix(".npy")), doc_vectors, atol=1e-5)
+        scores = model.encode_queries(list(collection.queries.values()), 16, max_length=64) @ doc_vectors.T
+        brute = {q: {collection.corpus.ids[j]: float(scores[i, j]) for j in range(scores.shape[1])}
+                 for i, q in enumerate(collection.queries)}
+        assert_metrics_equal(results["collections"][collection.name]["metrics"],
+                             compute_metrics(brute, collection.qrels))
+
+    calls = model.corpus_calls
+    eval_cli.main(args)  # same settings: the corpus embeddings come from the cache
+    assert model.corpus_calls == calls
+    assert json.loads((out / "results.json").read_text())["collections"]["ropes"]["info"]["corpus_cache_hit"]
+
+    attention = np.load(out / "attention.npy")
+    labels = json.loads((out / "attention_tasks.json").read_text())
+    n_queries = [len(load_collection(s, "test").queries) for s in samples]
+    assert attention.shape == (sum(n_queries), 8) and labels == ["ropes"] * n_queries[0] + ["multirc"] * n_queries[1]
+    assert png_size(out / "attention_heatmap.png") == png_size(out / "attention_projection.png") == (800, 500)
+
+
+class SpladeRetriever:
+    """BEIR-style sparse encoders: SPLADE max-pooled log(1 + relu(MLM logits)) from a small tuned BertForMaskedLM."""
+
+    def __init__(self, path):
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.mlm = AutoModelForMaskedLM.from_pretrained(path).eval()
+        self.config = SimpleNamespace(representation="sparse")
+
+    def _encode(self, texts, batch_size):
+        import scipy.sparse as sp
+        import torch
+
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=128,
+                                   return_tensors="pt")
+            with torch.no_grad():
+                weights = torch.log1p(torch.relu(self.mlm(**batch).logits)) * batch["attention_mask"][..., None]
+            rows.append(sp.csr_matrix(weights.amax(dim=1).numpy()))
+        return sp.vstack(rows, format="csr")
+
+    def encode_queries(self, queries, batch_size=32, show_progress_bar=False):
+        return self._encode(queries, batch_size)
+
+    def encode_corpus(self, corpus, batch_size=32, show_progress_bar=False):
+        return self._encode([f"{d['title']} {d['text']}".strip() for d in corpus], batch_size)
+
+
+@pytest.mark.parametrize("prune", [None, 8])
+def test_sparse_model_search_equals_dense_product(samples, splade_path, prune):
+    from hyper_retrieval.evaluation import ModelSearcher, evaluate_collections
+    from hyper_retrieval.index import prune_query_terms
+
+    model = SpladeRetriever(splade_path)
+    collection = load_collection(samples[1], "test")
+    searcher = ModelSearcher(model, "splade-test", prune_query_terms=prune, cache_dir=None, show_progress=False)
+    (result,) = evaluate_collections(searcher, [collection], zero_shot=set(), k=100)
+
+    docs = model.encode_corpus(collection.corpus.get_many(collection.corpus.ids))
+    queries = model.encode_queries(list(collection.queries.values()))
+    queries = prune_query_terms(queries, prune) if prune else queries
+    assert prune is None or queries.getnnz(axis=1).max() == prune
+    scores = (queries @ docs.T).toarray()
+    brute = {q: {collection.corpus.ids[j]: float(scores[i, j]) for j in np.flatnonzero(scores[i] > 0)}
+             for i, q in enumerate(collection.queries)}
+    assert_metrics_equal(result.metrics, compute_metrics(brute, collection.qrels))
+    assert result.metrics["ndcg@10"] > 0.3  # the tuned SPLADE model retrieves, it is not noise
+
+
+def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp_path):
+    """The real load path: a HypeR model saved with save_pretrained, loaded by AutoModel with remote code."""
+    from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+    model_dir = tmp_path / "hyper"
+    HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig()).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    eval_cli.main(["--model", str(model_dir), "--data", str(samples[1]), "--max-length", "64", "--out", str(out),
+                   "--cache-dir", "", "--no-progress"])
+    results = json.loads((out / "results.json").read_text())
+    collection = load_collection(samples[1], "test")
+    assert results["settings"]["max_length"] == 64 and results["settings"]["index"] == "flat"
+    assert_metrics_equal(results["collections"]["multirc"]["metrics"],
+                         compute_metrics(read_trec_run(out / "runs" / "multirc.trec"), collection.qrels))
+    attention = np.load(out / "attention.npy")
+    assert attention.shape == (len(collection.queries), HyperPromptConfig().pool_size)
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-4)

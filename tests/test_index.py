@@ -1,0 +1,125 @@
+"""Dense (faiss, torch) and sparse (scipy) search against brute-force products; pruning; the embedding cache."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hyper_retrieval.embedding_cache import cached_embeddings, path_fingerprint
+from hyper_retrieval.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((3000, 48)).astype(np.float32)
+    queries = rng.standard_normal((64, 48)).astype(np.float32)
+    return docs, queries
+
+
+def brute_force(docs, queries, k):
+    scores = queries.astype(np.float64) @ docs.T.astype(np.float64)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, axis=1), top
+
+
+def test_exact_faiss_equals_numpy(vectors):
+    docs, queries = vectors
+    scores, indices = DenseIndex(docs, backend="faiss").search(queries, 20, batch_size=16)
+    expected_scores, expected = brute_force(docs, queries, 20)
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_backend_equals_faiss(vectors):
+    docs, queries = vectors
+    faiss_scores, faiss_idx = DenseIndex(docs, backend="faiss").search(queries, 20)
+    torch_scores, torch_idx = DenseIndex(docs, backend="torch").search(queries, 20, batch_size=10)
+    np.testing.assert_array_equal(torch_idx, faiss_idx)
+    np.testing.assert_allclose(torch_scores, faiss_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_k_larger_than_corpus(vectors):
+    docs, queries = vectors
+    scores, indices = DenseIndex(docs[:5]).search(queries[:3], 10)
+    assert indices.shape == (3, 5) and sorted(indices[0]) == list(range(5))
+
+
+@pytest.mark.parametrize("kind, minimum", [("ivf", 0.5), ("hnsw", 0.8)])
+def test_approximate_indexes_report_recall(vectors, kind, minimum):
+    docs, queries = vectors
+    index = DenseIndex(docs, kind=kind, nlist=16, nprobe=4)
+    recall = index.recall_against_exact(queries, 10)
+    _, exact = brute_force(docs, queries, 10)
+    _, approx = index.search(queries, 10)
+    direct = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall == pytest.approx(direct)
+    assert minimum <= recall <= 1.0
+    assert DenseIndex(docs).recall_against_exact(queries, 10) == 1.0
+
+
+def random_sparse(rows, vocab, density, seed):
+    return sp.random(rows, vocab, density=density, format="csr", random_state=seed, dtype=np.float32,
+                     data_rvs=np.random.default_rng(seed).random)
+
+
+def test_sparse_index_equals_dense_product():
+    docs, queries = random_sparse(800, 500, 0.02, 1), random_sparse(40, 500, 0.05, 2)
+    scores, indices = SparseIndex(docs).search(queries, 15, batch_size=7)
+    product = (queries @ docs.T).toarray()
+    for q in range(40):
+        matching = np.flatnonzero(product[q] > 0)
+        expected = matching[np.lexsort((matching, -product[q, matching]))][:15]
+        found = indices[q][indices[q] >= 0]
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_allclose(scores[q, : len(found)], product[q, expected], rtol=1e-5)
+        assert np.all(np.isneginf(scores[q, len(found):]))
+
+
+def test_pruning_keeps_exactly_the_top_k_terms():
+    queries = random_sparse(30, 400, 0.1, 3)
+    pruned = prune_query_terms(queries, 5)
+    for q in range(30):
+        row = queries[q].toarray().ravel()
+        kept = np.flatnonzero(pruned[q].toarray().ravel())
+        assert len(kept) == min(5, np.count_nonzero(row))
+        np.testing.assert_array_equal(np.sort(kept), np.sort(np.argsort(-row, kind="stable")[: len(kept)]))
+        np.testing.assert_array_equal(pruned[q].toarray().ravel()[kept], row[kept])
+    docs = random_sparse(300, 400, 0.05, 4)
+    index = SparseIndex(docs)
+    np.testing.assert_array_equal(index.search(queries, 10, prune_terms=5)[1], index.search(pruned, 10)[1])
+
+
+def test_run_from_topk_drops_empty_slots():
+    run = run_from_topk(["q1", "q2"], ["a", "b", "c"], np.array([[3.0, 1.0], [2.0, -np.inf]]),
+                        np.array([[2, 0], [1, -1]]))
+    assert run == {"q1": {"c": 3.0, "a": 1.0}, "q2": {"b": 2.0}}
+
+
+def test_embedding_cache_reuses_until_key_changes(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(12, dtype=np.float32).reshape(4, 3)
+
+    parts = {"model": "m1", "corpus": "c1", "max_length": 128}
+    first, hit1 = cached_embeddings(tmp_path, parts, compute)
+    second, hit2 = cached_embeddings(tmp_path, dict(parts), compute)
+    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert isinstance(second, np.memmap)
+    np.testing.assert_array_equal(second, compute())
+    _, hit3 = cached_embeddings(tmp_path, {**parts, "max_length": 256}, compute)
+    assert not hit3 and len(calls) == 3
+    sparse, hit = cached_embeddings(tmp_path, {**parts, "model": "splade"}, lambda: sp.csr_matrix(np.eye(3)))
+    assert not hit and sp.issparse(sparse)
+    again, hit = cached_embeddings(tmp_path, {**parts, "model": "splade"}, compute)
+    assert hit and sp.issparse(again) and (again != sp.csr_matrix(np.eye(3))).nnz == 0
+
+
+def test_model_fingerprint_follows_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
+    before = path_fingerprint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 11)
+    assert path_fingerprint(tmp_path) != before
+    assert path_fingerprint("org/some-hub-model") == "org/some-hub-model"
