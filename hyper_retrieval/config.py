@@ -1,0 +1,317 @@
+"""Training configuration: typed dataclasses loaded from YAML, checked before any training starts.
+
+`load_config(path, overrides)` reads a YAML file with up to five sections (model, data, optim, loss, train),
+applies `section.key=value` overrides (the value parsed with `yaml.safe_load`), and checks every value against
+the field's type. An unknown key, a wrong type, a value out of range or a missing data/backbone path raises
+`ConfigError` naming the YAML file, the dotted key and what was expected; a YAML syntax error names the file
+and line. Relative paths are resolved against the current working directory (train.py runs from the repo root).
+
+Defaults follow the paper and its release (../shared/docs/METHOD.md) where they give a value; the others are
+marked "our choice".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before training: names the file, the dotted key and what was expected."""
+
+
+def _at_least(minimum: float, *, strict: bool = False) -> dict[str, Any]:
+    """Field metadata: the value must be >= minimum (> minimum when strict)."""
+    return {"min": minimum, "strict": strict}
+
+
+@dataclass
+class ModelSettings:
+    """The retriever: backbone, representation and prompt settings."""
+
+    backbone: str = "naver/splade-cocondenser-ensembledistil"  # SPLADE++ (the paper's main backbone); hub id or dir
+    representation: Literal["dense", "sparse"] = "sparse"
+    pooling: Literal["mean", "cls"] = "cls"  # dense only; sparse uses SPLADE's max over tokens of log(1 + relu)
+    normalize: bool = False  # L2-normalise dense vectors (the paper scores with a plain dot product)
+    prompt: Literal["none", "prefix", "hyper"] = "hyper"  # no prompt, one shared prefix, or HypeR's pool
+    pool_size: int = field(default=5, metadata=_at_least(1))  # N
+    prompt_length: int = field(default=1, metadata=_at_least(1))  # L: 1 for the BEIR model, 100 for KILT
+    attention_temperature: float = field(default=3.0, metadata=_at_least(0, strict=True))  # tau of the synthesizer
+    prefix_hidden_size: int = field(default=100, metadata=_at_least(1))  # P-tuning v2 projection
+    adapter_hidden_size: int = field(default=100, metadata=_at_least(1))  # synthesizer's per-token adapter
+    prompt_dropout: float = field(default=0.1, metadata=_at_least(0))
+    freeze_query_backbone: bool = False  # the paper trains it jointly (the release froze it by accident)
+    share_encoders: bool = False  # the release keeps separate query and passage copies
+    freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once
+    max_query_length: int = field(default=64, metadata=_at_least(1))  # our choice
+    max_passage_length: int = field(default=256, metadata=_at_least(1))  # our choice
+
+
+@dataclass
+class CollectionSettings:
+    """One BEIR-format training collection and the task it belongs to (task names label CPR's pairs)."""
+
+    path: str
+    task: str = ""  # empty: the collection folder's name
+    max_queries: int | None = field(default=None, metadata=_at_least(1))  # first n training queries (quick runs)
+
+    @property
+    def task_name(self) -> str:
+        """The task label: `task`, or the collection folder's name when unset."""
+        return self.task or Path(self.path).name
+
+
+@dataclass
+class DataSettings:
+    """Training data: collections, splits, hard negatives and multi-task sampling."""
+
+    collections: list[CollectionSettings] = field(default_factory=list)
+    train_split: str = "train"
+    dev_split: str | None = "dev"  # None: no periodic dev evaluation
+    negatives: Literal["bm25", "none", "dense"] = "bm25"
+    num_negatives: int = field(default=19, metadata=_at_least(0))  # hard negatives per query (paper: 19)
+    negatives_depth: int = field(default=100, metadata=_at_least(1))  # mined per query, gold removed (our choice)
+    negatives_cache_dir: str = ".cache/negatives"
+    bm25_k1: float = field(default=1.5, metadata=_at_least(0))
+    bm25_b: float = field(default=0.75, metadata=_at_least(0))
+    sampling: Literal["mixed", "homogeneous"] = "mixed"  # mixed = tasks concatenated and shuffled (the paper)
+    task_temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # p_t ~ n_t^(1/T); 1 = sizes
+
+    @property
+    def task_names(self) -> list[str]:
+        """Distinct task names in collection order; a task's position is its id for CPR and the memory bank."""
+        return list(dict.fromkeys(c.task_name for c in self.collections))
+
+
+@dataclass
+class OptimSettings:
+    """AdamW with separate learning rates, linear warm-up and decay, clipping, accumulation, precision."""
+
+    backbone_lr: float = field(default=2e-5, metadata=_at_least(0))
+    prompt_lr: float = field(default=1e-3, metadata=_at_least(0))
+    weight_decay: float = field(default=0.01, metadata=_at_least(0))
+    warmup_ratio: float = field(default=0.1, metadata=_at_least(0))  # our choice; ignored when warmup_steps is set
+    warmup_steps: int | None = field(default=None, metadata=_at_least(0))
+    epochs: int = field(default=5, metadata=_at_least(1))  # paper: 5-10; ignored when max_steps is set
+    max_steps: int | None = field(default=None, metadata=_at_least(1))
+    grad_clip: float = field(default=1.0, metadata=_at_least(0))  # 0 disables clipping
+    grad_accum: int = field(default=1, metadata=_at_least(1))
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LossSettings:
+    """Contrastive loss, CPR and the FLOPS regularizer."""
+
+    temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # scores / temperature
+    cpr_weight: float = field(default=0.1, metadata=_at_least(0))  # lambda_c (best in the paper's sweep)
+    cpr_pull: bool = True
+    cpr_push: bool = True
+    cpr_pull_weight: float = field(default=1.0, metadata=_at_least(0))
+    cpr_push_weight: float = field(default=0.5, metadata=_at_least(0))
+    memory_bank_size: int = field(default=32, metadata=_at_least(0))  # attention vectors kept per task; 0 = off
+    flops_weight: float = field(default=2e-4, metadata=_at_least(0))  # sparse only
+    flops_warmup_steps: int = field(default=1000, metadata=_at_least(0))  # our choice (the paper gives none)
+
+
+@dataclass
+class TrainSettings:
+    """Run control: seed, batch, output, checkpoint/eval/log cadence."""
+
+    seed: int = 42
+    batch_size: int = field(default=24, metadata=_at_least(1))  # queries per process (paper: 8 GPUs x 24)
+    output_dir: str = "outputs/run"
+    save_every: int = field(default=1000, metadata=_at_least(1))
+    eval_every: int = field(default=1000, metadata=_at_least(1))
+    log_every: int = field(default=50, metadata=_at_least(1))
+    keep_best_metric: str = "ndcg@10"  # dev metric that selects the best checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """The whole training configuration (one attribute per YAML section)."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML-serialisable), e.g. to save the resolved config next to a checkpoint."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read `path`, apply `section.key=value` overrides, type-check, and check that data/backbone paths exist.
+
+    Raises ConfigError (a ValueError) naming the file and the dotted key, or the file and line for YAML syntax.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from err
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    for override in overrides or []:
+        _apply_override(raw, override, path)
+    config = _build(TrainConfig, raw, "", path)
+    _check_paths(config, path)
+    return config
+
+
+def _apply_override(raw: dict[str, Any], override: str, source: Path) -> None:
+    """Set raw[section][key] from 'section.key=value' (value parsed as YAML); list items are not addressable."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"{source}: override {override!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: override {override!r}: value is not valid YAML: {err}") from err
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: override {override!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _build(cls: type, raw: Any, prefix: str, source: Path) -> Any:
+    """Instantiate dataclass `cls` from a raw mapping, rejecting unknown keys and checking every field."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {raw!r} ({type(raw).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key {prefix}{key}{hint}; {where} accepts: {', '.join(sorted(fields))}"
+            )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {dotted}")
+            continue
+        value = _coerce(raw[name], hints[name], dotted, source)
+        _check_range(value, f.metadata, dotted, source)
+        values[name] = value
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: Path) -> Any:
+    """Check `value` against type `hint` (bool, int, float, str, Literal, X | None, list[...], dataclass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, dotted, source)
+    if origin is Literal:
+        if value in args and type(value) is type(args[0]):
+            return value
+        hint_text = " (quote it: YAML reads no/off/yes/on as booleans)" if isinstance(value, bool) else ""
+        return _wrong(value, "one of " + ", ".join(repr(a) for a in args) + hint_text, dotted, source)
+    if origin is list:
+        if not isinstance(value, list):
+            return _wrong(value, "a list", dotted, source)
+        return [_coerce(item, args[0], f"{dotted}[{i}]", source) for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{dotted}.", source)
+    if hint is bool:
+        return value if isinstance(value, bool) else _wrong(value, "true or false", dotted, source)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value if ok else _wrong(value, "an integer", dotted, source)
+    if hint is float:
+        # YAML 1.1 reads 1e-3 (no dot) as a string: accept numeric text for floats.
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else _wrong(value, "a number", dotted, source)
+    if hint is str:
+        return value if isinstance(value, str) else _wrong(value, "a string", dotted, source)
+    raise TypeError(f"config field {dotted} has an unsupported type {hint!r}")
+
+
+def _wrong(value: Any, expected: str, dotted: str, source: Path) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {dotted}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, source: Path) -> None:
+    """Enforce a field's `min` / `strict` metadata on a number (None passes)."""
+    if value is None or "min" not in metadata:
+        return
+    minimum, strict = metadata["min"], metadata["strict"]
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ConfigError(f"{source}: {dotted}: expected a value {relation} {minimum}, got {value!r}")
+
+
+def looks_local(name: str) -> bool:
+    """True when a backbone or collection `name` is meant as a folder, not a Hub id ('org/name' or 'name').
+
+    Local: starts with '/', '.', '~', has two or more '/', a backslash, or exists. Write relative folders as
+    './data/x' to have them checked.
+    """
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).expanduser().exists()
+    )
+
+
+def _check_paths(config: TrainConfig, source: Path) -> None:
+    """Fail early on a missing local collection folder/file or a missing local backbone folder.
+
+    A path that does not look local (`looks_local`: 'org/name' or 'name') is taken for a Hub id and not checked.
+    """
+    if not config.data.collections:
+        raise ConfigError(f"{source}: data.collections: expected at least one collection")
+    backbone = config.model.backbone
+    if looks_local(backbone) and not Path(backbone).expanduser().is_dir():
+        raise ConfigError(
+            f"{source}: model.backbone: expected a Hub id (org/name) or an existing folder, "
+            f"but folder {Path(backbone).expanduser().resolve()} does not exist"
+        )
+    splits = [s for s in (config.data.train_split, config.data.dev_split) if s is not None]
+    for i, coll in enumerate(config.data.collections):
+        if not looks_local(coll.path):
+            continue
+        folder = Path(coll.path).expanduser()
+        needed = [folder / name for name in BEIR_FILES] + [folder / "qrels" / f"{s}.tsv" for s in splits]
+        missing = [p for p in needed if not p.is_file()]
+        if missing:
+            raise ConfigError(
+                f"{source}: data.collections[{i}].path: expected a BEIR-format folder with "
+                f"{', '.join(BEIR_FILES)} and qrels/<split>.tsv, but {missing[0].resolve()} does not exist"
+            )

@@ -1,0 +1,189 @@
+"""Training losses, each term returned separately so train.py logs every one.
+
+- Contrastive: softmax cross-entropy of each query against its gold passage, its hard negatives and every
+  other passage of the global batch (gathered across processes WITH gradient). Dense or sparse (vocab-sized)
+  vectors alike: scores are dot products divided by a temperature.
+- CPR (contrastive prompt regularization) on the prompt attention distributions p_i (B, N), as released:
+  same task pairs add pull_weight * JS(p_i, p_j), different task pairs add push_weight * (1 - JS(p_i, p_j)),
+  JS in nats. JS is bounded by ln 2 ~ 0.693, so a push term never goes below push_weight * (1 - ln 2); the
+  constant does not change the gradient (we keep the release's form so weights mean the same). The sum runs over
+  ordered pairs (i, j), i != j, i in this process's batch and j in the global batch (each unordered pair of the
+  global batch is counted twice, once from each side), plus the pairs of i with the memory bank's entries; it
+  is divided by the local batch size and weighted by lambda_c. The memory bank keeps recent detached attention
+  vectors per task, so CPR has cross-task pairs under task-homogeneous batches too (the release's bank was
+  never initialised).
+- FLOPS (SPLADE): sum_j (mean_i |w_ij|)^2 over the query vectors, weight warmed up linearly.
+
+Under several processes every rank returns the loss of its own queries (mean over them); with DDP's gradient
+averaging the update equals the single-process loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyper_retrieval.config import LossSettings
+
+_EPS = 1e-12
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """(n, ...) -> (world_size * n, ...) in rank order; the gradient reaches every rank's own slice.
+
+    Every rank must pass the same shape. Without torch.distributed (or with one process) returns x.
+    """
+    if not _distributed():
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """(n, ...) -> (world_size * n, ...) in rank order, no gradient (for labels)."""
+    if not _distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def contrastive_loss(queries: Tensor, passages: Tensor, targets: Tensor, temperature: float = 1.0,
+                     exclude: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over this rank's queries against all passages of the global batch.
+
+    queries (B, d); passages (M, d) this rank's passages (e.g. B * (1 + k): each query's gold then its k hard
+    negatives); targets (B,) index of each query's gold in `passages`; exclude (B, world_size * M) bool, True
+    for passages to leave out of a query's softmax (other gold passages of the same query). Returns a scalar.
+    """
+    all_passages = gather_with_grad(passages)  # (world_size * M, d)
+    scores = (queries @ all_passages.T).float() / temperature  # (B, world_size * M)
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, torch.finfo(scores.dtype).min)
+    return F.cross_entropy(scores, targets + _rank() * passages.shape[0])
+
+
+def js_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """Pairwise Jensen-Shannon divergence in nats: p (B, N), q (M, N) distributions -> (B, M), in [0, ln 2]."""
+    p, q = p.unsqueeze(1), q.unsqueeze(0)  # (B, 1, N), (1, M, N)
+    log_m = (0.5 * (p + q)).clamp_min(_EPS).log()
+    kl_pm = (p * (p.clamp_min(_EPS).log() - log_m)).sum(-1)
+    kl_qm = (q * (q.clamp_min(_EPS).log() - log_m)).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+class AttentionMemoryBank(nn.Module):
+    """FIFO of the last `size` detached attention vectors (N,) per task; buffers, so it is checkpointed."""
+
+    def __init__(self, num_tasks: int, size: int, num_prompts: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("entries", torch.zeros(num_tasks, size, num_prompts))  # (T, S, N)
+        self.register_buffer("filled", torch.zeros(num_tasks, dtype=torch.long))  # (T,) valid entries per task
+        self.register_buffer("cursor", torch.zeros(num_tasks, dtype=torch.long))  # (T,) next slot to write
+
+    @torch.no_grad()
+    def push(self, attention: Tensor, tasks: Tensor) -> None:
+        """Store attention (n, N) rows under their task ids (n,), oldest entries overwritten first."""
+        for t in tasks.unique().tolist():
+            rows = attention[tasks == t][-self.size:].detach().to(self.entries.dtype)
+            slots = (self.cursor[t] + torch.arange(len(rows), device=rows.device)) % self.size
+            self.entries[t, slots] = rows
+            self.cursor[t] = (self.cursor[t] + len(rows)) % self.size
+            self.filled[t] = torch.clamp(self.filled[t] + len(rows), max=self.size)
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """All valid entries (M, N) and their task ids (M,)."""
+        valid = torch.arange(self.size, device=self.filled.device)[None, :] < self.filled[:, None]  # (T, S)
+        tasks = torch.arange(len(self.filled), device=self.filled.device)[:, None].expand_as(valid)
+        return self.entries[valid], tasks[valid]
+
+
+class ContrastivePromptRegularizer(nn.Module):
+    """CPR over prompt attention (B, N) with task ids (B,); returns {"cpr_pull", "cpr_push"} (weighted scalars).
+
+    In training mode the global batch's attention is pushed into the memory bank after the loss is computed.
+    """
+
+    def __init__(self, num_tasks: int, num_prompts: int, weight: float = 0.1, pull_weight: float = 1.0,
+                 push_weight: float = 0.5, pull: bool = True, push: bool = True, bank_size: int = 0) -> None:
+        super().__init__()
+        self.weight, self.pull_weight, self.push_weight = weight, pull_weight, push_weight
+        self.pull, self.push = pull, push
+        self.bank = AttentionMemoryBank(num_tasks, bank_size, num_prompts) if bank_size > 0 else None
+
+    def forward(self, attention: Tensor, tasks: Tensor) -> dict[str, Tensor]:
+        batch = attention.shape[0]
+        global_attention = gather_with_grad(attention)  # (G, N)
+        global_tasks = gather_no_grad(tasks)  # (G,)
+        own = torch.arange(batch, device=attention.device) + _rank() * batch
+        not_self = torch.ones(batch, len(global_tasks), dtype=torch.bool, device=attention.device)
+        not_self[torch.arange(batch), own] = False
+        others, other_tasks, valid = global_attention, global_tasks, not_self
+        if self.bank is not None:
+            bank_attention, bank_tasks = self.bank.contents()
+            others = torch.cat([others, bank_attention.to(attention.dtype)])
+            other_tasks = torch.cat([other_tasks, bank_tasks.to(tasks.device)])
+            valid = torch.cat([valid, valid.new_ones(batch, len(bank_tasks))], dim=1)
+        js = js_divergence(attention, others)  # (B, G + M)
+        same = tasks[:, None] == other_tasks[None, :]
+        scale = self.weight / batch
+        zero = attention.new_zeros(())
+        terms = {
+            "cpr_pull": scale * self.pull_weight * js[same & valid].sum() if self.pull else zero,
+            "cpr_push": scale * self.push_weight * (1 - js[~same & valid]).sum() if self.push else zero,
+        }
+        if self.bank is not None and self.training:
+            self.bank.push(global_attention.detach(), global_tasks)
+        return terms
+
+
+def flops_regularizer(representations: Tensor) -> Tensor:
+    """SPLADE's FLOPS: sum_j (mean_i |w_ij|)^2 for vectors (B, V); a scalar."""
+    return representations.abs().mean(dim=0).pow(2).sum()
+
+
+def warmup_weight(weight: float, step: int, warmup_steps: int) -> float:
+    """weight * min(1, step / warmup_steps): linear from 0 at step 0 to `weight` at warmup_steps."""
+    return weight if warmup_steps <= 0 else weight * min(1.0, step / warmup_steps)
+
+
+class RetrievalLoss(nn.Module):
+    """All terms from LossSettings: {"contrastive", "cpr_pull", "cpr_push", "flops", "total"} (scalars).
+
+    cpr_* are zero without attention (no prompt pool); flops is zero for dense representations.
+    """
+
+    def __init__(self, settings: LossSettings, num_tasks: int, num_prompts: int, sparse: bool) -> None:
+        super().__init__()
+        self.settings = settings
+        self.sparse = sparse
+        self.cpr = ContrastivePromptRegularizer(
+            num_tasks, num_prompts, settings.cpr_weight, settings.cpr_pull_weight, settings.cpr_push_weight,
+            settings.cpr_pull, settings.cpr_push, settings.memory_bank_size,
+        )
+
+    def forward(self, queries: Tensor, passages: Tensor, targets: Tensor, step: int,
+                attention: Tensor | None = None, tasks: Tensor | None = None,
+                exclude: Tensor | None = None) -> dict[str, Tensor]:
+        """queries (B, d), passages (M, d), targets (B,), attention (B, N) and tasks (B,) for CPR, step for FLOPS."""
+        zero = queries.new_zeros((), dtype=torch.float32)
+        terms = {"contrastive": contrastive_loss(queries, passages, targets, self.settings.temperature, exclude)}
+        if attention is not None and tasks is not None and self.settings.cpr_weight > 0:
+            terms.update(self.cpr(attention, tasks))
+        else:
+            terms.update(cpr_pull=zero, cpr_push=zero)
+        flops_weight = warmup_weight(self.settings.flops_weight, step, self.settings.flops_warmup_steps)
+        terms["flops"] = flops_weight * flops_regularizer(queries) if self.sparse else zero
+        terms["total"] = sum(terms.values())
+        return terms

@@ -1,0 +1,108 @@
+"""Config loading: paper defaults, typed overrides, and early errors that name the file and the key or line."""
+
+from pathlib import Path
+
+import pytest
+
+from hyper_retrieval.config import ConfigError, TrainConfig, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def minimal(tmp_path: Path, bbir: Path) -> Path:
+    return write(tmp_path, f"data:\n  collections:\n    - path: {bbir / 'qasc'}\n    - path: {bbir / 'nq_ckc'}\n"
+                           "      task: qa\n")
+
+
+def test_defaults_are_the_papers(minimal: Path) -> None:
+    cfg = load_config(minimal)
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.optim.backbone_lr, cfg.optim.prompt_lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (
+        2e-5, 1e-3, 0.01, 1.0)
+    assert (cfg.loss.cpr_weight, cfg.loss.cpr_pull_weight, cfg.loss.cpr_push_weight, cfg.loss.flops_weight) == (
+        0.1, 1.0, 0.5, 2e-4)
+    assert (cfg.model.pool_size, cfg.model.attention_temperature, cfg.data.num_negatives) == (5, 3.0, 19)
+    assert [c.task_name for c in cfg.data.collections] == ["qasc", "qa"]  # folder name unless a task is given
+    assert cfg.data.task_names == ["qasc", "qa"]
+
+
+def test_hub_ids_are_not_checked_on_disk(tmp_path: Path, bbir: Path) -> None:
+    path = write(tmp_path, f"data:\n  collections:\n    - {{path: BeIR/scifact, task: fact}}\n"
+                           f"    - {{path: {bbir / 'qasc'}, task: fact}}\n")
+    cfg = load_config(path, ["model.backbone=naver/splade-cocondenser-ensembledistil"])
+    assert cfg.data.collections[0].path == "BeIR/scifact" and cfg.data.task_names == ["fact"]
+
+
+def test_overrides_apply_with_types_checked(minimal: Path) -> None:
+    cfg = load_config(minimal, ["optim.prompt_lr=1e-3", "train.batch_size=8", "data.sampling=homogeneous",
+                                "loss.cpr_push=false", "optim.max_steps=null", "model.backbone=bert-base-uncased"])
+    assert cfg.optim.prompt_lr == 1e-3 and isinstance(cfg.optim.prompt_lr, float)  # YAML 1.1 reads 1e-3 as text
+    assert cfg.train.batch_size == 8
+    assert cfg.data.sampling == "homogeneous"
+    assert cfg.loss.cpr_push is False
+    assert cfg.optim.max_steps is None
+    assert cfg.model.backbone == "bert-base-uncased"  # a Hub id is not checked on disk
+    with pytest.raises(ConfigError, match=r"run\.yaml: train\.batch_size: expected an integer, got 'eight'"):
+        load_config(minimal, ["train.batch_size=eight"])
+    with pytest.raises(ConfigError, match=r"run\.yaml: loss\.cpr_pull: expected true or false"):
+        load_config(minimal, ["loss.cpr_pull=maybe"])
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key optim\.lr"):
+        load_config(minimal, ["optim.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+        load_config(minimal, ["batch_size=8"])
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path: Path, bbir: Path) -> None:
+    path = write(tmp_path, f"model:\n  pool_sise: 5\ndata:\n  collections: [{{path: {bbir / 'qasc'}}}]\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key model\.pool_sise \(did you mean model\.pool_size"):
+        load_config(path)
+    path = write(tmp_path, f"data:\n  collections: [{{path: {bbir / 'qasc'}, tsk: qa}}]\n")
+    with pytest.raises(ConfigError, match=r"unknown key data\.collections\[0\]\.tsk"):
+        load_config(path)
+    path = write(tmp_path, "optimizer:\n  backbone_lr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key optimizer \(did you mean optim\?\)"):
+        load_config(path)
+
+
+def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Path) -> None:
+    coll = f"data:\n  collections: [{{path: {bbir / 'qasc'}}}]\n"
+    cases = {
+        "train:\n  batch_size: 2.5\n": r"train\.batch_size: expected an integer, got 2\.5",
+        "model:\n  representation: colbert\n": r"model\.representation: expected one of 'dense', 'sparse'",
+        "optim:\n  mixed_precision: no\n": r"optim\.mixed_precision: expected one of 'no', 'bf16', 'fp16' \(quote it",
+        "model:\n  pool_size: 0\n": r"model\.pool_size: expected a value >= 1, got 0",
+        "loss:\n  temperature: 0\n": r"loss\.temperature: expected a value > 0",
+        "data:\n  collections: qasc\n": r"data\.collections: expected a list",
+        "train: 3\n": r"train: expected a mapping",
+    }
+    for body, message in cases.items():
+        text = body if body.startswith("data") else coll + body
+        with pytest.raises(ConfigError, match=r"run\.yaml: " + message):
+            load_config(write(tmp_path, text))
+
+
+def test_missing_paths_fail_before_training(tmp_path: Path, bbir: Path) -> None:
+    path = write(tmp_path, f"data:\n  collections: [{{path: {tmp_path / 'nowhere'}}}]\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: data\.collections\[0\]\.path: .*nowhere/corpus\.jsonl"):
+        load_config(path)
+    path = write(tmp_path, f"data:\n  collections: [{{path: {bbir / 'qasc'}}}]\n  dev_split: validation\n")
+    with pytest.raises(ConfigError, match=r"data\.collections\[0\]\.path: .*qasc/qrels/validation\.tsv does not"):
+        load_config(path)
+    path = write(tmp_path, f"model:\n  backbone: ./models/minilm\ndata:\n  collections: [{{path: {bbir / 'qasc'}}}]\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: model\.backbone: .*models/minilm does not exist"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"data\.collections: expected at least one collection"):
+        load_config(write(tmp_path, "train:\n  seed: 1\n"))
+    with pytest.raises(ConfigError, match=r"absent\.yaml: config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  pool_size: 5\n   prompt_length: 1\ntrain:\n  seed: [1\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:3:\d+: YAML syntax error"):
+        load_config(path)
