@@ -178,7 +178,10 @@ class HyperRetrieverModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         try:
-            model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            # The folder's code is this class, already trusted; the tokenizer itself is a stock one.
+            model.tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, trust_remote_code=True, **hub_kwargs
+            )
         except (OSError, ValueError):
             model.tokenizer = None  # encode_* then asks for one
         return loaded

@@ -39,9 +39,16 @@ def load_in_fresh_process(folder: Path, tmp_path: Path) -> dict:
     script = LOAD_AND_ENCODE.format(queries=QUERIES, passages=PASSAGES)
     out = tmp_path / "encoded.npz"
     result = subprocess.run(
-        [sys.executable, "-c", script, str(folder), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script, str(folder), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in result.stderr + result.stdout  # no interactive prompt
+    assert "to instantiate a model of type" not in result.stderr
     return dict(np.load(out))
 
 
