@@ -24,7 +24,7 @@ LOAD_AND_ENCODE = textwrap.dedent(
     folder, out = sys.argv[1], sys.argv[2]
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    assert AutoTokenizer.from_pretrained(folder) is not None
+    assert AutoTokenizer.from_pretrained(folder, trust_remote_code=True) is not None
     q = model.encode_queries({queries!r})
     p = model.encode_corpus({passages!r})
     dense = lambda m: m.toarray() if scipy.sparse.issparse(m) else m
