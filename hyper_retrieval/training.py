@@ -1,0 +1,73 @@
+"""Pieces of train.py that are not the loop: building the model from settings, run state, dev scoring."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+from .backbones import resolve_backbone
+from .beir import Collection, load_collection
+from .config import DataSettings, ModelSettings
+from .evaluation import ModelSearcher, evaluate_collections
+
+
+def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
+    """none -> no prompt; prefix -> one shared prefix (a pool of 1); hyper -> HypeR's pool of pool_size."""
+    if settings.prompt == "none":
+        return None
+    return HyperPromptConfig(
+        num_virtual_tokens=settings.prompt_length,
+        pool_size=1 if settings.prompt == "prefix" else settings.pool_size,
+        encoder_hidden_size=settings.prefix_hidden_size,
+        synthesizer_hidden_size=settings.adapter_hidden_size,
+        temperature=settings.attention_temperature,
+        prompt_dropout=settings.prompt_dropout,
+    )
+
+
+def build_model(settings: ModelSettings) -> HyperRetrieverModel:
+    """A HyperRetrieverModel around the configured backbone (pip-shipped weights resolved to their folder)."""
+    return HyperRetrieverModel.from_backbone(
+        resolve_backbone(settings.backbone),
+        hyper_prompt=prompt_config(settings),
+        representation=settings.representation,
+        pooling=settings.pooling,
+        normalize=settings.normalize,
+        share_encoders=settings.share_encoders,
+        freeze_passage_encoder=settings.freeze_passage_encoder,
+        freeze_query_backbone=settings.freeze_query_backbone,
+        max_seq_length=settings.max_passage_length,
+    )
+
+
+@dataclass
+class TrainState:
+    """Counters saved with every checkpoint (registered with accelerator.register_for_checkpointing)."""
+
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # batches consumed: where the sampler resumes
+    best_score: float = float("-inf")
+    best_step: int = -1
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def load_dev_collections(data: DataSettings) -> list[Collection]:
+    """The dev split of every training collection (none when dev_split is None)."""
+    if data.dev_split is None:
+        return []
+    paths = dict.fromkeys(c.path for c in data.collections)
+    return [load_collection(path, data.dev_split) for path in paths]
+
+
+def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str) -> float:
+    """Mean of `metric` over the dev collections, each searched on its own full corpus."""
+    searcher = ModelSearcher(model, model_fingerprint="training", show_progress=False)
+    results = evaluate_collections(searcher, collections, zero_shot=set(), k=100)
+    return sum(r.metrics[metric] for r in results) / len(results)

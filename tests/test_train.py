@@ -1,0 +1,157 @@
+"""train.py end to end on tiny random backbones and the bundled sample: learning, resuming, stopping, failing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny import tiny_backbone_config
+from transformers import AutoTokenizer, BertForMaskedLM, BertModel
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones(tmp_path_factory, minilm_path) -> dict[str, Path]:
+    """Random hidden-32 BERTs saved with MiniLM's tokenizer: a plain encoder (dense) and one with an MLM head."""
+    root = tmp_path_factory.mktemp("backbones")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    folders = {}
+    for kind, cls in (("dense", BertModel), ("sparse", BertForMaskedLM)):
+        torch.manual_seed(0)
+        cls(tiny_backbone_config()).save_pretrained(root / kind)
+        tokenizer.save_pretrained(root / kind)
+        folders[kind] = root / kind
+    return folders
+
+
+def write_config(tmp_path: Path, backbone: Path, representation: str = "dense", **sections) -> Path:
+    config = {
+        "model": {"backbone": str(backbone), "representation": representation, "pooling": "mean",
+                  "normalize": representation == "dense", "prompt": "hyper", "pool_size": 3, "prompt_length": 2,
+                  "share_encoders": True, "freeze_passage_encoder": False,
+                  "max_query_length": 32, "max_passage_length": 64},
+        "data": {"collections": [{"path": str(SAMPLE / "qasc"), "max_queries": 24},
+                                 {"path": str(SAMPLE / "vitaminc"), "max_queries": 24}],
+                 "negatives": "bm25", "num_negatives": 1, "negatives_cache_dir": str(tmp_path / "negatives"),
+                 "dev_split": None},
+        "optim": {"backbone_lr": 1e-3, "prompt_lr": 1e-2, "max_steps": 30, "warmup_steps": 0},
+        "loss": {"temperature": 0.1, "cpr_weight": 0.01, "flops_weight": 1e-3, "flops_warmup_steps": 5},
+        "train": {"seed": 3, "batch_size": 8, "output_dir": str(tmp_path / "run"), "save_every": 10,
+                  "log_every": 1},
+    }
+    for section, values in sections.items():
+        config[section].update(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_train(config: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config), *args], cwd=REPO,
+                            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, **popen)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("representation", ["dense", "sparse"])
+def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones[representation], representation,
+                          data={"dev_split": "dev"}, train={"eval_every": 30})
+    run_train(config)
+    run = tmp_path / "run"
+    log = read_log(run)
+    assert [r["step"] for r in log] == list(range(1, 31))
+    first, last = mean(r["loss/contrastive"] for r in log[:5]), mean(r["loss/contrastive"] for r in log[-5:])
+    assert last < 0.8 * first, (first, last)
+    assert all(r["loss/cpr_push"] > 0 for r in log)  # CPR is on and logged separately
+    if representation == "sparse":
+        assert log[0]["loss/flops"] == 0 and all(r["loss/flops"] > 0 for r in log[1:])  # linear warm-up from 0
+    else:
+        assert all(r["loss/flops"] == 0 for r in log)
+    # the optimizer's groups really carry the two learning rates, decayed linearly to 0 together
+    assert log[0]["lr/hyper_prompt"] / log[0]["lr/backbone"] == pytest.approx(10)
+    assert log[0]["lr/backbone"] == pytest.approx(1e-3 * 29 / 30) and log[-1]["lr/backbone"] == 0
+    for folder in ("final", "best", "adapter"):
+        assert (run / folder).is_dir(), folder
+    assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
+
+
+def test_stopped_then_resumed_run_ends_with_the_same_weights(tiny_backbones, tmp_path):
+    straight = write_config(tmp_path / "a", tiny_backbones["dense"], optim={"max_steps": 12}, train={"save_every": 4})
+    run_train(straight)
+    resumed = write_config(tmp_path / "b", tiny_backbones["dense"], optim={"max_steps": 12}, train={"save_every": 4})
+    stopped = run_train(resumed, "--stop-after-steps", "6")
+    assert "stopped at step 6" in stopped.stdout + stopped.stderr
+    assert not (tmp_path / "b" / "run" / "final").exists()
+    checkpoints = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step_4", "step_6"]  # atomically renamed, no partial folder left
+    run_train(resumed, "--resume")
+    a = load_file(tmp_path / "a" / "run" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5, msg=name)
+    steps = [r["step"] for r in read_log(tmp_path / "b" / "run")]
+    assert steps == list(range(1, 13))
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones["dense"], optim={"max_steps": 2000}, train={"save_every": 1000})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(config)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "stopped at step" in output and "SIGTERM" in output
+    checkpoints = list((tmp_path / "run" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and checkpoints[0].name.startswith("step_")
+    stopped_at = int(checkpoints[0].name.removeprefix("step_"))
+    assert (checkpoints[0] / "model.safetensors").is_file()
+    resumed = run_train(config, "--resume", "optim.max_steps=2000", "train.save_every=1000",
+                        f"--stop-after-steps={stopped_at + 2}")
+    assert f"resumed from {checkpoints[0]} at step {stopped_at}" in resumed.stdout + resumed.stderr
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones["dense"], optim={"backbone_lr": 1e30, "prompt_lr": 1e30},
+                          train={"save_every": 1})
+    result = run_train(config, check=False)
+    assert result.returncode != 0
+    assert "non-finite loss at step" in result.stderr
+    message = result.stderr[result.stderr.index("non-finite loss"):]
+    good = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert good and str(good[-1]) in message
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_bad_config_fails_before_training(tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones["dense"])
+    result = run_train(config, "optim.learning_rate=0.1", check=False)
+    assert result.returncode != 0 and "optim.learning_rate" in result.stderr
+    assert not (tmp_path / "run").exists()

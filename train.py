@@ -1,0 +1,194 @@
+"""Multi-task hyper-prompted training of a HypeR retriever.
+
+    python train.py --config configs/quickstart.yaml [section.key=value ...] [--resume]
+    accelerate launch train.py --config configs/bbir-hyper.yaml
+
+Writes to train.output_dir: checkpoints/step_N (resumable; the newest two kept), best/ (by the dev metric),
+final/ (save_pretrained: loads with AutoModel.from_pretrained(dir, trust_remote_code=True)), adapter/ (the
+hyper-prompt alone), train_config.yaml, log.jsonl (every logged loss term, learning rate and throughput) and
+tensorboard logs. SIGTERM/SIGINT save a checkpoint before exiting.
+"""
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from hyper_retrieval.batching import BatchBuilder, TaskData
+from hyper_retrieval.checkpoints import latest_checkpoint, save_checkpoint
+from hyper_retrieval.config import ConfigError, load_config
+from hyper_retrieval.examples import false_negative_mask, load_task_examples
+from hyper_retrieval.losses import RetrievalLoss
+from hyper_retrieval.sampling import MultiTaskBatchSampler
+from hyper_retrieval.training import TrainState, build_model, dev_score, load_dev_collections
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.max_steps=100")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--stop-after-steps", type=int, default=None,
+                        help="save a checkpoint and exit after this many steps, as SIGTERM would (tests, time boxes)")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    out = Path(cfg.train.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        log_with="tensorboard",
+        project_dir=str(out),
+    )
+    set_seed(cfg.train.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # ---- data: examples per task, hard negatives mined once (main process first, then read from the cache)
+    task_names = cfg.data.task_names
+    tasks = {name: TaskData(name, [], {}) for name in task_names}
+    with accelerator.main_process_first():
+        for coll in cfg.data.collections:
+            collection, examples = load_task_examples(coll, cfg.data)
+            tasks[coll.task_name].examples.extend(examples)
+            tasks[coll.task_name].collections[collection.name] = collection
+        dev_collections = load_dev_collections(cfg.data)
+    accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
+
+    # ---- model, optimizer (backbone and prompt learning rates really differ), schedule, losses
+    model = build_model(cfg.model)
+    if cfg.optim.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    tokenizer = model.tokenizer
+    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.optim.backbone_lr, cfg.optim.prompt_lr,
+                                                         cfg.optim.weight_decay))
+    sampler = MultiTaskBatchSampler([len(t.examples) for t in tasks.values()], cfg.train.batch_size,
+                                    cfg.data.sampling, cfg.data.task_temperature, cfg.train.seed,
+                                    num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    micro_per_epoch = len(sampler)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * micro_per_epoch // cfg.optim.grad_accum
+    warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else int(cfg.optim.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    num_prompts = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
+    loss_fn = RetrievalLoss(cfg.loss, len(task_names), num_prompts, sparse=cfg.model.representation == "sparse")
+    builder = BatchBuilder(list(tasks.values()), tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
+                           cfg.model.max_passage_length, cfg.train.seed)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_fn = loss_fn.to(accelerator.device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, loss_fn, state)
+
+    if args.resume:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            accelerator.print(f"--resume: no checkpoint in {out / 'checkpoints'}, starting from scratch")
+        else:
+            accelerator.load_state(str(checkpoint))
+            accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("hyper", config={k: str(v) for k, v in cfg.to_dict().items()})
+
+    stop = {"signal": None}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.update(signal=signal.Signals(signum).name))
+
+    # ---- the loop: one optimizer step = grad_accum micro-batches; the sampler position follows state.micro_step
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+    window_start, window_queries = time.perf_counter(), 0
+    while state.step < total_steps:
+        epoch, position = divmod(state.micro_step, micro_per_epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip(position)
+        for indices in sampler:
+            batch = builder(indices, state.micro_step, accelerator.process_index).to(accelerator.device)
+            with accelerator.accumulate(model):
+                q = model(**batch.queries, is_query=True)
+                p = model(**batch.passages, is_query=False)
+                all_keys = gather_object(batch.passage_keys) if accelerator.num_processes > 1 else batch.passage_keys
+                offset = accelerator.process_index * len(batch.passage_keys)
+                exclude = false_negative_mask(batch.positives, all_keys, (batch.targets + offset).tolist())
+                losses = loss_fn(q.embeddings, p.embeddings, batch.targets, state.step, q.prompt_attention,
+                                 batch.tasks, exclude.to(accelerator.device))
+                if not torch.isfinite(losses["total"]):
+                    good = latest_checkpoint(out)
+                    terms = {k: float(v) for k, v in losses.items()}
+                    sys.exit(f"non-finite loss at step {state.step}: {terms}. Stopped; the last good checkpoint is "
+                             f"{good} (resume with --resume, perhaps with a lower learning rate or fp32)")
+                accelerator.backward(losses["total"])
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            state.micro_step += 1
+            window_queries += len(indices) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            bar.update(1)
+
+            if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+                rate = window_queries / (time.perf_counter() - window_start)
+                logs = {f"loss/{k}": v.item() for k, v in losses.items()}
+                logs |= {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups} | {"queries_per_s": rate}
+                accelerator.log(logs, step=state.step)
+                if accelerator.is_main_process:
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps({"step": state.step, **logs}) + "\n")
+                bar.set_postfix(loss=f"{logs['loss/total']:.3f}", contrastive=f"{logs['loss/contrastive']:.3f}",
+                                qps=f"{rate:.1f}")
+                window_start, window_queries = time.perf_counter(), 0
+            if dev_collections and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
+                score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric)
+                accelerator.log({f"dev/{cfg.train.keep_best_metric}": score}, step=state.step)
+                if score > state.best_score:
+                    state.best_score, state.best_step = score, state.step
+                    if accelerator.is_main_process:
+                        accelerator.unwrap_model(model).save_pretrained(out / "best")
+                model.train()
+            stopping = stop["signal"] or state.step == args.stop_after_steps
+            if state.step % cfg.train.save_every == 0 or stopping:
+                save_checkpoint(accelerator, out, state.step)
+            if stopping:
+                accelerator.print(f"stopped at step {state.step} ({stop['signal'] or '--stop-after-steps'}); "
+                                  f"checkpoint saved, continue with --resume")
+                accelerator.end_training()
+                return 0
+            if state.step >= total_steps:
+                break
+
+    # ---- export: the final model (AutoModel-loadable), the adapter alone, and the resolved config
+    bar.close()
+    save_checkpoint(accelerator, out, state.step)
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        final.save_pretrained(out / "final")
+        if final.hyper_prompt is not None:
+            final.save_adapter(out / "adapter")
+        best = f"; best dev {cfg.train.keep_best_metric} {state.best_score:.4f} at step {state.best_step}"
+        accelerator.print(f"done: {state.step} steps, final model in {out / 'final'}"
+                          + (best if not math.isinf(state.best_score) else ""))
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
