@@ -1,6 +1,7 @@
 """Training configuration: typed dataclasses loaded from YAML, checked before any training starts.
 
 `load_config(path, overrides)` reads a YAML file with up to five sections (model, data, optim, loss, train),
+optionally on top of another file named by a top-level `base:` key (sections merged key by key),
 applies `section.key=value` overrides (the value parsed with `yaml.safe_load`), and checks every value against
 the field's type. An unknown key, a wrong type, a value out of range or a missing data/backbone path raises
 `ConfigError` naming the YAML file, the dotted key and what was expected; a YAML syntax error names the file
@@ -159,8 +160,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     Raises ConfigError (a ValueError) naming the file and the dotted key, or the file and line for YAML syntax.
     """
     path = Path(path)
+    raw = _read_yaml(path, seen=())
+    for override in overrides or []:
+        _apply_override(raw, override, path)
+    config = _build(TrainConfig, raw, "", path)
+    _check_paths(config, path)
+    return config
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's sections, on top of those of the file its optional `base:` key names (relative to it)."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: base: configs include each other ({' -> '.join(map(str, seen))})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -171,11 +184,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    for override in overrides or []:
-        _apply_override(raw, override, path)
-    config = _build(TrainConfig, raw, "", path)
-    _check_paths(config, path)
-    return config
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the path of another config file, got {base!r}")
+    merged = _read_yaml(path.parent / base, (*seen, path.resolve()))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def _apply_override(raw: dict[str, Any], override: str, source: Path) -> None:

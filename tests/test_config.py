@@ -106,3 +106,36 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  pool_size: 5\n   prompt_length: 1\ntrain:\n  seed: [1\n")
     with pytest.raises(ConfigError, match=r"run\.yaml:3:\d+: YAML syntax error"):
         load_config(path)
+
+
+def test_base_config_is_merged_section_by_section(tmp_path, bbir):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f"model: {{prompt: hyper, pool_size: 7}}\ndata: {{collections: [{{path: {bbir / 'qasc'}}}]}}\n"
+        "train: {seed: 5}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nmodel: {prompt: none}\n")
+    config = load_config(child, ["train.seed=9"])
+    assert config.model.prompt == "none" and config.model.pool_size == 7  # child wins, base fills the rest
+    assert config.train.seed == 9 and config.data.collections[0].path == str(bbir / "qasc")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path, bbir, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # train.py runs from the repository root
+    if path.name == "kilt.yaml":  # needs KILT converted to BEIR layout under data/kilt (see the file)
+        with pytest.raises(ConfigError, match="data/kilt/fever/corpus.jsonl does not exist"):
+            load_config(path)
+        return
+    config = load_config(path)
+    assert config.data.collections and config.train.output_dir.startswith("outputs/")
