@@ -61,21 +61,24 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    # ---- data: examples per task, hard negatives mined once (main process first, then read from the cache)
+    # ---- the model first: it may mine the hard negatives
+    model = build_model(cfg.model)
+    if cfg.optim.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    # ---- data: examples per task; hard negatives mined once, with BM25 or the initial model (main process first,
+    # the others then read the cache)
     task_names = cfg.data.task_names
     tasks = {name: TaskData(name, [], {}) for name in task_names}
     with accelerator.main_process_first():
         for coll in cfg.data.collections:
-            collection, examples = load_task_examples(coll, cfg.data)
+            collection, examples = load_task_examples(coll, cfg.data, model, cfg.model.backbone)
             tasks[coll.task_name].examples.extend(examples)
             tasks[coll.task_name].collections[collection.name] = collection
         dev_collections = load_dev_collections(cfg.data)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
 
-    # ---- model, optimizer (backbone and prompt learning rates really differ), schedule, losses
-    model = build_model(cfg.model)
-    if cfg.optim.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    # ---- optimizer (backbone and prompt learning rates really differ), sampler, schedule, losses
     tokenizer = model.tokenizer
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.optim.backbone_lr, cfg.optim.prompt_lr,
                                                          cfg.optim.weight_decay))

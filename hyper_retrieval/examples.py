@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from hyper_retrieval.beir import Collection, DataError, load_collection
 from hyper_retrieval.config import CollectionSettings, DataSettings
-from hyper_retrieval.negatives import BM25Settings, bm25_negatives
+from hyper_retrieval.negatives import BM25Settings, bm25_negatives, model_negatives
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,13 @@ def first_queries(collection: Collection, n: int) -> Collection:
                       {q: collection.qrels[q] for q in kept})
 
 
-def load_task_examples(settings: CollectionSettings, data: DataSettings,
-                       negatives: Mapping[str, Sequence[str]] | None = None) -> tuple[Collection, list[Example]]:
+def load_task_examples(settings: CollectionSettings, data: DataSettings, model: Any = None,
+                       model_key: str = "") -> tuple[Collection, list[Example]]:
     """Load one configured collection's training split and its examples, with hard negatives per `data.negatives`.
 
-    bm25: mined (or read from `data.negatives_cache_dir`); none: no hard negatives; dense: `negatives` must be
-    given (mine them with `negatives.dense_negatives` and the current model). `settings.max_queries` keeps the
-    first n queries before mining.
+    bm25: mined (or read from `data.negatives_cache_dir`); none: no hard negatives; dense: mined with `model`
+    (BEIR's encode interface; dense or sparse), cached under `model_key`. `settings.max_queries` keeps the first
+    n queries before mining.
     """
     source = str(Path(settings.path) / "qrels" / f"{data.train_split}.tsv")
     collection = load_collection(settings.path, data.train_split)
@@ -99,8 +100,10 @@ def load_task_examples(settings: CollectionSettings, data: DataSettings,
         negatives = bm25_negatives(collection, data.negatives_cache_dir, bm25)
     elif data.negatives == "none":
         negatives = None
-    elif negatives is None:
-        raise ValueError("data.negatives is 'dense': pass the mined negatives (see negatives.dense_negatives)")
+    elif model is None:
+        raise ValueError("data.negatives is 'dense': pass the model that mines them")
+    else:
+        negatives = model_negatives(collection, model, data.negatives_cache_dir, model_key, data.negatives_depth)
     return collection, build_examples(collection, settings.task_name, negatives, source)
 
 

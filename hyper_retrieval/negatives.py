@@ -31,6 +31,7 @@ import numpy as np
 
 from hyper_retrieval.beir import Collection
 from hyper_retrieval.bm25 import BM25, document_text
+from hyper_retrieval.evaluation import ModelSearcher
 from hyper_retrieval.index import DenseIndex
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,25 @@ def dense_negatives(query_ids: Sequence[str], query_emb: np.ndarray, doc_ids: Se
     k = depth + max((len(g) for g in gold.values()), default=0)
     _, indices = DenseIndex(np.asarray(doc_emb, dtype=np.float32)).search(np.asarray(query_emb, dtype=np.float32), k)
     return negatives_from_topk(query_ids, doc_ids, indices, gold, depth)
+
+
+def model_negatives(collection: Collection, model: Any, cache_dir: str | os.PathLike, model_key: str, depth: int
+                    ) -> Negatives:
+    """Hard negatives from a retriever with BEIR's interface (dense or sparse), gold removed, cached under model_key.
+
+    `model_key` must identify the weights (e.g. the backbone name for the initial model, a checkpoint path later).
+    """
+    def mine() -> Negatives:
+        gold = gold_ids(collection)
+        k = depth + max(len(g) for g in gold.values())
+        queries = {q: collection.queries[q] for q in collection.qrels}
+        run, _ = ModelSearcher(model, model_fingerprint=model_key, show_progress=True).search(collection.corpus,
+                                                                                               queries, k)
+        return {qid: _drop_gold(sorted(hits, key=hits.get, reverse=True), gold[qid], depth)
+                for qid, hits in run.items()}
+
+    key = {"miner": "model", "model": model_key, "depth": depth, **_collection_key(collection)}
+    return cached_negatives(cache_dir, f"{collection.name}-model", key, mine)
 
 
 def _collection_key(collection: Collection) -> dict[str, str]:

@@ -18,7 +18,7 @@ def plain_backbone(model, backend: str):
 
 
 @pytest.mark.parametrize("padding", [{}, {1: 5, 2: 2}])
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_closed_prefix_equals_plain_backbone(kind, backend, padding):
     model = tiny_model(kind, pool_size=4, prompt_length=3, attention_backend=backend, normalize=False)

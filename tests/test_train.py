@@ -97,6 +97,18 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
 
 
+def test_dense_negatives_mined_with_the_initial_model(tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones["dense"], data={"negatives": "dense", "num_negatives": 2},
+                          optim={"max_steps": 3})
+    run_train(config)
+    cached = list((tmp_path / "negatives").glob("*-model-*.json"))
+    assert len(cached) == 2  # one per collection, keyed by the model
+    for path in cached:
+        stored = json.loads(path.read_text())
+        assert stored["key"]["model"] == str(tiny_backbones["dense"])
+        assert all(len(negs) == 100 for negs in stored["negatives"].values())  # depth 100, gold removed
+
+
 def test_stopped_then_resumed_run_ends_with_the_same_weights(tiny_backbones, tmp_path):
     straight = write_config(tmp_path / "a", tiny_backbones["dense"], optim={"max_steps": 12}, train={"save_every": 4})
     run_train(straight)

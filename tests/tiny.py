@@ -1,7 +1,7 @@
 """Tiny random models (hidden 32, 2 layers) for testing mechanics quickly."""
 
 import torch
-from transformers import BertConfig, RobertaConfig
+from transformers import BertConfig, RobertaConfig, XLMRobertaConfig
 
 from modeling_hyper import HyperConfig, HyperPromptConfig, HyperRetrieverModel
 
@@ -10,8 +10,9 @@ VOCAB = 30522  # MiniLM's tokenizer, so tiny models can encode real text
 
 def tiny_backbone_config(kind: str = "bert"):
     shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB)
-    if kind == "roberta":
-        return RobertaConfig(**shape, max_position_embeddings=130, pad_token_id=1)
+    if kind in ("roberta", "xlm-roberta"):
+        config_class = RobertaConfig if kind == "roberta" else XLMRobertaConfig
+        return config_class(**shape, max_position_embeddings=130, pad_token_id=1)
     return BertConfig(**shape, max_position_embeddings=128)
 
 
