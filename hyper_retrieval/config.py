@@ -208,6 +208,8 @@ def _apply_override(raw: dict[str, Any], override: str, source: Path) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: override {override!r}: value is not valid YAML: {err}") from err
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        value = text.strip()  # on the command line only true/false are booleans: mixed_precision=no means "no"
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})

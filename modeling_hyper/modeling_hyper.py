@@ -140,7 +140,11 @@ class HyperRetrieverModel(PreTrainedModel):
                 )
             implementation = f"hyper_prefix_{config.attention_backend}"
         # A copy: from_config records the attention implementation on the config object it is given.
-        return auto_class.from_config(copy.deepcopy(backbone_config), attn_implementation=implementation)
+        backbone = auto_class.from_config(copy.deepcopy(backbone_config), attn_implementation=implementation)
+        if getattr(backbone, "pooler", None) is not None:
+            # Its output is never used: dropping it saves compute and keeps DDP from waiting for its gradients.
+            backbone.pooler = None
+        return backbone
 
     @classmethod
     def from_backbone(
@@ -167,7 +171,8 @@ class HyperRetrieverModel(PreTrainedModel):
         state = source.state_dict()
         for encoder in (model.query_encoder, model.passage_encoder):
             if encoder is not None:
-                encoder.load_state_dict(state)
+                wanted = encoder.state_dict().keys()  # all of them (strict load), less the dropped pooler
+                encoder.load_state_dict({k: v for k, v in state.items() if k in wanted})
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         return model
 

@@ -139,3 +139,12 @@ def test_shipped_configs_load(path, bbir, monkeypatch):
         return
     config = load_config(path)
     assert config.data.collections and config.train.output_dir.startswith("outputs/")
+
+
+def test_command_line_no_is_a_string_but_false_a_boolean(tmp_path, bbir):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{collections: [{{path: {bbir / 'qasc'}}}]}}\n")
+    config = load_config(path, ["optim.mixed_precision=no", "loss.cpr_pull=false"])
+    assert config.optim.mixed_precision == "no" and config.loss.cpr_pull is False
+    with pytest.raises(ConfigError, match="loss.cpr_push"):
+        load_config(path, ["loss.cpr_push=off"])

@@ -12,7 +12,9 @@ BACKENDS = ["sdpa", "eager"]
 
 def plain_backbone(model, backend: str):
     """A stock encoder of the same class and weights, with a stock attention kernel."""
-    plain = AutoModel.from_config(copy.deepcopy(model.config.backbone_config), attn_implementation=backend)
+    plain = AutoModel.from_config(
+        copy.deepcopy(model.config.backbone_config), attn_implementation=backend, add_pooling_layer=False
+    )
     plain.load_state_dict(model.query_encoder.state_dict())
     return plain.eval()
 
