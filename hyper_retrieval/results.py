@@ -57,19 +57,24 @@ def _row(label: str, metrics: Mapping[str, float]) -> str:
     return f"| {label} | " + " | ".join(f"{metrics[m]:.4f}" if m in metrics else "" for m in METRICS) + " |"
 
 
-def results_markdown(results: Mapping[str, Any]) -> str:
-    """A Markdown table: in-domain rows, their average, zero-shot rows, their average."""
-    settings = results["settings"]
-    lines = [f"# Retrieval results: {settings.get('model')} ({settings.get('split')} split)", "",
-             "| collection | " + " | ".join(METRICS.values()) + " |", "|---" * (len(METRICS) + 1) + "|"]
+def results_table(results: Mapping[str, Any]) -> str:
+    """The Markdown table alone: in-domain rows, their average, zero-shot rows, their average."""
+    lines = ["| collection | " + " | ".join(METRICS.values()) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for zero_shot, label in ((False, "in_domain"), (True, "zero_shot")):
         names = [n for n, c in results["collections"].items() if c["zero_shot"] == zero_shot]
         lines += [_row(name, results["collections"][name]["metrics"]) for name in names]
         if label in results["averages"]:
             lines.append(_row(f"**{label.replace('_', '-')} average**", results["averages"][label]))
-    shown = {k: v for k, v in settings.items() if k not in ("model", "split")}
-    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()), ""]
     return "\n".join(lines)
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """results.md: a title, the table (`results_table`) and the settings line."""
+    settings = results["settings"]
+    shown = {k: v for k, v in settings.items() if k not in ("model", "split")}
+    return "\n".join([f"# Retrieval results: {settings.get('model')} ({settings.get('split')} split)", "",
+                      results_table(results), "", "Settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()),
+                      ""])
 
 
 def write_trec_run(path: Path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:

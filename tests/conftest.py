@@ -36,3 +36,11 @@ def splade_path() -> str:
     import cognition
 
     return str(Path(cognition.__file__).parent / "model")
+
+
+@pytest.fixture(scope="session")
+def hub_run(minilm_path, bbir, tmp_path_factory):
+    """A MiniLM HypeR model saved as train.py does, evaluated by eval.py and exported for the Hub (tests/hub_run.py)."""
+    from hub_run import make_hub_run
+
+    return make_hub_run(minilm_path, bbir, tmp_path_factory.mktemp("hub_run"))

@@ -1,0 +1,49 @@
+"""Export a trained retriever as a Hub-ready folder (weights, code, tokenizer, adapter, model card,
+sentence-transformers files, inference handler, widget page), and optionally push it to the Hub.
+
+    python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub
+    python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub \
+        --push-to-hub your-name/hyper-minilm [--private]
+
+Everything is written to --out first; the upload is the only step that needs the network (token from HF_TOKEN or
+`hf auth login`, or --token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hyper_retrieval.hub import export_for_hub, push_to_hub
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved model folder (train.py's <output_dir>/final)")
+    parser.add_argument("--results", help="eval.py's output folder for that model (results.json, heat map)")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this model repository")
+    parser.add_argument("--repo-id", help="the model's Hub id in the card's examples (default: --push-to-hub)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--base-model", help="the backbone's Hub id (default: from train_config.yaml)")
+    parser.add_argument("--dataset", action="append", dest="datasets", metavar="HUB_ID",
+                        help="a training data set's Hub id, repeatable (default: Hub ids in train_config.yaml)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
+                         license=args.license, base_model=args.base_model, datasets=args.datasets,
+                         overwrite=args.overwrite)
+    print(f"exported to {out}")
+    if args.push_to_hub:
+        commit = push_to_hub(out, args.push_to_hub, token=args.token, private=args.private)
+        print(f"pushed: {commit.commit_url}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Inference Endpoints handler of a HypeR retriever (ships in the model repository as handler.py).
+
+JSON payloads:
+- sentence similarity (the Hub widget's): {"inputs": {"source_sentence": str, "sentences": [str, ...]}}
+  -> [score, ...]: the source sentence is encoded as a query (with its hyper-prompt), each sentence as a passage
+  (without prompt); the score is their dot product (the cosine for the L2-normalised dense models).
+- feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document"}} -> one embedding
+  (a list of floats) for a string, a list of them for a list; "task" defaults to "query".
+A malformed payload is answered with {"error": message}, not an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers import AutoModel
+
+TASKS = ("query", "document")
+PARAMETERS = ("task",)
+
+
+class PayloadError(ValueError):
+    """The request does not follow one of the payload forms above."""
+
+
+def _texts(value: Any, where: str) -> list[str]:
+    """A non-empty list of non-blank strings, or PayloadError naming `where`."""
+    if not isinstance(value, list) or not value:
+        raise PayloadError(f"{where} must be a non-empty list of strings, got {type(value).__name__}")
+    for i, text in enumerate(value):
+        if not isinstance(text, str) or not text.strip():
+            raise PayloadError(f"{where}[{i}] must be a non-blank string, got {text!r}")
+    return value
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+
+
+class EndpointHandler:
+    """Loads the repository's model once; each call answers one payload."""
+
+    def __init__(self, path: str = ""):
+        self.model = AutoModel.from_pretrained(path or ".", trust_remote_code=True).eval()
+
+    def __call__(self, data: dict[str, Any]) -> list | dict[str, str]:
+        try:
+            if not isinstance(data, dict) or "inputs" not in data:
+                raise PayloadError('the payload must be a JSON object with an "inputs" key')
+            parameters = data.get("parameters") or {}
+            if not isinstance(parameters, dict) or set(parameters) - set(PARAMETERS):
+                raise PayloadError(f'"parameters" must be an object with keys among {list(PARAMETERS)}')
+            inputs = data["inputs"]
+            if isinstance(inputs, dict):
+                return self._similarity_payload(inputs)
+            if isinstance(inputs, str):
+                return self.embed(_texts([inputs], '"inputs"'), parameters.get("task", "query"))[0].tolist()
+            return self.embed(_texts(inputs, '"inputs"'), parameters.get("task", "query")).tolist()
+        except PayloadError as e:
+            return {"error": str(e)}
+
+    def _similarity_payload(self, inputs: dict[str, Any]) -> list[float]:
+        expected = {"source_sentence", "sentences"}
+        if set(inputs) != expected:
+            raise PayloadError(f'"inputs" as an object needs exactly the keys {sorted(expected)}, got {sorted(inputs)}')
+        source = inputs["source_sentence"]
+        if not isinstance(source, str) or not source.strip():
+            raise PayloadError(f'"source_sentence" must be a non-blank string, got {source!r}')
+        return self.similarity(source, _texts(inputs["sentences"], '"sentences"'))
+
+    def embed(self, texts: list[str], task: str = "query") -> np.ndarray:
+        """(n, d) embeddings (dense arrays also for the sparse kind): queries with the prompt, documents without."""
+        if task not in TASKS:
+            raise PayloadError(f'"task" must be one of {list(TASKS)}, got {task!r}')
+        encode = self.model.encode_queries if task == "query" else self.model.encode_corpus
+        return _dense(encode(texts))
+
+    def similarity(self, source: str, sentences: list[str]) -> list[float]:
+        """Dot products of the source (a query) with each sentence (a passage)."""
+        return (self.embed(sentences, "document") @ self.embed([source], "query")[0]).tolist()
+
+    def prompt_attention(self, query: str) -> list[float] | None:
+        """The query's attention over the prompt pool (N weights summing to 1), None for a model without a pool."""
+        if self.model.hyper_prompt is None:
+            return None
+        return self.model.prompt_attention([query])[0].tolist()

@@ -1,0 +1,96 @@
+"""sentence-transformers module of a HypeR retriever (ships in the model repository, named in modules.json).
+
+`SentenceTransformer(repo, trust_remote_code=True)` loads the repository's own model through AutoModel;
+`encode_query` runs the query side (with the per-query hyper-prompt), `encode_document` the passage side (without).
+Plain `encode` (no task) is the query side, like the model's forward and the feature-extraction pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules import InputModule
+from transformers import AutoModel
+
+TASKS = ("query", "document")
+
+
+class HyperSentenceEncoder(InputModule):
+    """Tokenizes and encodes in one module; `task` ("query" or "document") picks the side."""
+
+    forward_kwargs = {"task"}
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        if model.tokenizer is None:
+            raise ValueError("the HypeR model has no tokenizer beside its weights")
+        self.model = model
+        self.tokenizer = model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.config.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.config.max_seq_length = value
+
+    def preprocess(self, inputs: list[str], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        """Texts -> padded token ids, truncated at `max_seq_length` as the model's own encode_* do."""
+        texts = [prompt + text for text in inputs] if prompt else list(inputs)
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
+        )
+        return dict(tokens)
+
+    def forward(self, features: dict[str, Any], task: str | None = None, **kwargs) -> dict[str, Any]:
+        """Adds "sentence_embedding" (B, d) or (B, V), "token_embeddings" (dense) and "prompt_attention" (queries)."""
+        if task not in (None, *TASKS):
+            raise ValueError(f"task={task!r}: this model knows {TASKS} (None means 'query')")
+        out = self.model(
+            input_ids=features["input_ids"],
+            attention_mask=features["attention_mask"],
+            token_type_ids=features.get("token_type_ids"),
+            is_query=task != "document",
+        )
+        features["sentence_embedding"] = out.embeddings
+        if out.last_hidden_state is not None:
+            features["token_embeddings"] = out.last_hidden_state
+        if out.prompt_attention is not None:
+            features["prompt_attention"] = out.prompt_attention
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        backbone = self.model.config.backbone_config
+        return backbone.vocab_size if self.model.config.representation == "sparse" else backbone.hidden_size
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.model.save_pretrained(output_path)
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> HyperSentenceEncoder:
+        """The repository's model through AutoModel (its remote code); sentence-transformers' other options unused."""
+        hub_kwargs = {"subfolder": subfolder} if subfolder else {}
+        model = AutoModel.from_pretrained(
+            model_name_or_path,
+            trust_remote_code=trust_remote_code,
+            token=token,
+            cache_dir=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+            **hub_kwargs,
+            **(model_kwargs or {}),
+        )
+        return cls(model.eval())

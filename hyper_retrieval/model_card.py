@@ -1,0 +1,252 @@
+"""The model card (README.md) of an exported retriever: Hub metadata and a body written from the run.
+
+Metadata: license, base model, datasets, tags, library and pipeline tag, the eval.py results as a `model-index`
+(one EvalResult per collection and metric, values exactly as in results.json) and sentence-similarity widget
+examples. Body: the method, how to load the model (AutoModel, sentence-transformers, pipeline, the adapter, the
+endpoint handler and the local widget page), the training settings, the results table and attention heat map,
+limitations and the citation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .config import looks_local
+from .results import METRICS, results_table
+
+TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "retrieval", "hyper-prompt", "hyper",
+        "custom_code"]
+DEFAULT_WIDGET = [{
+    "source_sentence": "What causes the seasons on Earth?",
+    "sentences": [
+        "The tilt of Earth's axis changes how directly sunlight reaches each hemisphere over the year.",
+        "The Moon's gravity raises the tides of the oceans.",
+        "A television season is a set of episodes released together.",
+    ],
+}]
+RETRIEVAL_TASK = "text-retrieval"
+CITATION = """@inproceedings{cai2023hyper,
+  title     = {HypeR: Multitask Hyper-Prompted Training Enables Large-Scale Retrieval Generalization},
+  author    = {Cai and Tao and Shen and Xu and Geng and Lin and He and Jiang},
+  booktitle = {The Eleventh International Conference on Learning Representations (ICLR)},
+  year      = {2023},
+  url       = {https://openreview.net/forum?id=kUf4BcWXGJr}
+}"""
+METHOD = """HypeR (Cai et al., ICLR 2023) trains one retriever on many retrieval tasks at once. The query encoder keeps
+a small pool of N learned prompts. For every query a prompt synthesizer attends over the pool with the query's own
+token embeddings and mixes the prompts into one **hyper-prompt**, which enters every layer of the query encoder as a
+deep prefix (P-tuning v2 keys and values). No task id is needed at inference: the query decides its own mix. While
+training, a contrastive prompt regularization (CPR) pulls the attention distributions of queries of the same task
+together and pushes those of different tasks apart. Passages are encoded without prompt, so one passage index
+serves every kind of query."""
+
+
+def metric_type(metric: str) -> str:
+    """results.json's metric key as a model-index metric type: 'ndcg@10' -> 'ndcg_at_10'."""
+    return metric.replace("@", "_at_")
+
+
+def eval_results(results: Mapping[str, Any]) -> list[EvalResult]:
+    """One EvalResult per collection and metric of a results.json document, values unrounded."""
+    settings = results["settings"]
+    hub_ids = {src.rstrip("/").rsplit("/", 1)[-1]: src for src in settings.get("data", []) if not looks_local(src)}
+    return [
+        EvalResult(task_type=RETRIEVAL_TASK, task_name="Retrieval", dataset_type=hub_ids.get(name, name),
+                   dataset_name=name, dataset_split=settings.get("split"), metric_type=metric_type(metric),
+                   metric_name=label, metric_value=entry["metrics"][metric])
+        for name, entry in results["collections"].items()
+        for metric, label in METRICS.items()
+        if metric in entry["metrics"]
+    ]
+
+
+def default_base_model(config: Any, train_config: Mapping[str, Any] | None) -> str | None:
+    """The backbone's Hub id from the training config or the adapter's record; None when only a local path is known."""
+    candidates = [(train_config or {}).get("model", {}).get("backbone"),
+                  (config.hyper_prompt or {}).get("base_model_name_or_path")]
+    return next((c for c in candidates if c and not looks_local(c)), None)
+
+
+def default_datasets(train_config: Mapping[str, Any] | None) -> list[str]:
+    """Training collections given as Hub ids (local folders cannot be linked from the Hub)."""
+    collections = (train_config or {}).get("data", {}).get("collections", [])
+    return [c["path"] for c in collections if not looks_local(c["path"])]
+
+
+def _model_summary(config: Any) -> str:
+    backbone = config.backbone_config
+    kind = ("sparse (SPLADE: max over tokens of log(1 + relu(MLM logits)), one weight per vocabulary term)"
+            if config.representation == "sparse" else
+            f"dense ({config.pooling} pooling{', L2-normalised' if config.normalize else ''}, {backbone.hidden_size} "
+            "dimensions)")
+    prompt = config.hyper_prompt
+    if prompt is None:
+        prompt_line = "no prompt (the multi-task baseline)"
+    else:
+        tokens = prompt["num_virtual_tokens"]
+        length = f"{tokens} virtual token{'s' if tokens != 1 else ''}"
+        prompt_line = (f"one shared prefix of {length} (the single-prefix baseline)" if prompt["pool_size"] == 1 else
+                       f"a pool of {prompt['pool_size']} prompts of {length}, mixed per query "
+                       f"(attention temperature {prompt['temperature']})")
+    encoders = ("one encoder for queries and passages" if config.share_encoders
+                else "separate query and passage encoders")
+    return "\n".join([
+        f"- backbone: {backbone.model_type}, {backbone.num_hidden_layers} layers, hidden size {backbone.hidden_size}",
+        f"- representation: {kind}; score: dot product",
+        f"- prompt: {prompt_line}",
+        f"- {encoders}; texts truncated at {config.max_seq_length} tokens",
+    ])
+
+
+def _usage(model_id: str, config: Any) -> str:
+    sparse = config.representation == "sparse"
+    scores = "(q @ p.T).toarray()  # scipy CSR matrices" if sparse else "q @ p.T"
+    adapter_note = (
+        "The query backbone was frozen in training, so the adapter on the base model reproduces this model."
+        if config.freeze_query_backbone else
+        "The query backbone was trained too, so the adapter on the untrained base model is not this model; "
+        "it is meant for inspection and for reuse on a backbone trained alongside it.")
+    return f"""The architecture is custom code shipped in this repository (`modeling_hyper.py`,
+`hyper_prompt.py`, `configuration_hyper.py`), so loading needs `trust_remote_code=True`: read those files first.
+
+**transformers**
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)
+q = model.encode_queries(["what causes the seasons on earth"])            # with the hyper-prompt
+p = model.encode_corpus([{{"title": "Season", "text": "Axial tilt causes the seasons."}}])  # without prompt
+scores = {scores}
+model.prompt_attention(["what causes the seasons on earth"])  # (n, N): the query's mix over the prompt pool
+```
+
+**sentence-transformers**
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{model_id}", trust_remote_code=True)
+q = model.encode_query(["what causes the seasons on earth"])      # with the hyper-prompt
+d = model.encode_document(["Axial tilt causes the seasons."])    # without prompt
+model.similarity(q, d)  # dot product
+```
+
+Plain `model.encode(...)` is the query side, like the model's own forward.
+
+**pipeline**
+
+```python
+from transformers import pipeline
+
+extractor = pipeline("feature-extraction", model="{model_id}", trust_remote_code=True)
+extractor("what causes the seasons on earth")  # [[...]]: the pooled query embedding, shape (1, d) per text
+```
+
+The pipeline returns the query side (with the hyper-prompt), the same vector as `encode_queries`; it does not
+truncate unless called with `truncation=True`. Passages go through `encode_corpus` or `encode_document`.
+
+**The hyper-prompt adapter alone** (`adapter/`: `hyper_prompt_config.json`, `hyper_prompt.safetensors`)
+
+```python
+from huggingface_hub import snapshot_download
+
+folder = snapshot_download("{model_id}", allow_patterns=["adapter/*"])
+base.attach_adapter(f"{{folder}}/adapter")  # base: a HyperRetrieverModel built on the same backbone
+```
+
+{adapter_note}
+
+**Inference Endpoints and a local page.** `handler.py` (an `EndpointHandler`) answers the sentence-similarity
+payload `{{"inputs": {{"source_sentence": "...", "sentences": ["...", "..."]}}}}` with one score per sentence, and
+`{{"inputs": "text" or ["...", "..."], "parameters": {{"task": "query" or "document"}}}}` with embeddings. In a
+download of this repository, `python widget.py` serves a page at http://127.0.0.1:8000/ where you type a query and
+passages and see the scores and the query's prompt attention."""
+
+
+def _training(train_config: Mapping[str, Any] | None) -> str:
+    if not train_config:
+        return "No training configuration was exported with this model."
+    collections = [c.get("path") for c in train_config.get("data", {}).get("collections", [])]
+    lines = ["Trained with this project's `train.py`"
+             + (f" on {len(collections)} collections: " + ", ".join(f"`{c}`" for c in collections) if collections
+                else "") + ". The full configuration:", "",
+             "```yaml", yaml.safe_dump(dict(train_config), sort_keys=False).rstrip(), "```"]
+    return "\n".join(lines)
+
+
+def _results(results: Mapping[str, Any] | None, heatmap: str | None) -> str:
+    if results is None:
+        return "No evaluation results were exported with this model."
+    settings = results["settings"]
+    zero_shot = sorted(name for name, c in results["collections"].items() if c["zero_shot"])
+    parts = [f"Measured with this project's `eval.py` on the {settings.get('split')} split, "
+             f"top {settings.get('k')} passages per query"
+             + (f"; zero-shot (never trained on): {', '.join(zero_shot)}" if zero_shot else "") + ".", "",
+             results_table(results)]
+    if heatmap:
+        parts += ["", "Mean prompt attention of the queries of each collection (rows) over the prompt pool (columns):",
+                  "", f"![mean prompt attention per collection]({heatmap})"]
+    return "\n".join(parts)
+
+
+LIMITATIONS = """- Custom code: loading runs this repository's Python files (`trust_remote_code=True`). The hosted
+  inference widget may refuse custom-code models; use `handler.py` on Inference Endpoints or the local `widget.py`.
+- The deep prefix goes through transformers' attention interface (checked with transformers 5.x) and needs a
+  BERT-family backbone; a change in that interface can break the prompt injection.
+- The scores above come from the collections listed, with this project's evaluation; they are not the paper's
+  numbers, and retrieval quality on other domains is unmeasured.
+- The model inherits the language coverage and biases of its backbone and training data."""
+
+
+def card_body(config: Any, model_name: str, model_id: str, results: Mapping[str, Any] | None,
+              train_config: Mapping[str, Any] | None, heatmap: str | None) -> str:
+    """The Markdown below the metadata."""
+    return "\n\n".join([
+        f"# {model_name}",
+        "A multi-task retriever trained with HypeR's hyper-prompts, exported by hyper-retrieval (an open, "
+        "Hub-native implementation of the ICLR 2023 paper).",
+        _model_summary(config),
+        "## Method", METHOD,
+        "## How to use", _usage(model_id, config),
+        "## Training", _training(train_config),
+        "## Results", _results(results, heatmap),
+        "## Limitations", LIMITATIONS,
+        "## Citation", f"```bibtex\n{CITATION}\n```",
+    ]) + "\n"
+
+
+def build_model_card(
+    config: Any,
+    results: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    heatmap: str | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    datasets: Sequence[str] | None = None,
+    widget: Sequence[Mapping[str, Any]] | None = None,
+) -> ModelCard:
+    """The card of a model with `config` (a HyperConfig): metadata from the arguments and the run, body as above.
+
+    `heatmap` is the heat map's path inside the repository; `base_model` and `datasets` default to the Hub ids
+    found in the training config.
+    """
+    model_name = repo_id.split("/")[-1] if repo_id else "hyper-retriever"
+    data = ModelCardData(
+        license=license,
+        base_model=base_model or default_base_model(config, train_config),
+        datasets=list(datasets) if datasets is not None else default_datasets(train_config) or None,
+        tags=TAGS,
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        model_name=model_name,
+        eval_results=eval_results(results) if results else None,
+        widget=[dict(example) for example in (widget or DEFAULT_WIDGET)],
+    )
+    body = card_body(config, model_name, repo_id or "path/to/this/folder", results, train_config, heatmap)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -1,0 +1,70 @@
+"""The Inference Endpoints handler shipped in the exported folder: both payloads, and clear errors for bad ones."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from hub_run import POOL_SIZE
+
+SOURCE = "what causes the seasons on earth"
+SENTENCES = ["The tilt of Earth's axis causes the seasons.", "Moby-Dick is a novel by Herman Melville.",
+             "Tides are raised by the Moon."]
+
+
+@pytest.fixture(scope="module")
+def handler(hub_run):
+    """EndpointHandler as Inference Endpoints builds it: handler.py imported from the repository, given its path."""
+    spec = importlib.util.spec_from_file_location("exported_handler", hub_run.export_dir / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(hub_run.export_dir))
+
+
+def answer(handler, payload):
+    """The handler's answer after a JSON round trip, as the endpoint would send it."""
+    return json.loads(json.dumps(handler(json.loads(json.dumps(payload)))))
+
+
+def test_sentence_similarity_payload(handler, hub_run):
+    scores = answer(handler, {"inputs": {"source_sentence": SOURCE, "sentences": SENTENCES}})
+    expected = hub_run.model.encode_corpus(SENTENCES) @ hub_run.model.encode_queries([SOURCE])[0]
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    assert int(np.argmax(scores)) == 0  # the passage that answers the query ranks first
+
+
+def test_feature_extraction_payloads(handler, hub_run):
+    one = answer(handler, {"inputs": SOURCE})
+    assert isinstance(one, list) and len(one) == 384 and all(isinstance(x, float) for x in one)
+    np.testing.assert_allclose(one, hub_run.model.encode_queries([SOURCE])[0], atol=1e-6)
+    queries = answer(handler, {"inputs": SENTENCES})
+    documents = answer(handler, {"inputs": SENTENCES, "parameters": {"task": "document"}})
+    np.testing.assert_allclose(queries, hub_run.model.encode_queries(SENTENCES), atol=1e-6)
+    np.testing.assert_allclose(documents, hub_run.model.encode_corpus(SENTENCES), atol=1e-6)
+    assert np.abs(np.array(queries) - np.array(documents)).max() > 1e-3  # the query side carries the hyper-prompt
+
+
+def test_prompt_attention(handler, hub_run):
+    attention = handler.prompt_attention(SOURCE)
+    assert len(attention) == POOL_SIZE and sum(attention) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(attention, hub_run.model.prompt_attention([SOURCE])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ([SOURCE], 'a JSON object with an "inputs" key'),
+    ({"text": SOURCE}, 'a JSON object with an "inputs" key'),
+    ({"inputs": 42}, '"inputs" must be a non-empty list of strings, got int'),
+    ({"inputs": []}, '"inputs" must be a non-empty list of strings, got list'),
+    ({"inputs": "  "}, '"inputs"[0] must be a non-blank string'),
+    ({"inputs": [SOURCE, 3]}, '"inputs"[1] must be a non-blank string, got 3'),
+    ({"inputs": {"source_sentence": SOURCE}}, "needs exactly the keys ['sentences', 'source_sentence']"),
+    ({"inputs": {"source_sentence": SOURCE, "sentences": "one"}}, '"sentences" must be a non-empty list of strings'),
+    ({"inputs": {"source_sentence": SOURCE, "sentences": [SOURCE, None]}}, '"sentences"[1] must be a non-blank'),
+    ({"inputs": {"source_sentence": 5, "sentences": SENTENCES}}, '"source_sentence" must be a non-blank string'),
+    ({"inputs": SOURCE, "parameters": {"task": "passage"}}, '"task" must be one of [\'query\', \'document\']'),
+    ({"inputs": SOURCE, "parameters": {"top_k": 3}}, '"parameters" must be an object with keys among [\'task\']'),
+    ({"inputs": SOURCE, "parameters": "query"}, '"parameters" must be an object'),
+])
+def test_malformed_payloads_get_an_error_message(handler, payload, message):
+    result = answer(handler, payload)
+    assert list(result) == ["error"] and message in result["error"], result

@@ -1,0 +1,103 @@
+"""The local widget page of the exported folder: its JSON endpoint, and the page as headless Chromium renders it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+from hub_run import POOL_SIZE
+from PIL import Image
+
+QUERY = "what causes the seasons on earth"
+PASSAGES = ["The tilt of Earth's axis causes the seasons.", "Moby-Dick is a novel by Herman Melville.",
+            "Tides are raised by the Moon."]
+WINDOW = (1000, 760)
+SCORE_BLUE, ATTENTION_ORANGE = (0x2E, 0x86, 0xDE), (0xE4, 0x57, 0x2E)  # the bar colours in widget.html
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000"]
+
+
+@pytest.fixture(scope="module")
+def widget_url(hub_run, tmp_path_factory):
+    """`python widget.py --port 0` run from the exported folder, offline; yields its address, then stops it."""
+    home = tmp_path_factory.mktemp("widget_home")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "PYTHONPATH": ""}
+    with open(home / "stderr.log", "w") as stderr:
+        server = subprocess.Popen([sys.executable, "widget.py", "--port", "0"], cwd=hub_run.export_dir, env=env,
+                                  stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("serving on http://127.0.0.1:"), line + (home / "stderr.log").read_text()[-3000:]
+        yield line.split()[-1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "api/score", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_score_endpoint(widget_url, hub_run):
+    status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": PASSAGES}).encode())
+    assert status == 200
+    expected = hub_run.model.encode_corpus(PASSAGES) @ hub_run.model.encode_queries([QUERY])[0]
+    np.testing.assert_allclose(answer["scores"], expected, atol=1e-6)
+    np.testing.assert_allclose(answer["attention"], hub_run.model.prompt_attention([QUERY])[0], atol=1e-6)
+    assert post(widget_url, json.dumps({"query": "", "passages": PASSAGES}).encode()) == (
+        400, {"error": "\"source_sentence\" must be a non-blank string, got ''"})
+    assert post(widget_url, b"not json")[0] == 400
+    with urllib.request.urlopen(widget_url, timeout=30) as response:
+        assert b'<textarea id="query"' in response.read()
+
+
+def chromium() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if found is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the widget page is not rendered")
+    return found
+
+
+def test_page_renders_scores_and_attention_in_headless_chromium(widget_url, tmp_path):
+    browser = chromium()
+    query = urllib.parse.urlencode([("query", QUERY), *(("passage", p) for p in PASSAGES)])
+    page = f"{widget_url}?{query}"  # the page fills itself from its address and scores on load
+    _, expected = post(widget_url, json.dumps({"query": QUERY, "passages": PASSAGES}).encode())
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, page],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    dom = run("--dump-dom").stdout
+    assert 'data-state="done"' in dom, dom[-2000:]
+    shown_scores = [float(v) for v in _attribute_values(dom, "data-score")]
+    assert sorted(shown_scores, reverse=True) == shown_scores  # ranked by score
+    assert sorted(shown_scores) == pytest.approx(sorted(expected["scores"]), abs=1e-9)
+    np.testing.assert_allclose([float(v) for v in _attribute_values(dom, "data-weight")], expected["attention"])
+    assert dom.count('class="attention-bar"') == POOL_SIZE
+
+    shot = tmp_path / "widget.png"
+    result = run(f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}")
+    assert shot.is_file(), result.stderr[-2000:]
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (WINDOW[1], WINDOW[0])
+    # Both charts are drawn: bar-coloured areas of real size (the longest score bar is 120 x 14 px).
+    assert np.all(image == SCORE_BLUE, axis=-1).sum() > 1000
+    assert np.all(image == ATTENTION_ORANGE, axis=-1).sum() > 2000
+
+
+def _attribute_values(html: str, name: str) -> list[str]:
+    marker = f'{name}="'
+    return [part.split('"', 1)[0] for part in html.split(marker)[1:]]
