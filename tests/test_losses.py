@@ -1,14 +1,13 @@
 """Losses against hand computations; CPR's pull/push behaviour and memory bank; gathering across 2 processes."""
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from dist_loss_check import B, K, global_batch
+from processes import REPO, torchrun_two
 from scipy.spatial.distance import jensenshannon
 
 from hyper_retrieval.config import LossSettings
@@ -21,10 +20,6 @@ from hyper_retrieval.losses import (
     js_divergence,
     warmup_weight,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from dist_loss_check import B, K, global_batch  # noqa: E402
 
 
 def hand_contrastive(q: list[list[float]], p: list[list[float]], targets: list[int], temperature: float,
@@ -176,11 +171,7 @@ def test_retrieval_loss_returns_every_term() -> None:
 
 @pytest.mark.slow
 def test_two_processes_gather_passages_with_gradient(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "dist_loss_check.py"), str(tmp_path)]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun_two(REPO / "tests" / "dist_loss_check.py", str(tmp_path))
     ranks = [torch.load(tmp_path / f"loss-rank{r}.pt") for r in range(2)]
     world = ranks[0]["world"]
     assert world == 2

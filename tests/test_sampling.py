@@ -1,18 +1,15 @@
 """Multi-task sampler: task shares follow the temperature, homogeneous batches, determinism, resume, 2 processes."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import REPO, torchrun_two
 
 from hyper_retrieval.sampling import MultiTaskBatchSampler, task_probabilities
 
 SIZES = [1000, 300, 50]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def batch_tasks(sampler: MultiTaskBatchSampler) -> list[np.ndarray]:
@@ -82,11 +79,7 @@ def test_rank_slices_partition_the_global_batch() -> None:
 
 @pytest.mark.slow
 def test_two_processes_are_on_the_same_task_at_every_step(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "dist_sampler_check.py"), str(tmp_path)]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun_two(REPO / "tests" / "dist_sampler_check.py", str(tmp_path))
     ranks = [json.loads((tmp_path / f"sampler-rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 for r in ranks)
     offsets = np.cumsum([0, 50, 30, 20])

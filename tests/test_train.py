@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from processes import torchrun_two
 from safetensors.torch import load_file
 from tiny import tiny_backbone_config
 from transformers import AutoTokenizer, BertForMaskedLM, BertModel
@@ -174,11 +175,7 @@ def test_two_cpu_processes_train_with_ddp(tiny_backbones, tmp_path):
     """torchrun with 2 processes: DDP needs every trainable parameter in the loss (the unused pooler broke it)."""
     config = write_config(tmp_path, tiny_backbones["dense"], data={"sampling": "homogeneous"},
                           optim={"max_steps": 4}, train={"batch_size": 4, "save_every": 2})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(REPO / "train.py"), "--config", str(config)], cwd=REPO, env=env,
-                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun_two(REPO / "train.py", "--config", str(config), ACCELERATE_USE_CPU="1")
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert log[0]["queries_per_s"] > 0 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
