@@ -286,7 +286,7 @@ def main() -> None:
         "encode_corpus (cold)": run_ours,
         "proto: parallel tok + token sort (cold)": run_proto_cold,
         "proto: cached token ids (memmap)": run_proto_cached,
-        "tokenize only, per batch (encode_corpus)": run_tokenize_batches,
+        "tokenize only, per batch (as sentence-transformers)": run_tokenize_batches,
         "tokenize only, whole list at once": run_tokenize_all,
     }
     warm = slices[0][: 4 * max(args.batch_size, proto_batch)]

@@ -35,6 +35,7 @@ from .configuration_hyper import HyperConfig
 from .hyper_prompt import ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, PrefixKV
 
 PREFIX_KWARG = "hyper_prefix"
+TOKENIZE_CHUNK = 4096  # texts tokenized per call by encode_queries / encode_corpus
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -357,43 +358,71 @@ class HyperRetrieverModel(PreTrainedModel):
                 raise TypeError(f"{what}[{i}] is a {type(text).__name__}, expected {expected}")
         return list(texts)
 
+    def _token_batches(self, texts: list[str], batch_size: int):
+        """Yields (rows of `texts`, input ids (B, T), attention mask (B, T)), longest first, padded per batch.
+
+        Texts are taken in chunks of similar character length and each chunk is tokenized in one call (the fast
+        tokenizer works in parallel); batches are then sorted by token count, so they carry little padding.
+        """
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        for chunk in range(0, len(order), TOKENIZE_CHUNK):
+            rows = order[chunk : chunk + TOKENIZE_CHUNK]
+            ids = self.tokenizer(
+                [texts[i] for i in rows],
+                truncation=True,
+                max_length=self.config.max_seq_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            by_length = sorted(range(len(rows)), key=lambda j: -len(ids[j]))
+            for start in range(0, len(by_length), batch_size):
+                picked = by_length[start : start + batch_size]
+                width = len(ids[picked[0]])
+                input_ids = torch.full((len(picked), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(picked), width), dtype=torch.long)
+                for b, j in enumerate(picked):
+                    input_ids[b, : len(ids[j])] = torch.tensor(ids[j])
+                    mask[b, : len(ids[j])] = 1
+                yield rows[picked], input_ids, mask
+
     @torch.no_grad()
     def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool):
-        """Length-sorted batches without grad -> (embeddings in input order, prompt attention or None)."""
+        """Token-length-sorted batches without grad -> (embeddings in input order, prompt attention or None)."""
         if self.tokenizer is None:
             raise ValueError("no tokenizer: load with from_pretrained/from_backbone or set model.tokenizer")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
         was_training = self.training
         self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         sparse = self.config.representation == "sparse"
         if sparse:
             from scipy import sparse as scipy_sparse
-        embeddings, attentions = [], []
-        starts = range(0, len(texts), batch_size)
+        rows, embeddings, attentions = [], [], []
+        bar = None
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="queries" if is_query else "passages", unit="batch")
-        for start in starts:
-            batch = [texts[i] for i in order[start : start + batch_size]]
-            tokens = self.tokenizer(
-                batch, padding=True, truncation=True, max_length=self.config.max_seq_length, return_tensors="pt"
-            ).to(self.device)
-            out = self(**tokens, is_query=is_query)
+            bar = tqdm(total=len(texts), desc="queries" if is_query else "passages", unit="text")
+        for batch_rows, input_ids, mask in self._token_batches(texts, batch_size):
+            out = self(input_ids.to(self.device), mask.to(self.device), is_query=is_query)
             emb = out.embeddings.float().cpu().numpy()
             embeddings.append(scipy_sparse.csr_matrix(emb) if sparse else emb)
             if out.prompt_attention is not None:
                 attentions.append(out.prompt_attention.float().cpu().numpy())
+            rows.append(batch_rows)
+            if bar is not None:
+                bar.update(len(batch_rows))
+        if bar is not None:
+            bar.close()
         self.train(was_training)
-        inverse = np.argsort(order, kind="stable")
         if not embeddings:
             empty = np.zeros((0, self._output_dim()), dtype=np.float32)
             no_attention = None
             if is_query and self.hyper_prompt is not None:
                 no_attention = np.zeros((0, self.hyper_prompt.config.pool_size), dtype=np.float32)
             return (scipy_sparse.csr_matrix(empty) if sparse else empty), no_attention
+        inverse = np.argsort(np.concatenate(rows), kind="stable")
         stacked = scipy_sparse.vstack(embeddings, format="csr") if sparse else np.concatenate(embeddings)
         return stacked[inverse], (np.concatenate(attentions)[inverse] if attentions else None)
 

@@ -85,3 +85,24 @@ def test_sparse_splade_encodes_to_vocabulary_csr(splade_path):
     assert (queries.data > 0).all() and 0 < queries.nnz < 0.5 * np.prod(queries.shape)
     scores = (queries @ docs.T).toarray()
     assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]  # SPLADE matches terms
+
+
+def test_batches_are_sorted_by_tokens_and_cover_every_text_once(plain_minilm, bbir):
+    import json
+
+    texts = []
+    for name in ("drop", "qasc", "vitaminc"):
+        with open(bbir / name / "corpus.jsonl") as f:
+            texts += [json.loads(line)["text"] for _, line in zip(range(200), f, strict=False)]
+    batches = list(plain_minilm._token_batches(texts, batch_size=32))
+    rows = np.concatenate([r for r, _, _ in batches])
+    assert sorted(rows.tolist()) == list(range(len(texts)))
+    padded = sum(mask.numel() for _, _, mask in batches)
+    lengths = [len(ids) for ids in plain_minilm.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+    by_characters = np.argsort([-len(t) for t in texts], kind="stable")
+    char_batches = [by_characters[i : i + 32] for i in range(0, len(texts), 32)]
+    char_padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in char_batches)
+    assert padded < 0.95 * char_padded  # sorting by tokens wastes less than sorting by characters
+    for _, ids, mask in batches:
+        assert (mask.sum(1).diff() <= 0).all()  # longest first within a batch
+        assert ids.shape[1] == mask.sum(1).max() <= plain_minilm.config.max_seq_length
