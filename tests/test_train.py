@@ -98,6 +98,22 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
 
 
+def test_accumulation_checkpointing_bf16_and_frozen_passages(tiny_backbones, tmp_path):
+    config = write_config(
+        tmp_path, tiny_backbones["dense"], data={"sampling": "homogeneous"},
+        model={"share_encoders": False, "freeze_passage_encoder": True},
+        optim={"max_steps": 3, "grad_accum": 2, "gradient_checkpointing": True, "mixed_precision": "bf16"},
+    )
+    run_train(config)
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == [1, 2, 3]  # optimizer steps, each over 2 micro-batches
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    initial = load_file(tiny_backbones["dense"] / "model.safetensors")
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(final[f"passage_encoder.{name}"], initial[name])  # frozen passage encoder
+    assert not torch.equal(final[f"query_encoder.{name}"], initial[name])  # trained query encoder
+
+
 def test_dense_negatives_mined_with_the_initial_model(tiny_backbones, tmp_path):
     config = write_config(tmp_path, tiny_backbones["dense"], data={"negatives": "dense", "num_negatives": 2},
                           optim={"max_steps": 3})
