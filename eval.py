@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from hyper_retrieval.beir import load_collection
-from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, path_fingerprint
+from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, passage_encoder_fingerprint, path_fingerprint
 from hyper_retrieval.evaluation import BM25Searcher, ModelSearcher, evaluate_collections
 from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
 from hyper_retrieval.results import (
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     if is_bm25:
         searcher = BM25Searcher(args.bm25_k1, args.bm25_b, progress)
     else:
-        searcher = ModelSearcher(load_retriever(args.model), settings["model_fingerprint"], args.batch_size,
+        model = load_retriever(args.model)
+        # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
+        cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
+        searcher = ModelSearcher(model, cache_fingerprint, args.batch_size,
                                  args.max_length, args.index, args.prune_query_terms,
                                  Path(args.cache_dir) if args.cache_dir else None, progress)
 

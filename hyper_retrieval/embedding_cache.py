@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 Embeddings = np.ndarray | sp.csr_matrix
 
@@ -32,6 +33,22 @@ def path_fingerprint(name_or_path: str | os.PathLike) -> str:
     if path.is_file():
         return f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
     return str(name_or_path)
+
+
+def passage_encoder_fingerprint(model: Any) -> str | None:
+    """Identity of what ``encode_corpus`` computes for a HyperRetrieverModel: the tensors of the encoder that reads
+    passages and the settings that shape passage vectors. Models that share a passage encoder (e.g. the frozen copy
+    of the benchmark's systems) then share cached corpus embeddings. None for a model without such an encoder."""
+    encoder = getattr(model, "passage_encoder", None) or getattr(model, "query_encoder", None)
+    if encoder is None:
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    shape = {k: getattr(model.config, k, None) for k in ("representation", "pooling", "normalize", "max_seq_length")}
+    digest.update(json.dumps(shape, sort_keys=True).encode())
+    return "passage-encoder:" + digest.hexdigest()[:24]
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

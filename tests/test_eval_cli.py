@@ -264,3 +264,35 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
     attention = np.load(out / "attention.npy")
     assert attention.shape == (len(collection.queries), HyperPromptConfig().pool_size)
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_cli, samples, minilm_path, tmp_path):
+    """The benchmark's systems keep MiniLM's frozen passage encoder: the corpus is encoded once for all of them."""
+    import torch
+
+    from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+    def saved(name, **kwargs):
+        torch.manual_seed(0)
+        model = HyperRetrieverModel.from_backbone(minilm_path, share_encoders=False, freeze_passage_encoder=True,
+                                                  **kwargs)
+        with torch.no_grad():  # a "trained" query encoder
+            model.query_encoder.get_input_embeddings().weight.mul_(1.1)
+        model.save_pretrained(tmp_path / name)
+        return model
+
+    saved("hyper", hyper_prompt=HyperPromptConfig(pool_size=3))
+    saved("multitask")
+    changed = saved("changed")
+    with torch.no_grad():
+        changed.passage_encoder.get_input_embeddings().weight.mul_(1.1)
+    changed.save_pretrained(tmp_path / "changed")
+    hits = {}
+    for name in ("hyper", "multitask", "changed"):
+        eval_cli.main(["--model", str(tmp_path / name), "--data", str(samples[0]), "--cache-dir",
+                       str(tmp_path / "cache"), "--out", str(tmp_path / f"eval-{name}"), "--no-progress"])
+        results = json.loads((tmp_path / f"eval-{name}" / "results.json").read_text())
+        hits[name] = results["collections"]["ropes"]["info"]["corpus_cache_hit"]
+    assert hits == {"hyper": False, "multitask": True, "changed": False}
+    runs = {n: (tmp_path / f"eval-{n}" / "runs" / "ropes.trec").read_text() for n in ("hyper", "multitask")}
+    assert runs["hyper"] != runs["multitask"]  # the query sides differ: each run scores with its own queries
