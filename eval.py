@@ -37,7 +37,9 @@ from hyper_retrieval.results import (
 
 
 def load_retriever(name_or_path: str) -> Any:
-    """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, through AutoModel."""
+    """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, through AutoModel, on the
+    GPU when there is one."""
+    import torch
     from transformers import AutoModel
 
     folder = Path(name_or_path)
@@ -45,7 +47,7 @@ def load_retriever(name_or_path: str) -> Any:
         raise FileNotFoundError(f"model folder {folder} has no weights (no {', '.join(WEIGHT_PATTERNS)} file; "
                                 f"found: {sorted(p.name for p in folder.iterdir())})")
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
-    return model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
