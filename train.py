@@ -29,6 +29,7 @@ from hyper_retrieval.checkpoints import latest_checkpoint, save_checkpoint
 from hyper_retrieval.config import ConfigError, load_config
 from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
+from hyper_retrieval.memory import keep_freed_memory
 from hyper_retrieval.sampling import MultiTaskBatchSampler
 from hyper_retrieval.training import TrainState, build_model, dev_score, load_dev_collections
 
@@ -57,6 +58,8 @@ def main() -> int:
         project_dir=str(out),
     )
     set_seed(cfg.train.seed)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

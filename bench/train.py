@@ -39,21 +39,11 @@ from hyper_retrieval.beir import load_collection  # noqa: E402
 from hyper_retrieval.config import LossSettings  # noqa: E402
 from hyper_retrieval.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
 from hyper_retrieval.losses import RetrievalLoss  # noqa: E402
+from hyper_retrieval.memory import keep_freed_memory  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
 TRAINING_COLLECTIONS = ("nq_ckc", "vitaminc", "quoref", "drop", "cosmosqa", "qasc")
-
-
-def keep_freed_memory() -> None:
-    """glibc: serve large blocks from the heap and never give it back (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_
-    huge), so the activations freed after each step are reused instead of being unmapped and page-faulted in again."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters from <malloc.h>
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise OSError("mallopt failed")
 
 
 def build_batches(tokenizer, count: int, args) -> tuple[list[TrainBatch], float]:
@@ -118,7 +108,7 @@ def main() -> None:
     parser.add_argument("--frozen-passages", action="store_true",
                         help="separate frozen passage encoder (the bbir configs' setting) instead of a shared one")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="prototype: glibc mallopt so freed activations stay mapped (Linux; see keep_freed_memory)")
+                        help="glibc mallopt: freed activations stay mapped (train.py does it on CPU)")
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
