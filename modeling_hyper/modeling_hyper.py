@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +91,27 @@ AttentionInterface.register("hyper_prefix_sdpa", _prefix_attention(sdpa_attentio
 AttentionInterface.register("hyper_prefix_eager", _prefix_attention(eager_attention_forward))
 AttentionMaskInterface.register("hyper_prefix_sdpa", sdpa_mask)
 AttentionMaskInterface.register("hyper_prefix_eager", eager_mask)
+
+
+def prefetch(batches: Iterator, depth: int = 8) -> Iterator:
+    """Runs the `batches` generator in a background thread, `depth` items ahead (the fast tokenizer releases the
+    GIL, so tokenizing overlaps with the GPU); an exception in the thread is raised here."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in batches:
+                box.put(item)
+        except BaseException as e:  # handed to the consumer
+            box.put(e)
+        box.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 @dataclass
@@ -404,12 +428,21 @@ class HyperRetrieverModel(PreTrainedModel):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), desc="queries" if is_query else "passages", unit="text")
-        for batch_rows, input_ids, mask in self._token_batches(texts, batch_size):
-            out = self(input_ids.to(self.device), mask.to(self.device), is_query=is_query)
-            emb = out.embeddings.float().cpu().numpy()
-            embeddings.append(scipy_sparse.csr_matrix(emb) if sparse else emb)
+        on_gpu = self.device.type == "cuda"
+        batches = self._token_batches(texts, batch_size)
+        for batch_rows, input_ids, mask in prefetch(batches) if on_gpu else batches:
+            if on_gpu:  # tokenization runs ahead in a thread; copies overlap with compute
+                input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+            out = self(
+                input_ids.to(self.device, non_blocking=on_gpu),
+                mask.to(self.device, non_blocking=on_gpu),
+                is_query=is_query,
+            )
+            # Dense vectors stay on the device until the end (one copy back); sparse ones become CSR at once.
+            emb = out.embeddings.float()
+            embeddings.append(scipy_sparse.csr_matrix(emb.cpu().numpy()) if sparse else emb)
             if out.prompt_attention is not None:
-                attentions.append(out.prompt_attention.float().cpu().numpy())
+                attentions.append(out.prompt_attention.float())
             rows.append(batch_rows)
             if bar is not None:
                 bar.update(len(batch_rows))
@@ -423,8 +456,8 @@ class HyperRetrieverModel(PreTrainedModel):
                 no_attention = np.zeros((0, self.hyper_prompt.config.pool_size), dtype=np.float32)
             return (scipy_sparse.csr_matrix(empty) if sparse else empty), no_attention
         inverse = np.argsort(np.concatenate(rows), kind="stable")
-        stacked = scipy_sparse.vstack(embeddings, format="csr") if sparse else np.concatenate(embeddings)
-        return stacked[inverse], (np.concatenate(attentions)[inverse] if attentions else None)
+        stacked = scipy_sparse.vstack(embeddings, format="csr") if sparse else torch.cat(embeddings).cpu().numpy()
+        return stacked[inverse], (torch.cat(attentions).cpu().numpy()[inverse] if attentions else None)
 
     def _output_dim(self) -> int:
         backbone = self.config.backbone_config

@@ -106,3 +106,16 @@ def test_batches_are_sorted_by_tokens_and_cover_every_text_once(plain_minilm, bb
     for _, ids, mask in batches:
         assert (mask.sum(1).diff() <= 0).all()  # longest first within a batch
         assert ids.shape[1] == mask.sum(1).max() <= plain_minilm.config.max_seq_length
+
+
+def test_prefetch_yields_the_same_batches_and_raises_their_errors():
+    from modeling_hyper.modeling_hyper import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("tokenizer exploded")
+
+    with pytest.raises(ValueError, match="tokenizer exploded"):
+        list(prefetch(broken()))
