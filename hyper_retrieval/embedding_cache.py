@@ -51,6 +51,34 @@ def passage_encoder_fingerprint(model: Any) -> str | None:
     return "passage-encoder:" + digest.hexdigest()[:24]
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of a tokenizer by content (its full serialisation for fast tokenizers), not by where it was loaded
+    from, so every model trained from one backbone shares a corpus's cached token ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return f"{type(tokenizer).__name__}:" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cached_token_store(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
+                       compute: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                                      bool]:
+    """((ids, offsets), hit): a corpus's token ids (flat int32) and offsets (n_docs + 1) for ``parts``, from
+    ``<key>.tokens/`` reopened memory-mapped, else ``compute()`` saved there (into a temporary folder, renamed)."""
+    folder = Path(cache_dir) / f"{cache_key(parts)}.tokens"
+    if not folder.is_dir():
+        ids, offsets = compute()
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "ids.npy", ids)
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, folder)
+        hit = False
+    else:
+        hit = True
+    return (np.load(folder / "ids.npy", mmap_mode="r"), np.load(folder / "offsets.npy", mmap_mode="r")), hit
+
+
 def cache_key(parts: Mapping[str, Any]) -> str:
     """A short hex digest of the JSON form of ``parts`` (keys sorted)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

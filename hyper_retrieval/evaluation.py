@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .beir import Collection, Corpus, pooled_collection, split_pooled
 from .bm25 import BM25
-from .embedding_cache import Embeddings, cached_embeddings
+from .embedding_cache import Embeddings, cached_embeddings, cached_token_store, tokenizer_fingerprint
 from .index import DenseIndex, Run, SparseIndex, run_from_topk
 from .metrics import compute_metrics
 
@@ -98,6 +98,10 @@ class ModelSearcher:
         return cached_embeddings(self.cache_dir, settings, compute) if self.cache_dir else (compute(), False)
 
     def _encoder(self, corpus: Corpus) -> Callable[[], Embeddings]:
+        if self.cache_dir is not None and hasattr(self.model, "encode_tokenized"):
+            return lambda: self.model.encode_tokenized(*self.token_store(corpus), False, self.batch_size,
+                                                       self.show_progress)[0]
+
         def encode() -> Embeddings:
             chunks = []
             with tqdm(total=len(corpus), desc="encode corpus", unit="doc",
@@ -111,6 +115,23 @@ class ModelSearcher:
                 return sp.vstack([sp.csr_matrix(c) for c in chunks], format="csr")
             return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
         return encode
+
+    def token_store(self, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+        """The corpus's token ids and offsets (see HyperRetrieverModel.tokenize), cached on disk by tokenizer
+        content, max length and corpus: re-encoding a corpus after each training run skips tokenization."""
+        parts = {"tokenizer": tokenizer_fingerprint(self.model.tokenizer), "corpus": corpus.fingerprint,
+                 "n_docs": len(corpus), "max_seq_length": self.model.config.max_seq_length}
+
+        def tokenize() -> tuple[np.ndarray, np.ndarray]:
+            ids, offsets, total = [], [np.zeros(1, np.int64)], 0
+            for docs in corpus.batches(self.corpus_chunk):
+                chunk_ids, chunk_offsets = self.model.tokenize(self.model.passage_texts(docs))
+                ids.append(chunk_ids)
+                offsets.append(chunk_offsets[1:] + total)
+                total += len(chunk_ids)
+            return np.concatenate(ids), np.concatenate(offsets)
+
+        return cached_token_store(self.cache_dir, parts, tokenize)[0]
 
     def encode_queries(self, queries: Sequence[str]) -> Embeddings:
         """Query vectors (n, dim), or CSR (n, vocab) for a sparse model."""

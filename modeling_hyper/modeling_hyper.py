@@ -13,6 +13,7 @@ mask columns, then calls the stock kernel. Unlike the cache route this survives 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import queue
 import threading
@@ -38,7 +39,7 @@ from .configuration_hyper import HyperConfig
 from .hyper_prompt import ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, PrefixKV
 
 PREFIX_KWARG = "hyper_prefix"
-TOKENIZE_CHUNK = 4096  # texts tokenized per call by encode_queries / encode_corpus
+TOKENIZE_CHUNK = 4096  # texts per tokenizer call in `tokenize`
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -355,6 +356,10 @@ class HyperRetrieverModel(PreTrainedModel):
 
         A title is joined to its text with a space (BEIR's convention); an empty passage is encoded as is.
         """
+        return self._encode(self.passage_texts(corpus), False, batch_size, show_progress_bar)[0]
+
+    def passage_texts(self, corpus: list[dict] | list[str]) -> list[str]:
+        """What `encode_corpus` encodes: a dict's title and text joined by a space, or the string itself."""
         texts = []
         for i, doc in enumerate(self._check_texts(corpus, "corpus", allow_dicts=True)):
             if isinstance(doc, dict):
@@ -362,7 +367,7 @@ class HyperRetrieverModel(PreTrainedModel):
                     raise ValueError(f"corpus[{i}] has no 'text' key (keys: {sorted(doc)})")
                 doc = f"{doc.get('title') or ''} {doc['text']}".strip()
             texts.append(doc)
-        return self._encode(texts, False, batch_size, show_progress_bar)[0]
+        return texts
 
     def prompt_attention(self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """Queries -> (n, N) attention over the prompt pool: which prompts each query mixed."""
@@ -382,39 +387,54 @@ class HyperRetrieverModel(PreTrainedModel):
                 raise TypeError(f"{what}[{i}] is a {type(text).__name__}, expected {expected}")
         return list(texts)
 
-    def _token_batches(self, texts: list[str], batch_size: int):
-        """Yields (rows of `texts`, input ids (B, T), attention mask (B, T)), longest first, padded per batch.
-
-        Texts are taken in chunks of similar character length and each chunk is tokenized in one call (the fast
-        tokenizer works in parallel); batches are then sorted by token count, so they carry little padding.
-        """
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        pad_id = self.tokenizer.pad_token_id or 0
-        for chunk in range(0, len(order), TOKENIZE_CHUNK):
-            rows = order[chunk : chunk + TOKENIZE_CHUNK]
-            ids = self.tokenizer(
-                [texts[i] for i in rows],
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> a flat token store: ids (total tokens,) int32 and offsets (n + 1,) int64; text i is
+        ids[offsets[i]:offsets[i + 1]], truncated at `config.max_seq_length`. Tokenized in chunks of
+        TOKENIZE_CHUNK texts per call (the fast tokenizer works in parallel within a call)."""
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer: load with from_pretrained/from_backbone or set model.tokenizer")
+        ids, lengths = [], []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = self.tokenizer(
+                texts[start : start + TOKENIZE_CHUNK],
                 truncation=True,
                 max_length=self.config.max_seq_length,
                 return_attention_mask=False,
                 return_token_type_ids=False,
             )["input_ids"]
-            by_length = sorted(range(len(rows)), key=lambda j: -len(ids[j]))
-            for start in range(0, len(by_length), batch_size):
-                picked = by_length[start : start + batch_size]
-                width = len(ids[picked[0]])
-                input_ids = torch.full((len(picked), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(picked), width), dtype=torch.long)
-                for b, j in enumerate(picked):
-                    input_ids[b, : len(ids[j])] = torch.tensor(ids[j])
-                    mask[b, : len(ids[j])] = 1
-                yield rows[picked], input_ids, mask
+            lengths.append(np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk)))
+            ids.append(np.fromiter(itertools.chain.from_iterable(chunk), dtype=np.int32, count=int(lengths[-1].sum())))
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]) if lengths else np.zeros(1, np.int64)
+        return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), offsets.astype(np.int64)
+
+    def _store_batches(self, ids: np.ndarray, offsets: np.ndarray, batch_size: int) -> Iterator:
+        """Yields (rows, input ids (B, T), attention mask (B, T)) over a token store, longest first, padded per batch:
+        sorted by token count, batches carry little padding."""
+        lengths = np.diff(offsets)
+        order = np.argsort(-lengths, kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            mask = np.arange(lengths[rows[0]])[None, :] < lengths[rows][:, None]
+            input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
+            input_ids[mask] = np.concatenate([ids[offsets[r] : offsets[r + 1]] for r in rows])
+            yield rows, torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64))
+
+    def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool):
+        """Texts -> (embeddings in input order, prompt attention or None)."""
+        return self.encode_tokenized(*self.tokenize(texts), is_query, batch_size, show_progress_bar)
 
     @torch.no_grad()
-    def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool):
-        """Token-length-sorted batches without grad -> (embeddings in input order, prompt attention or None)."""
-        if self.tokenizer is None:
-            raise ValueError("no tokenizer: load with from_pretrained/from_backbone or set model.tokenizer")
+    def encode_tokenized(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        is_query: bool = False,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+    ):
+        """A token store (see `tokenize`; e.g. a cached, memory-mapped one) -> (embeddings (n, d) or CSR (n, V) in
+        row order, prompt attention (n, N) or None). Token-length-sorted batches, no grad."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
         was_training = self.training
@@ -427,11 +447,11 @@ class HyperRetrieverModel(PreTrainedModel):
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(texts), desc="queries" if is_query else "passages", unit="text")
+            bar = tqdm(total=len(offsets) - 1, desc="queries" if is_query else "passages", unit="text")
         on_gpu = self.device.type == "cuda"
-        batches = self._token_batches(texts, batch_size)
+        batches = self._store_batches(ids, offsets, batch_size)
         for batch_rows, input_ids, mask in prefetch(batches) if on_gpu else batches:
-            if on_gpu:  # tokenization runs ahead in a thread; copies overlap with compute
+            if on_gpu:  # batches are padded ahead in a thread; copies overlap with compute
                 input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
             out = self(
                 input_ids.to(self.device, non_blocking=on_gpu),

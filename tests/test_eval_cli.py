@@ -296,3 +296,32 @@ def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_c
     assert hits == {"hyper": False, "multitask": True, "changed": False}
     runs = {n: (tmp_path / f"eval-{n}" / "runs" / "ropes.trec").read_text() for n in ("hyper", "multitask")}
     assert runs["hyper"] != runs["multitask"]  # the query sides differ: each run scores with its own queries
+
+
+def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm_path, tmp_path):
+    """Re-encoding a corpus with a newly trained model skips tokenization: the token store is keyed by content."""
+    import torch
+
+    from hyper_retrieval.evaluation import ModelSearcher
+    from modeling_hyper import HyperRetrieverModel
+
+    corpus = load_collection(samples[0], "test").corpus
+    cache = tmp_path / "cache"
+    first = HyperRetrieverModel.from_backbone(minilm_path)
+    second = HyperRetrieverModel.from_backbone(minilm_path)
+    with torch.no_grad():
+        second.query_encoder.get_input_embeddings().weight.mul_(1.2)  # another "trained" model, same tokenizer
+    expected = {m: m.encode_corpus(corpus.get_many(corpus.ids)) for m in (first, second)}
+    second.tokenize = lambda texts: pytest.fail("the second model tokenized the corpus again")
+    for model in (first, second):
+        searcher = ModelSearcher(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
+                                 corpus_chunk=7)  # several chunks, to check the offsets are joined right
+        embeddings, hit = searcher.encode_corpus(corpus)
+        assert not hit  # a different model: its embeddings are computed, from the first model's token store
+        np.testing.assert_allclose(embeddings, expected[model], atol=1e-5)
+    stores = list(cache.glob("*.tokens"))
+    assert len(stores) == 1
+    ids, offsets = np.load(stores[0] / "ids.npy"), np.load(stores[0] / "offsets.npy")
+    expected_ids, expected_offsets = first.tokenize(first.passage_texts(corpus.get_many(corpus.ids)))
+    np.testing.assert_array_equal(offsets, expected_offsets)
+    np.testing.assert_array_equal(ids, expected_ids)

@@ -94,7 +94,7 @@ def test_batches_are_sorted_by_tokens_and_cover_every_text_once(plain_minilm, bb
     for name in ("drop", "qasc", "vitaminc"):
         with open(bbir / name / "corpus.jsonl") as f:
             texts += [json.loads(line)["text"] for _, line in zip(range(200), f, strict=False)]
-    batches = list(plain_minilm._token_batches(texts, batch_size=32))
+    batches = list(plain_minilm._store_batches(*plain_minilm.tokenize(texts), batch_size=32))
     rows = np.concatenate([r for r, _, _ in batches])
     assert sorted(rows.tolist()) == list(range(len(texts)))
     padded = sum(mask.numel() for _, _, mask in batches)
