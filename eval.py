@@ -36,9 +36,9 @@ from hyper_retrieval.results import (
 )
 
 
-def load_retriever(name_or_path: str) -> Any:
+def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False) -> Any:
     """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, through AutoModel, on the
-    GPU when there is one."""
+    GPU when there is one; dtype "auto" is bfloat16 there and float32 on the CPU."""
     import torch
     from transformers import AutoModel
 
@@ -47,7 +47,13 @@ def load_retriever(name_or_path: str) -> Any:
         raise FileNotFoundError(f"model folder {folder} has no weights (no {', '.join(WEIGHT_PATTERNS)} file; "
                                 f"found: {sorted(p.name for p in folder.iterdir())})")
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    model = model.to(device, getattr(torch, dtype)).eval()
+    if compile_model:
+        model.compile(dynamic=True)
+    return model
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="passed to the encoders if they accept it")
     parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
     parser.add_argument("--prune-query-terms", type=int, default=None, help="sparse models: keep the top-K terms")
     parser.add_argument("--bm25-k1", type=float, default=0.9)
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"model": args.model, "data": [str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
                 "zero_shot": sorted(zero_shot), "split": args.split, "pooled": args.pooled, "k": args.k}
     settings |= ({"bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b} if is_bm25 else
-                 {"model_fingerprint": path_fingerprint(args.model), "index": args.index,
+                 {"model_fingerprint": path_fingerprint(args.model), "index": args.index, "dtype": args.dtype,
                   "max_length": args.max_length, "prune_query_terms": args.prune_query_terms})
     out = Path(args.out or Path("outputs/eval") / Path(args.model).name)
     check_output_dir(out, settings, args.overwrite)
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if is_bm25:
         searcher = BM25Searcher(args.bm25_k1, args.bm25_b, progress)
     else:
-        model = load_retriever(args.model)
+        model = load_retriever(args.model, args.dtype, args.compile)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
         searcher = ModelSearcher(model, cache_fingerprint, args.batch_size,

@@ -3,12 +3,11 @@
 One run, the same all-MiniLM-L6-v2 weights, the same real bbir passages (evenly spaced over the nine corpora), the same
 max length and batch size. Encoding systems:
 - sentence-transformers `SentenceTransformer.encode` (the reference, ratio 1.0);
-- our `HyperRetrieverModel.encode_corpus` (cold: tokenization included);
-- prototype, cold: the whole corpus tokenized in parallel by the fast tokenizer in a background thread (overlapping the
-  model), batches sorted by token length, embeddings kept on the device until the end;
-- prototype, cached token ids: the same from token ids tokenized once and stored on disk (memory-mapped), as a corpus
-  re-encoded after each training run would be;
-- tokenization alone, per batch (encode_corpus's way) and over the whole list at once, to show its ceiling.
+- our `HyperRetrieverModel.encode_corpus` (cold: tokenization included; batches sorted by token count; on a GPU the
+  batches are padded ahead in a thread, copied asynchronously, and embeddings stay on the device until the end);
+- our `encode_tokenized` from the corpus's token ids cached on disk (memory-mapped, as eval.py keeps them), as a
+  corpus re-encoded after each training run would be;
+- tokenization alone, per batch (sentence-transformers' way) and over the whole list (`HyperRetrieverModel.tokenize`).
 The passages are cut into --rounds interleaved slices; every system encodes every slice, in rotating order, and its
 rate is all passages over its summed time, so a slow moment of the machine hits all systems alike; "median round
 vs ST" is the median over rounds of its rate over sentence-transformers' rate in the same round. "cos" is the
@@ -17,13 +16,13 @@ worst cosine between a system's embedding and sentence-transformers' for the sam
 Search: the encoded passages indexed by DenseIndex (flat, and the approximate hnsw / ivf with their recall@k against
 the exact search), searched by --queries encoded bbir test queries; best of --search-rounds.
 
-Device auto: CUDA if available, with bf16 weights for every system (SDPA attention); --compile adds torch.compile
-to the prototype's model.
+Device auto: CUDA if available, with bf16 weights for every system (SDPA attention); --compile compiles our model
+(torch.compile, dynamic shapes).
 
     python bench/eval.py [--passages 2000] [--queries 1000] [--batch-size 32] [--max-length 256] [--rounds 8]
                          [--threads 2] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16]
-                         [--proto-batch-size N] [--compile] [--k 100]
-    python bench/eval.py --passages 40000 --proto-batch-size 256    # on a GPU
+                         [--compile] [--k 100]
+    python bench/eval.py --passages 40000 --batch-size 256    # on a GPU
 """
 
 from __future__ import annotations
@@ -32,20 +31,19 @@ import argparse
 import itertools
 import json
 import os
-import queue
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.embedding_cache import cached_token_store  # noqa: E402
 from hyper_retrieval.index import DenseIndex  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
@@ -82,107 +80,6 @@ def passage_text(doc: dict) -> str:
     return f"{doc.get('title') or ''} {doc['text']}".strip()
 
 
-# ----------------------------------------------------------------------------------------------------- prototype
-def tokenize_flat(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fast tokenizer over the whole list at once (parallel in Rust) -> flat int32 ids and per-text lengths."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
-                    return_token_type_ids=False)["input_ids"]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
-
-
-def pad_rows(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int,
-             multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of a flat token store -> right-padded (B, T) input ids and attention mask (T a multiple of `multiple`)."""
-    starts, ends = offsets[rows], offsets[rows + 1]
-    lengths = ends - starts
-    width = int(-(-lengths.max() // multiple) * multiple)
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    ids[mask] = np.concatenate([flat[s:e] for s, e in zip(starts, ends, strict=True)])
-    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
-
-
-Batch = tuple[np.ndarray, torch.Tensor, torch.Tensor]  # rows in the input, input ids (B, T), attention mask (B, T)
-
-
-def batches_from_store(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, batch_size: int, pad_id: int,
-                       multiple: int, pin: bool) -> Iterator[Batch]:
-    """Batches of `rows` sorted by token length (longest first), padded per batch."""
-    lengths = offsets[rows + 1] - offsets[rows]
-    rows = rows[np.argsort(-lengths, kind="stable")]
-    for start in range(0, len(rows), batch_size):
-        chosen = rows[start : start + batch_size]
-        ids, mask = pad_rows(flat, offsets, chosen, pad_id, multiple)
-        yield chosen, (ids.pin_memory() if pin else ids), (mask.pin_memory() if pin else mask)
-
-
-def cold_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, multiple: int, pin: bool,
-                 chunk: int = 4096) -> Iterator[Batch]:
-    """Texts in chunks (longest characters first), each tokenized at once, then batched by token length."""
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    for start in range(0, len(order), chunk):
-        rows = order[start : start + chunk]
-        flat, lengths = tokenize_flat(tokenizer, [texts[i] for i in rows], max_length)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        for local, ids, mask in batches_from_store(flat, offsets, np.arange(len(rows)), batch_size,
-                                                   tokenizer.pad_token_id, multiple, pin):
-            yield rows[local], ids, mask
-
-
-def prefetch(source: Iterator[Batch], depth: int = 16) -> Iterator[Batch]:
-    """Runs `source` in a background thread (the Rust tokenizer and numpy release the GIL), `depth` batches ahead."""
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def work() -> None:
-        try:
-            for item in source:
-                box.put(item)
-        except BaseException as e:  # re-raised in the consumer
-            box.put(e)
-        box.put(done)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := box.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-@torch.inference_mode()
-def encode_batches(forward: Callable, batches: Iterator[Batch], n: int, device: torch.device) -> np.ndarray:
-    """Passage embeddings (n, d) in input order; they stay on the device until the end (no per-batch sync)."""
-    rows, outs = [], []
-    for chosen, ids, mask in batches:
-        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        outs.append(forward(ids, mask))
-        rows.append(chosen)
-    embeddings = torch.cat(outs).float().cpu().numpy()
-    result = np.empty((n, embeddings.shape[1]), dtype=np.float32)
-    result[np.concatenate(rows)] = embeddings
-    return result
-
-
-class TokenCache:
-    """A corpus's token ids on disk, tokenized once: ids.npy (flat, uint16 when the vocabulary fits) and offsets.npy
-    (n + 1), reopened memory-mapped."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ids = np.load(directory / "ids.npy", mmap_mode="r")
-        self.offsets = np.load(directory / "offsets.npy")
-
-    @classmethod
-    def build(cls, tokenizer, texts: list[str], max_length: int, directory: Path) -> TokenCache:
-        flat, lengths = tokenize_flat(tokenizer, texts, max_length)
-        dtype = np.uint16 if len(tokenizer) <= 2**16 else np.int32
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "ids.npy", flat.astype(dtype))
-        np.save(directory / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-        return cls(directory)
-
-
 # ----------------------------------------------------------------------------------------------------- timing
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -205,7 +102,6 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--proto-batch-size", type=int, default=None, help="prototype's batch (default --batch-size)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=8, help="interleaved slices of the passages")
     parser.add_argument("--search-rounds", type=int, default=5)
@@ -213,7 +109,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="auto: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the prototype's model")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model (dynamic shapes)")
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -226,9 +122,6 @@ def main() -> None:
                           "cpu" if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    proto_batch = args.proto_batch_size or args.batch_size
-    multiple = 8 if device.type == "cuda" else 1  # tensor-core friendly widths (and fewer shapes to compile)
-    pin = device.type == "cuda"
     backbone = str(get_model_path())
 
     docs = load_passages(args.passages)
@@ -237,19 +130,15 @@ def main() -> None:
     reference.max_seq_length = args.max_length
     reference.to(dtype)
     model = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, dtype).eval()
+    if args.compile:
+        model.compile(dynamic=True)
     tokenizer = model.tokenizer
-
-    def passage_forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=mask, is_query=False).embeddings
-
-    proto_forward = torch.compile(passage_forward, dynamic=True) if args.compile else passage_forward
 
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-token-cache-"))
     start = time.perf_counter()
-    TokenCache.build(tokenizer, texts, args.max_length, cache_dir)
+    ids, offsets = cached_token_store(cache_dir, {"bench": len(docs)}, lambda: model.tokenize(texts))[0]
     cache_build = time.perf_counter() - start
-    cache = TokenCache(cache_dir)
-    lengths = np.diff(cache.offsets)
+    lengths = np.diff(offsets)
 
     slices = [np.arange(r, len(docs), args.rounds) for r in range(args.rounds)]
 
@@ -259,17 +148,13 @@ def main() -> None:
     def run_ours(rows):
         return model.encode_corpus([docs[i] for i in rows], batch_size=args.batch_size)
 
-    def run_proto_cold(rows):
-        sub = [texts[i] for i in rows]
-        batches = cold_batches(tokenizer, sub, args.max_length, proto_batch, multiple, pin)
-        return encode_batches(proto_forward, prefetch(batches), len(rows), device)
-
-    def run_proto_cached(rows):
-        local = TokenCache(cache_dir)  # reopened each time, as a new run would
-        batches = batches_from_store(local.ids, local.offsets, rows, proto_batch, tokenizer.pad_token_id, multiple,
-                                     pin)
-        out = encode_batches(proto_forward, prefetch(batches), len(docs), device)
-        return out[rows]
+    def run_cached(rows):
+        # reopened each time, as a new run would; the rows' slice of the memory-mapped store
+        store_ids, store_offsets = cached_token_store(cache_dir, {"bench": len(docs)}, lambda: None)[0]
+        starts, ends = store_offsets[rows], store_offsets[rows + 1]
+        sub_ids = np.concatenate([store_ids[a:b] for a, b in zip(starts, ends, strict=True)])
+        sub_offsets = np.concatenate([[0], np.cumsum(ends - starts)])
+        return model.encode_tokenized(sub_ids, sub_offsets, False, args.batch_size)[0]
 
     def run_tokenize_batches(rows):
         sub = [texts[i] for i in rows]
@@ -279,17 +164,16 @@ def main() -> None:
                       max_length=args.max_length, return_tensors="pt")
 
     def run_tokenize_all(rows):
-        tokenize_flat(tokenizer, [texts[i] for i in rows], args.max_length)
+        model.tokenize([texts[i] for i in rows])
 
     systems: dict[str, Callable] = {
         "sentence-transformers encode (cold)": run_reference,
         "encode_corpus (cold)": run_ours,
-        "proto: parallel tok + token sort (cold)": run_proto_cold,
-        "proto: cached token ids (memmap)": run_proto_cached,
-        "tokenize only, per batch (as sentence-transformers)": run_tokenize_batches,
+        "encode_tokenized, cached token ids (memmap)": run_cached,
+        "tokenize only, per batch (as ST does)": run_tokenize_batches,
         "tokenize only, whole list at once": run_tokenize_all,
     }
-    warm = slices[0][: 4 * max(args.batch_size, proto_batch)]
+    warm = slices[0][: 4 * args.batch_size]
     for run in systems.values():  # warm-up (and compilation)
         run(warm)
     sync(device)
@@ -324,8 +208,8 @@ def main() -> None:
     ref_emb = outputs[ref_name]
     cut = (lengths >= args.max_length).mean()
     print(f"{len(docs)} bbir passages ({lengths.mean():.1f} tokens on average, {cut:.1%} cut at {args.max_length}), "
-          f"batch {args.batch_size} (prototype {proto_batch}), {device.type} {str(dtype).removeprefix('torch.')}, "
-          f"{args.threads} threads{', compiled prototype' if args.compile else ''}, {args.rounds} interleaved rounds")
+          f"batch {args.batch_size}, {device.type} {str(dtype).removeprefix('torch.')}, "
+          f"{args.threads} threads{', compiled' if args.compile else ''}, {args.rounds} interleaved rounds")
     print(f"load average before {load_before}, after {load_after}; token cache built in {cache_build:.2f} s")
     print(f"{'system':<42}{'passages/s':>12}{'vs ST':>8}{'median round vs ST':>20}{'rounds min..max':>17}"
           f"{'min cos vs ST':>15}")

@@ -164,7 +164,7 @@ class MiniLMRetriever:
 def test_dense_model_with_cache_and_attention(eval_cli, bbir, minilm_path, tmp_path, monkeypatch):
     samples = sample_of(bbir / "ropes", tmp_path / "ropes", 25), sample_of(bbir / "multirc", tmp_path / "multirc", 15)
     model = MiniLMRetriever(minilm_path)
-    monkeypatch.setattr(eval_cli, "load_retriever", lambda name: model)
+    monkeypatch.setattr(eval_cli, "load_retriever", lambda name, *options: model)
     cache, out = tmp_path / "cache", tmp_path / "dense"
     args = ["--model", minilm_path, "--data", str(samples[0]), "--zero-shot", str(samples[1]), "--max-length", "64",
             "--batch-size", "16", "--cache-dir", str(cache), "--out", str(out), "--no-progress"]
@@ -325,3 +325,17 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     expected_ids, expected_offsets = first.tokenize(first.passage_texts(corpus.get_many(corpus.ids)))
     np.testing.assert_array_equal(offsets, expected_offsets)
     np.testing.assert_array_equal(ids, expected_ids)
+
+
+def test_bfloat16_weights_give_nearly_the_same_results(eval_cli, samples, minilm_path, tmp_path):
+    from modeling_hyper import HyperRetrieverModel
+
+    HyperRetrieverModel.from_backbone(minilm_path).save_pretrained(tmp_path / "model")
+    ndcg = {}
+    for dtype in ("float32", "bfloat16"):
+        eval_cli.main(["--model", str(tmp_path / "model"), "--data", str(samples[0]), "--dtype", dtype,
+                       "--cache-dir", "", "--out", str(tmp_path / dtype), "--no-progress"])
+        results = json.loads((tmp_path / dtype / "results.json").read_text())
+        assert results["settings"]["dtype"] == dtype
+        ndcg[dtype] = results["collections"]["ropes"]["metrics"]["ndcg@10"]
+    assert abs(ndcg["bfloat16"] - ndcg["float32"]) < 0.03, ndcg
