@@ -73,12 +73,14 @@ def main() -> int:
     # the others then read the cache)
     task_names = cfg.data.task_names
     tasks = {name: TaskData(name, [], {}) for name in task_names}
+    corpora = {}
     with accelerator.main_process_first():
         for coll in cfg.data.collections:
             collection, examples = load_task_examples(coll, cfg.data, model, cfg.model.backbone)
             tasks[coll.task_name].examples.extend(examples)
             tasks[coll.task_name].collections[collection.name] = collection
-        dev_collections = load_dev_collections(cfg.data)
+            corpora[coll.path] = collection.corpus
+        dev_collections = load_dev_collections(cfg.data, corpora)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
 
     # ---- optimizer (backbone and prompt learning rates really differ), sampler, schedule, losses

@@ -312,14 +312,27 @@ def _load_local(folder: Path, split: str, on_unknown: Literal["raise", "skip"]) 
         if not (folder / name).exists():
             found = sorted(p.name for p in folder.iterdir())
             raise DataError(f"{folder}: the collection has no {name} (found: {found})")
+    _qrels_file(folder, split)  # a missing split fails before the corpus is read
+    return load_split(folder, split, Corpus.from_jsonl(folder / "corpus.jsonl"), on_unknown)
+
+
+def load_split(folder: str | os.PathLike, split: str, corpus: Corpus,
+               on_unknown: Literal["raise", "skip"] = "raise") -> Collection:
+    """Another split of a local collection whose ``corpus`` is already loaded (e.g. dev beside train): reads only
+    the queries and that split's qrels."""
+    folder = Path(folder)
+    qrels_path = _qrels_file(folder, split)
+    queries = load_queries(folder / "queries.jsonl")
+    qrels = check_qrels(load_qrels(qrels_path), queries, corpus, str(qrels_path), on_unknown)
+    return Collection(folder.name, corpus, {q: queries[q] for q in qrels}, qrels)
+
+
+def _qrels_file(folder: Path, split: str) -> Path:
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise DataError(f"{qrels_path}: no split {split!r} in {folder} (available splits: {available})")
-    corpus = Corpus.from_jsonl(folder / "corpus.jsonl")
-    queries = load_queries(folder / "queries.jsonl")
-    qrels = check_qrels(load_qrels(qrels_path), queries, corpus, str(qrels_path), on_unknown)
-    return Collection(folder.name, corpus, {q: queries[q] for q in qrels}, qrels)
+    return qrels_path
 
 
 def load_hub_collection(name: str, split: str, on_unknown: Literal["raise", "skip"] = "raise",

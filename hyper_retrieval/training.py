@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 from .backbones import resolve_backbone
-from .beir import Collection, load_collection
+from .beir import Collection, Corpus, load_collection, load_split
 from .config import DataSettings, ModelSettings
 from .evaluation import ModelSearcher, evaluate_collections
 
@@ -58,12 +59,14 @@ class TrainState:
             setattr(self, key, value)
 
 
-def load_dev_collections(data: DataSettings) -> list[Collection]:
-    """The dev split of every training collection (none when dev_split is None)."""
+def load_dev_collections(data: DataSettings, corpora: dict[str, Corpus]) -> list[Collection]:
+    """The dev split of every training collection (none when dev_split is None). `corpora` maps a collection's
+    path to its already loaded corpus, reused for local folders rather than read again."""
     if data.dev_split is None:
         return []
     paths = dict.fromkeys(c.path for c in data.collections)
-    return [load_collection(path, data.dev_split) for path in paths]
+    return [load_split(path, data.dev_split, corpora[path]) if Path(path).exists()
+            else load_collection(path, data.dev_split) for path in paths]
 
 
 def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str) -> float:

@@ -159,3 +159,15 @@ def test_unknown_ids_reported_with_counts(toy, caplog):
     assert "4 judgement(s) name unknown ids" in caplog.text
     assert collection.qrels == {"q2": {"d2": 1, "d3": 2}, "q3": {"d1": 1}}
     assert set(collection.queries) == {"q2", "q3"}
+
+
+def test_another_split_reuses_the_loaded_corpus(bbir):
+    from hyper_retrieval.beir import load_split
+
+    train = load_collection(bbir / "ropes", "train")
+    dev = load_split(bbir / "ropes", "dev", train.corpus)
+    fresh = load_collection(bbir / "ropes", "dev")
+    assert dev.corpus is train.corpus and dev.name == fresh.name == "ropes"
+    assert dev.queries == fresh.queries and dev.qrels == fresh.qrels
+    with pytest.raises(DataError, match=r"no split 'validation' .*available splits: \['dev', 'test', 'train'\]"):
+        load_split(bbir / "ropes", "validation", train.corpus)
