@@ -75,11 +75,6 @@ def load_queries(n: int) -> list[str]:
     return mixed[:n]
 
 
-def passage_text(doc: dict) -> str:
-    """BEIR's convention, as encode_corpus does: title and text joined by a space."""
-    return f"{doc.get('title') or ''} {doc['text']}".strip()
-
-
 # ----------------------------------------------------------------------------------------------------- timing
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -125,7 +120,6 @@ def main() -> None:
     backbone = str(get_model_path())
 
     docs = load_passages(args.passages)
-    texts = [passage_text(d) for d in docs]
     reference = SentenceTransformer(backbone, device=str(device))
     reference.max_seq_length = args.max_length
     reference.to(dtype)
@@ -133,6 +127,7 @@ def main() -> None:
     if args.compile:
         model.compile(dynamic=True)
     tokenizer = model.tokenizer
+    texts = model.passage_texts(docs)  # what encode_corpus encodes, given to sentence-transformers too
 
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-token-cache-"))
     start = time.perf_counter()
