@@ -30,6 +30,7 @@ from hyper_retrieval.config import ConfigError, load_config
 from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
 from hyper_retrieval.memory import keep_freed_memory
+from hyper_retrieval.passage_table import PassageTable, has_frozen_passage_encoder
 from hyper_retrieval.sampling import MultiTaskBatchSampler
 from hyper_retrieval.training import TrainState, build_model, dev_score, load_dev_collections
 
@@ -81,6 +82,12 @@ def main() -> int:
             tasks[coll.task_name].collections[collection.name] = collection
             corpora[coll.path] = collection.corpus
         dev_collections = load_dev_collections(cfg.data, corpora)
+        # A frozen passage encoder gives fixed vectors: each training corpus is encoded once, then looked up.
+        passage_table = None
+        if has_frozen_passage_encoder(model):
+            passage_table = PassageTable(model.to(accelerator.device),
+                                         {n: c.corpus for t in tasks.values() for n, c in t.collections.items()},
+                                         cfg.train.embedding_cache_dir, show_progress=accelerator.is_main_process)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
 
     # ---- optimizer (backbone and prompt learning rates really differ), sampler, schedule, losses
@@ -97,7 +104,7 @@ def main() -> int:
     num_prompts = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
     loss_fn = RetrievalLoss(cfg.loss, len(task_names), num_prompts, sparse=cfg.model.representation == "sparse")
     builder = BatchBuilder(list(tasks.values()), tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
-                           cfg.model.max_passage_length, cfg.train.seed)
+                           cfg.model.max_passage_length, cfg.train.seed, tokenize_passages=passage_table is None)
     model, optimizer = accelerator.prepare(model, optimizer)
     loss_fn = loss_fn.to(accelerator.device)
     state = TrainState()
@@ -129,11 +136,12 @@ def main() -> int:
             batch = builder(indices, state.micro_step, accelerator.process_index).to(accelerator.device)
             with accelerator.accumulate(model):
                 q = model(**batch.queries, is_query=True)
-                p = model(**batch.passages, is_query=False)
+                p = (passage_table.lookup(batch.passage_keys).to(accelerator.device) if passage_table is not None
+                     else model(**batch.passages, is_query=False).embeddings)
                 all_keys = gather_object(batch.passage_keys) if accelerator.num_processes > 1 else batch.passage_keys
                 offset = accelerator.process_index * len(batch.passage_keys)
                 exclude = false_negative_mask(batch.positives, all_keys, (batch.targets + offset).tolist())
-                losses = loss_fn(q.embeddings, p.embeddings, batch.targets, state.step, q.prompt_attention,
+                losses = loss_fn(q.embeddings, p, batch.targets, state.step, q.prompt_attention,
                                  batch.tasks, exclude.to(accelerator.device))
                 if not torch.isfinite(losses["total"]):
                     good = latest_checkpoint(out)
@@ -165,7 +173,8 @@ def main() -> int:
                                 qps=f"{rate:.1f}")
                 window_start, window_queries = time.perf_counter(), 0
             if dev_collections and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
-                score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric)
+                score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric,
+                                  cfg.train.embedding_cache_dir)
                 accelerator.log({f"dev/{cfg.train.keep_best_metric}": score}, step=state.step)
                 if score > state.best_score:
                     state.best_score, state.best_step = score, state.step

@@ -49,13 +49,15 @@ class BatchBuilder:
     """flat example indices (from MultiTaskBatchSampler) + the step -> TrainBatch; deterministic given the step."""
 
     def __init__(self, tasks: Sequence[TaskData], tokenizer, num_negatives: int, max_query_length: int,
-                 max_passage_length: int, seed: int) -> None:
+                 max_passage_length: int, seed: int, tokenize_passages: bool = True) -> None:
+        """``tokenize_passages=False`` leaves ``TrainBatch.passages`` empty (passages looked up, not encoded)."""
         self.tasks = list(tasks)
         self.offsets = np.cumsum([0, *(len(t.examples) for t in self.tasks)])
         self.tokenizer = tokenizer
         self.num_negatives = num_negatives
         self.max_query_length, self.max_passage_length = max_query_length, max_passage_length
         self.seed = seed
+        self.tokenize_passages = tokenize_passages
         self._corpus_ids = {name: c.corpus.ids for t in self.tasks for name, c in t.collections.items()}
 
     def example(self, flat_index: int) -> tuple[int, Example]:
@@ -68,16 +70,17 @@ class BatchBuilder:
         for flat in flat_indices:
             task, ex = self.example(flat)
             chosen = sample_passages(ex, self.num_negatives, rng, self._corpus_ids[ex.collection])
-            corpus = self.tasks[task].collections[ex.collection].corpus
             queries.append(ex.query)
-            passages += [document_text(doc) for doc in corpus.get_many(chosen)]
+            if self.tokenize_passages:
+                corpus = self.tasks[task].collections[ex.collection].corpus
+                passages += [document_text(doc) for doc in corpus.get_many(chosen)]
             keys += [f"{ex.collection}/{d}" for d in chosen]
             positives.append({f"{ex.collection}/{d}" for d in ex.positive_ids})
             task_ids.append(task)
         group = 1 + self.num_negatives
         return TrainBatch(
             queries=self._tokenize(queries, self.max_query_length),
-            passages=self._tokenize(passages, self.max_passage_length),
+            passages=self._tokenize(passages, self.max_passage_length) if self.tokenize_passages else {},
             targets=torch.arange(len(queries)) * group,
             tasks=torch.tensor(task_ids),
             positives=positives,

@@ -137,6 +137,9 @@ class TrainSettings:
     eval_every: int = field(default=1000, metadata=_at_least(1))
     log_every: int = field(default=50, metadata=_at_least(1))
     keep_best_metric: str = "ndcg@10"  # dev metric that selects the best checkpoint
+    # A frozen separate passage encoder's corpus vectors are computed once and cached here (shared with eval.py's
+    # --cache-dir); training then looks passages up. None: no disk cache (still computed once per run).
+    embedding_cache_dir: str | None = "outputs/embedding_cache"
 
 
 @dataclass

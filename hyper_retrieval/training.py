@@ -10,7 +10,9 @@ from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 from .backbones import resolve_backbone
 from .beir import Collection, Corpus, load_collection, load_split
 from .config import DataSettings, ModelSettings
+from .embedding_cache import passage_encoder_fingerprint
 from .evaluation import ModelSearcher, evaluate_collections
+from .passage_table import has_frozen_passage_encoder
 
 
 def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
@@ -69,8 +71,12 @@ def load_dev_collections(data: DataSettings, corpora: dict[str, Corpus]) -> list
             else load_collection(path, data.dev_split) for path in paths]
 
 
-def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str) -> float:
-    """Mean of `metric` over the dev collections, each searched on its own full corpus."""
-    searcher = ModelSearcher(model, model_fingerprint="training", show_progress=False)
+def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str,
+              cache_dir: str | None = None) -> float:
+    """Mean of `metric` over the dev collections, each searched on its own full corpus. A frozen passage encoder's
+    corpus vectors come from (and go to) the embedding cache in `cache_dir`; others are encoded afresh."""
+    frozen = has_frozen_passage_encoder(model) and cache_dir is not None
+    searcher = ModelSearcher(model, passage_encoder_fingerprint(model) if frozen else "training",
+                             cache_dir=Path(cache_dir) if frozen else None, show_progress=False)
     results = evaluate_collections(searcher, collections, zero_shot=set(), k=100)
     return sum(r.metrics[metric] for r in results) / len(results)

@@ -47,6 +47,7 @@ def write_config(tmp_path: Path, backbone: Path, representation: str = "dense", 
         "optim": {"backbone_lr": 1e-3, "prompt_lr": 1e-2, "max_steps": 30, "warmup_steps": 0},
         "loss": {"temperature": 0.1, "cpr_weight": 0.01, "flops_weight": 1e-3, "flops_warmup_steps": 5},
         "train": {"seed": 3, "batch_size": 8, "output_dir": str(tmp_path / "run"), "save_every": 10,
+                  "embedding_cache_dir": str(tmp_path / "embedding_cache"),
                   "log_every": 1},
     }
     for section, values in sections.items():
