@@ -107,6 +107,7 @@ class Corpus(Mapping[str, Document]):
         """Use :meth:`from_jsonl`, :meth:`from_records` or :meth:`concatenate`; ``parts`` hold the rows in order."""
         self.ids = ids
         self.fingerprint = fingerprint
+        self.components: list[Corpus] = []  # for a pool (see concatenate): the corpora it holds, in order
         self._parts = parts
         sizes = [len(p.offsets) - 1 if isinstance(p, _JsonlRows) else len(p.records) for p in parts]
         self._bounds = np.cumsum([0, *sizes])  # (len(parts) + 1,) first row of each part
@@ -165,7 +166,9 @@ class Corpus(Mapping[str, Document]):
             raise DataError(f"pooling {list(prefixes)} gives clashing '<name>/<id>' ids")
         parts = [part for corpus in corpora for part in corpus._parts]
         fingerprint = "pool:" + "|".join(f"{p}={c.fingerprint}" for c, p in zip(corpora, prefixes, strict=True))
-        return cls(ids, parts, fingerprint)
+        pool = cls(ids, parts, fingerprint)
+        pool.components = list(corpora)
+        return pool
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -91,7 +91,13 @@ class ModelSearcher:
 
     def encode_corpus(self, corpus: Corpus) -> tuple[Embeddings, bool]:
         """Embeddings of the corpus in id order, (n_docs, dim) or CSR (n_docs, vocab), and whether the cache had
-        them."""
+        them. A pooled corpus is encoded (and cached) component by component, so it reuses the per-collection
+        entries and adds none of its own."""
+        if corpus.components:
+            parts, hits = zip(*(self.encode_corpus(c) for c in corpus.components), strict=True)
+            merged = (sp.vstack(parts, format="csr") if self.representation == "sparse"
+                      else np.concatenate([np.asarray(p) for p in parts]))
+            return merged, all(hits)
         settings = {"model": self.model_fingerprint, "corpus": corpus.fingerprint, "n_docs": len(corpus),
                     "max_length": self.max_length, "representation": self.representation}
         compute = self._encoder(corpus)

@@ -298,6 +298,24 @@ def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_c
     assert runs["hyper"] != runs["multitask"]  # the query sides differ: each run scores with its own queries
 
 
+def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp_path):
+    """A KILT-style pool is encoded component by component: after the per-collection runs it costs no encoding."""
+    from hyper_retrieval.beir import pooled_collection
+    from hyper_retrieval.evaluation import ModelSearcher
+    from modeling_hyper import HyperRetrieverModel
+
+    model = HyperRetrieverModel.from_backbone(minilm_path)
+    searcher = ModelSearcher(model, "minilm", batch_size=16, cache_dir=tmp_path, show_progress=False)
+    collections = [load_collection(s, "test") for s in samples]
+    separate = [searcher.encode_corpus(c.corpus) for c in collections]
+    assert not any(hit for _, hit in separate)
+    entries = sorted(tmp_path.glob("*.npy"))
+    model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
+    pooled, hit = searcher.encode_corpus(pooled_collection(collections).corpus)
+    assert hit and sorted(tmp_path.glob("*.npy")) == entries  # no entry of its own
+    np.testing.assert_array_equal(pooled, np.concatenate([np.asarray(e) for e, _ in separate]))
+
+
 def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm_path, tmp_path):
     """Re-encoding a corpus with a newly trained model skips tokenization: the token store is keyed by content."""
     import torch
