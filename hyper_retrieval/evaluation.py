@@ -73,6 +73,7 @@ class ModelSearcher:
     corpus_chunk: int = 50_000  # documents materialised at a time while encoding
     representation: str = field(init=False)  # "dense" or "sparse", from the model's config
     encode_kwargs: dict[str, Any] = field(init=False)
+    _attention: dict[str, np.ndarray] = field(init=False, default_factory=dict)  # query text -> (N,) from searches
 
     def __post_init__(self) -> None:
         self.representation = getattr(self.model.config, "representation", "dense")
@@ -140,9 +141,15 @@ class ModelSearcher:
         return cached_token_store(self.cache_dir, parts, tokenize)[0]
 
     def encode_queries(self, queries: Sequence[str]) -> Embeddings:
-        """Query vectors (n, dim), or CSR (n, vocab) for a sparse model."""
-        encoded = self.model.encode_queries(list(queries), batch_size=self.batch_size,
-                                            show_progress_bar=self.show_progress, **self.encode_kwargs)
+        """Query vectors (n, dim), or CSR (n, vocab) for a sparse model. A model with a prompt pool gives its
+        attention in the same pass; it is kept per query text for :meth:`prompt_attention`."""
+        kwargs = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress, **self.encode_kwargs}
+        if self._has_prompt_pool() and "return_prompt_attention" in inspect.signature(
+                self.model.encode_queries).parameters:
+            encoded, attention = self.model.encode_queries(list(queries), return_prompt_attention=True, **kwargs)
+            self._attention.update(zip(queries, np.asarray(attention, dtype=np.float32), strict=True))
+        else:
+            encoded = self.model.encode_queries(list(queries), **kwargs)
         return sp.csr_matrix(encoded) if self.representation == "sparse" else np.asarray(encoded, dtype=np.float32)
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
@@ -163,12 +170,18 @@ class ModelSearcher:
         info["queries_per_s"] = len(queries) / max(time.perf_counter() - encoded, 1e-9)
         return run_from_topk(list(queries), corpus.ids, scores, indices), info
 
+    def _has_prompt_pool(self) -> bool:
+        return (hasattr(self.model, "prompt_attention")
+                and getattr(self.model.config, "hyper_prompt", True) is not None)
+
     def prompt_attention(self, queries: Sequence[str]) -> np.ndarray | None:
-        """The model's attention over its prompt pool (n_queries, N), or None for a model without one."""
-        attention = getattr(self.model, "prompt_attention", None)
-        if attention is None or getattr(self.model.config, "hyper_prompt", True) is None:
+        """The model's attention over its prompt pool (n_queries, N), or None for a model without one; queries
+        already searched are not encoded again."""
+        if not self._has_prompt_pool():
             return None
-        return np.asarray(attention(list(queries), batch_size=self.batch_size), dtype=np.float32)
+        if queries and all(q in self._attention for q in queries):
+            return np.stack([self._attention[q] for q in queries])
+        return np.asarray(self.model.prompt_attention(list(queries), batch_size=self.batch_size), dtype=np.float32)
 
 
 @dataclass

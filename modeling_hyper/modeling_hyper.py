@@ -337,9 +337,15 @@ class HyperRetrieverModel(PreTrainedModel):
 
     # ----------------------------------------------------------------- BEIR-style encoding
     def encode_queries(
-        self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False, **kwargs
-    ) -> np.ndarray:
-        """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix.
+        self,
+        queries: list[str],
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        return_prompt_attention: bool = False,
+        **kwargs,
+    ):
+        """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix; with
+        `return_prompt_attention`, the pair (vectors, (n, N) attention over the pool or None), from one pass.
 
         An empty list gives an empty (0, dim) result; an empty or blank query is an error; texts longer than
         `config.max_seq_length` tokens are truncated.
@@ -347,7 +353,8 @@ class HyperRetrieverModel(PreTrainedModel):
         for i, query in enumerate(self._check_texts(queries, "queries")):
             if not query.strip():
                 raise ValueError(f"queries[{i}] is empty: an empty query has nothing to retrieve with")
-        return self._encode(queries, True, batch_size, show_progress_bar)[0]
+        vectors, attention = self._encode(queries, True, batch_size, show_progress_bar)
+        return (vectors, attention) if return_prompt_attention else vectors
 
     def encode_corpus(
         self, corpus: list[dict] | list[str], batch_size: int = 32, show_progress_bar: bool = False, **kwargs

@@ -266,6 +266,24 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
+    """Queries are encoded once: their attention over the pool comes with their vectors and is kept per text."""
+    from hyper_retrieval.evaluation import ModelSearcher
+    from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+    model = HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(pool_size=3))
+    collection = load_collection(samples[1], "test")
+    queries = list(collection.queries.values())
+    vectors, attention = model.encode_queries(queries, batch_size=16, return_prompt_attention=True)
+    np.testing.assert_allclose(vectors, model.encode_queries(queries, batch_size=16), atol=1e-6)
+    np.testing.assert_allclose(attention, model.prompt_attention(queries, batch_size=16), atol=1e-6)
+    searcher = ModelSearcher(model, "hyper", batch_size=16, show_progress=False)
+    searcher.search(collection.corpus, collection.queries, 10)
+    model.prompt_attention = lambda *args, **kwargs: pytest.fail("the queries were encoded again")
+    np.testing.assert_allclose(searcher.prompt_attention(queries), attention, atol=1e-6)
+    np.testing.assert_allclose(searcher.prompt_attention(queries[3:1:-1]), attention[3:1:-1], atol=1e-6)
+
+
 def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_cli, samples, minilm_path, tmp_path):
     """The benchmark's systems keep MiniLM's frozen passage encoder: the corpus is encoded once for all of them."""
     import torch
