@@ -10,7 +10,6 @@ tensorboard logs. SIGTERM/SIGINT save a checkpoint before exiting.
 """
 
 import argparse
-import json
 import math
 import signal
 import sys
@@ -32,7 +31,7 @@ from hyper_retrieval.losses import RetrievalLoss
 from hyper_retrieval.memory import keep_freed_memory
 from hyper_retrieval.passage_table import PassageTable, has_frozen_passage_encoder
 from hyper_retrieval.sampling import MultiTaskBatchSampler
-from hyper_retrieval.training import TrainState, build_model, dev_score, load_dev_collections
+from hyper_retrieval.training import TrainState, append_jsonl, build_model, dev_score, load_dev_collections
 
 
 def parse_args() -> argparse.Namespace:
@@ -167,8 +166,7 @@ def main() -> int:
                 logs |= {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups} | {"queries_per_s": rate}
                 accelerator.log(logs, step=state.step)
                 if accelerator.is_main_process:
-                    with open(out / "log.jsonl", "a") as f:
-                        f.write(json.dumps({"step": state.step, **logs}) + "\n")
+                    append_jsonl(out / "log.jsonl", {"step": state.step, **logs})
                 bar.set_postfix(loss=f"{logs['loss/total']:.3f}", contrastive=f"{logs['loss/contrastive']:.3f}",
                                 qps=f"{rate:.1f}")
                 window_start, window_queries = time.perf_counter(), 0
@@ -176,6 +174,8 @@ def main() -> int:
                 score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric,
                                   cfg.train.embedding_cache_dir)
                 accelerator.log({f"dev/{cfg.train.keep_best_metric}": score}, step=state.step)
+                if accelerator.is_main_process:
+                    append_jsonl(out / "log.jsonl", {"step": state.step, f"dev/{cfg.train.keep_best_metric}": score})
                 if score > state.best_score:
                     state.best_score, state.best_step = score, state.step
                     if accelerator.is_main_process:

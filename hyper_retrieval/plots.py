@@ -94,3 +94,21 @@ def plot_attention_projection(attention: np.ndarray, task_labels: Sequence[str],
     ax.legend(fontsize="small", markerscale=2)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,
+                         dev_metric: str = "dev/ndcg@10", figsize: tuple[float, float] = (10.0, 4.0),
+                         dpi: int = DPI) -> Path:
+    """Two panels per run: the contrastive loss against the step (log.jsonl training records) and the dev metric
+    at each evaluation (its dev records). ``logs`` is {run name: records of its log.jsonl}."""
+    fig, (loss_ax, dev_ax) = plt.subplots(1, 2, figsize=figsize)
+    for name, records in logs.items():
+        train = [r for r in records if "loss/contrastive" in r]
+        dev = [r for r in records if dev_metric in r]
+        loss_ax.plot([r["step"] for r in train], [r["loss/contrastive"] for r in train], label=name)
+        dev_ax.plot([r["step"] for r in dev], [r[dev_metric] for r in dev], marker="o", label=name)
+    loss_ax.set(xlabel="step", ylabel="contrastive loss", title="training loss")
+    dev_ax.set(xlabel="step", ylabel=dev_metric, title="dev selection metric")
+    dev_ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,3 +81,9 @@ def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric:
                              cache_dir=Path(cache_dir) if frozen else None, show_progress=False)
     results = evaluate_collections(searcher, collections, zero_shot=set(), k=100)
     return sum(r.metrics[metric] for r in results) / len(results)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Appends one JSON line (log.jsonl: a training record every log_every steps, a dev record per evaluation)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

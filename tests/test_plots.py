@@ -11,6 +11,7 @@ from hyper_retrieval.plots import (
     plot_attention_heatmap,
     plot_attention_projection,
     plot_collection_bars,
+    plot_training_curves,
 )
 
 
@@ -34,6 +35,13 @@ def test_collection_bars(tmp_path):
     scores = {"bm25": {"ropes": 0.74, "multirc": 0.94}, "hyper": {"ropes": 0.8, "qasc": 0.9}}
     path = plot_collection_bars(scores, tmp_path / "sub" / "bars.png", figsize=(6, 4), dpi=50)
     assert png_size(path) == (300, 200)
+
+
+def test_training_curves(tmp_path):
+    logs = {"hyper": [{"step": 1, "loss/contrastive": 2.0}, {"step": 2, "loss/contrastive": 1.5},
+                      {"step": 2, "dev/ndcg@10": 0.4}],
+            "multitask": [{"step": 1, "loss/contrastive": 2.1}, {"step": 2, "dev/ndcg@10": 0.38}]}
+    assert png_size(plot_training_curves(logs, tmp_path / "curves.png", dpi=50)) == (500, 200)
 
 
 def test_attention_heatmap_and_projection(tmp_path, attention):
