@@ -1,0 +1,55 @@
+"""The benchmark protocol file (configs/bbir-protocol.yaml): which systems are trained and evaluated, and how.
+
+scripts/protocol.py runs it; protocol_report.py turns its saved results into docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out"}
+
+
+@dataclass
+class Run:
+    """One system to evaluate: trained (config, seed) or a baseline (bm25, or a config's untrained model)."""
+
+    name: str
+    table: str  # main, sensitivity, loo, sparse
+    pooled: bool
+    config: str | None = None
+    model: str | None = None  # "bm25" for the lexical baseline
+    seed: int | None = None  # None: not trained
+    overrides: tuple[str, ...] = ()
+    held_out: str | None = None
+
+
+def load_protocol(path: Path) -> tuple[dict, list[Run]]:
+    """The protocol file and its runs (seeds expanded: the first seed keeps the name, others get -seed<S>).
+    Raises ValueError naming the file and the entry for a missing key or an entry it cannot read."""
+    protocol = yaml.safe_load(path.read_text())
+    for key in ("data_root", "in_domain", "zero_shot", "output_root", "profiles", "runs"):
+        if key not in protocol:
+            raise ValueError(f"{path}: missing key {key!r}")
+    runs: list[Run] = []
+    for section in ("baselines", "runs"):
+        for i, entry in enumerate(protocol.get(section) or []):
+            unknown = set(entry) - KNOWN_RUN_KEYS
+            if unknown or "name" not in entry or not ("config" in entry or "model" in entry):
+                raise ValueError(f"{path}: {section}[{i}]: needs name and config (or model), knows "
+                                 f"{sorted(KNOWN_RUN_KEYS)}{f'; unknown {sorted(unknown)}' if unknown else ''}")
+            table = entry.get("table", "main")
+            seeds = entry.get("seeds", [42]) if section == "runs" else [None]
+            for j, seed in enumerate(seeds):
+                runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", table,
+                                entry.get("pooled", table == "main"), entry.get("config"), entry.get("model"),
+                                seed, tuple(entry.get("overrides", ())), entry.get("held_out")))
+    return protocol, runs
+
+
+def seeds_of(runs: list[Run], name: str) -> list[Run]:
+    """A run and its other-seed copies (name-seed<S>)."""
+    return [r for r in runs if r.name == name or r.name.startswith(f"{name}-seed")]

@@ -1,0 +1,147 @@
+"""The paper's comparison on bbir, end to end, from configs/bbir-protocol.yaml.
+
+    python scripts/protocol.py run [--profile cpu|gpu] [--only NAME ...]   # train + evaluate; resumable
+    python scripts/protocol.py cost                                         # queries/s of every query encoder
+    python scripts/protocol.py report                                       # docs/RESULTS.md tables + docs/results/
+
+`run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
+test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
+(KILT style). A finished step is skipped, an interrupted training resumes from its last checkpoint, so the command
+can simply be run again. Each run's wall times and machine go to <output_root>/<run>/protocol.json. `report`
+rewrites the part of docs/RESULTS.md between its generated-section markers; the text around it is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from hyper_retrieval.protocol import Run, load_protocol  # noqa: E402
+from hyper_retrieval.protocol_report import write_report  # noqa: E402
+
+
+def machine() -> str:
+    """The machine a step ran on, in words."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def sh(command: list[str]) -> float:
+    """Runs a command from the repository root (output streamed), exits on failure; returns its wall seconds."""
+    print("+", " ".join(command), flush=True)
+    start = time.perf_counter()
+    if subprocess.run(command, cwd=REPO).returncode:
+        sys.exit(f"failed: {' '.join(command)}")
+    return time.perf_counter() - start
+
+
+def record(folder: Path, **facts) -> None:
+    """Merges facts into <folder>/protocol.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "protocol.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(known | facts, indent=1))
+
+
+def model_folder(run: Run, root: Path) -> str:
+    """What eval.py loads: bm25, the untrained model saved for a baseline, or the run's dev-selected model."""
+    if run.model:
+        return run.model
+    folder = root / run.name
+    if run.seed is None:
+        return str(folder / "model")
+    return str(folder / "best" if (folder / "best").is_dir() else folder / "final")
+
+
+def train(run: Run, root: Path, profile: list[str]) -> None:
+    """train.py for a trained run (resumed if interrupted), or the untrained model saved for a config baseline."""
+    folder = root / run.name
+    if run.model or (folder / ("final" if run.seed is not None else "model")).is_dir():
+        return
+    if run.seed is None:
+        from hyper_retrieval.config import load_config
+        from hyper_retrieval.training import build_model
+
+        build_model(load_config(REPO / run.config).model).save_pretrained(folder / "model")
+        return
+    command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides,
+               f"train.seed={run.seed}", f"train.output_dir={folder}"]
+    resume = (folder / "checkpoints").is_dir()
+    facts = folder / "protocol.json"
+    before = json.loads(facts.read_text()).get("train_s", 0) if resume and facts.exists() else 0
+    seconds = sh(command + (["--resume"] if resume else []))
+    record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine())
+
+
+def evaluate(run: Run, protocol: dict, root: Path) -> None:
+    """eval.py on the test split: per collection, and pooled for the main table; skipped when already done."""
+    data = Path(protocol["data_root"])
+    if run.held_out:
+        modes = {"eval": ["--zero-shot", str(data / run.held_out)]}
+    else:
+        per_collection = ["--data", *(str(data / c) for c in protocol["in_domain"]),
+                          "--zero-shot", *(str(data / c) for c in protocol["zero_shot"])]
+        modes = {"eval": per_collection}
+        if run.pooled:
+            modes["eval-pooled"] = ["--data", *(str(data / c) for c in protocol["in_domain"]), "--pooled"]
+    for mode, args in modes.items():
+        out = root / mode / run.name
+        if (out / "results.json").exists():
+            continue
+        seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, "--split", "test",
+                      "--out", str(out), "--no-progress"])
+        record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
+
+
+def cost(runs: list[Run], root: Path) -> None:
+    """Queries/s of each system's query encoder on the same queries, in one run (bench/encode.py)."""
+    systems = [r for r in runs if r.model is None and r.table == "main" and "-seed" not in r.name]
+    specs = [f"{r.name}={model_folder(r, root)}" for r in systems]
+    sh([sys.executable, "bench/encode.py", "--models", *specs, "--json", str(root / "query_cost.json")])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["run", "cost", "report"])
+    parser.add_argument("--protocol", type=Path, default=REPO / "configs" / "bbir-protocol.yaml")
+    parser.add_argument("--profile", default="gpu", help="a profiles entry of the protocol file (overrides)")
+    parser.add_argument("--only", nargs="+", help="run names to do (default: all)")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where report writes RESULTS.md and figures")
+    args = parser.parse_args()
+    try:
+        protocol, runs = load_protocol(args.protocol)
+    except ValueError as e:
+        sys.exit(str(e))
+    root = REPO / protocol["output_root"]
+    if args.only:
+        unknown = set(args.only) - {r.name for r in runs}
+        if unknown:
+            sys.exit(f"--only: no run named {sorted(unknown)} in {args.protocol}")
+        runs = [r for r in runs if r.name in args.only]
+    if args.step == "run":
+        if args.profile not in protocol["profiles"]:
+            sys.exit(f"--profile {args.profile!r}: {args.protocol} has profiles {sorted(protocol['profiles'])}")
+        for run in runs:
+            print(f"==== {run.name}", flush=True)
+            train(run, root, list(protocol["profiles"][args.profile]))
+            record(root / run.name, profile=args.profile)
+            evaluate(run, protocol, root)
+    elif args.step == "cost":
+        cost(runs, root)
+    else:
+        write_report(protocol, runs, root, args.docs)
+
+
+if __name__ == "__main__":
+    main()

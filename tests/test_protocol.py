@@ -1,0 +1,77 @@
+"""The benchmark protocol file and its report (scripts/protocol.py, hyper_retrieval/protocol*.py)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyper_retrieval.config import load_config
+from hyper_retrieval.protocol import load_protocol
+from hyper_retrieval.protocol_report import BEGIN, END, seeds_table, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = REPO / "configs" / "bbir-protocol.yaml"
+
+
+def test_every_run_of_the_protocol_has_a_valid_config():
+    protocol, runs = load_protocol(PROTOCOL)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names))
+    assert {"multitask-seed43", "hyper-seed44"} <= set(names)
+    for run in runs:
+        if run.config is None:
+            continue
+        config = load_config(REPO / run.config, [*protocol["profiles"]["cpu"], *run.overrides])
+        trained_on = {Path(c.path).name for c in config.data.collections}
+        if run.held_out:  # leave-one-out: trained on exactly the other in-domain collections
+            assert trained_on == set(protocol["in_domain"]) - {run.held_out}, run.name
+        else:
+            assert trained_on == set(protocol["in_domain"]), run.name
+        assert not trained_on & set(protocol["zero_shot"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("data_root: x\nin_domain: []\nzero_shot: []\nprofiles: {}\nruns: []\n", "missing key 'output_root'"),
+    ("data_root: x\nin_domain: []\nzero_shot: []\noutput_root: o\nprofiles: {}\nruns:\n  - {name: a, confg: b}\n",
+     r"runs\[0\].*unknown \['confg'\]"),
+])
+def test_a_broken_protocol_file_is_named(tmp_path, text, message):
+    path = tmp_path / "protocol.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path}.*{message}"):
+        load_protocol(path)
+
+
+def results_with(in_domain: float, zero_shot: float) -> dict:
+    return {"averages": {"in_domain": {"ndcg@10": in_domain}, "zero_shot": {"ndcg@10": zero_shot}}}
+
+
+def test_seeds_table_means_spreads_and_difference():
+    _, runs = load_protocol(PROTOCOL)
+    base, system = [0.50, 0.52, 0.51], [0.53, 0.52, 0.55]
+    results = {name: results_with(v, v / 2) for prefix, values in (("multitask", base), ("hyper", system))
+               for name, v in zip([prefix, f"{prefix}-seed43", f"{prefix}-seed44"], values, strict=True)}
+    table = seeds_table(results, runs, "multitask", "hyper")
+    assert f"| **hyper, mean ± std** | 3 | {100 * np.mean(system):.2f} ± {100 * np.std(system, ddof=1):.2f} |" in table
+    assert f"| **hyper − multitask** | | {100 * (np.mean(system) - np.mean(base)):+.2f} |" in table
+
+
+def test_report_keeps_the_hand_written_text(tmp_path):
+    protocol, runs = load_protocol(PROTOCOL)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text(f"# Results\nprotocol text\n{BEGIN}\nold tables\n{END}\nthe reading\n")
+    root = tmp_path / "outputs"
+    for name, value in (("bm25", 0.4), ("hyper", 0.5)):
+        (root / "eval" / name).mkdir(parents=True)
+        collections = {"qasc": {"zero_shot": False, "metrics": {"ndcg@10": value, "recall@100": 0.9}, "info": {}}}
+        (root / "eval" / name / "results.json").write_text(json.dumps(
+            {"settings": {}, "collections": collections, "averages": {"in_domain": {"ndcg@10": value}}}))
+    text = write_report(protocol, runs, root, docs).read_text()
+    assert text.startswith("# Results\nprotocol text\n") and text.endswith(f"{END}\nthe reading\n")
+    assert "old tables" not in text and "| qasc | 0.4000 | 0.5000 |" in text
+    assert (docs / "results" / "ndcg_by_collection.png").is_file()
+    (docs / "RESULTS.md").write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        write_report(protocol, runs, root, docs)
