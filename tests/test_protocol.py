@@ -75,3 +75,14 @@ def test_report_keeps_the_hand_written_text(tmp_path):
     (docs / "RESULTS.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         write_report(protocol, runs, root, docs)
+
+
+def test_attention_diagnostics_tell_uniform_mixing_from_task_specific_prompts():
+    from hyper_retrieval.protocol_report import attention_diagnostics
+
+    labels = ["nq"] * 3 + ["qasc"] * 3
+    uniform = attention_diagnostics(np.full((6, 5), 0.2), labels)
+    assert uniform["entropy"] == pytest.approx(1.0) and uniform["task_js"] == pytest.approx(0.0, abs=1e-12)
+    specific = attention_diagnostics(np.eye(5)[[0, 0, 0, 1, 1, 1]], labels)  # each task its own prompt
+    assert specific["entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert specific["task_js"] == pytest.approx(np.log(2), abs=1e-6) and specific["top_share"] == 0.5
