@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out"}
+KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out", "in_domain"}
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Run:
     seed: int | None = None  # None: not trained
     overrides: tuple[str, ...] = ()
     held_out: str | None = None
+    in_domain: tuple[str, ...] = ()  # empty: the protocol's in-domain collections
 
 
 def load_protocol(path: Path) -> tuple[dict, list[Run]]:
@@ -46,7 +47,8 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
             for j, seed in enumerate(seeds):
                 runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", table,
                                 entry.get("pooled", table == "main"), entry.get("config"), entry.get("model"),
-                                seed, tuple(entry.get("overrides", ())), entry.get("held_out")))
+                                seed, tuple(entry.get("overrides", ())), entry.get("held_out"),
+                                tuple(entry.get("in_domain", ()))))
     return protocol, runs
 
 

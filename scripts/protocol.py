@@ -90,11 +90,12 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
     if run.held_out:
         modes = {"eval": ["--zero-shot", str(data / run.held_out)]}
     else:
-        per_collection = ["--data", *(str(data / c) for c in protocol["in_domain"]),
+        in_domain = run.in_domain or protocol["in_domain"]
+        per_collection = ["--data", *(str(data / c) for c in in_domain),
                           "--zero-shot", *(str(data / c) for c in protocol["zero_shot"])]
         modes = {"eval": per_collection}
         if run.pooled:
-            modes["eval-pooled"] = ["--data", *(str(data / c) for c in protocol["in_domain"]), "--pooled"]
+            modes["eval-pooled"] = ["--data", *(str(data / c) for c in in_domain), "--pooled"]
     for mode, args in modes.items():
         out = root / mode / run.name
         if (out / "results.json").exists():
