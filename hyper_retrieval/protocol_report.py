@@ -117,8 +117,8 @@ def attention_table(root: Path, names: Sequence[str]) -> str:
              "|---|---|---|---|---|"]
     for name in names:
         folder = root / "eval" / name
-        if (folder / "attention.npy").exists():
-            attention = np.load(folder / "attention.npy")
+        attention = np.load(folder / "attention.npy") if (folder / "attention.npy").exists() else None
+        if attention is not None and attention.shape[1] > 1:  # a single prefix (N = 1) mixes nothing
             d = attention_diagnostics(attention, json.loads((folder / "attention_tasks.json").read_text()))
             lines.append(f"| {name} | {attention.shape[1]} | {d['entropy']:.4f} | {d['top_share']:.3f} | "
                          f"{d['task_js']:.2e} |")
