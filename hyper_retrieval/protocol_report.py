@@ -105,7 +105,8 @@ def attention_diagnostics(attention: np.ndarray, labels: Sequence[str]) -> dict[
 
     def js(p: np.ndarray, q: np.ndarray) -> float:
         m = (p + q) / 2
-        return max(0.0, float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum()))  # no -1e-29
+        value = float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum())
+        return value if value > 1e-15 else 0.0  # identical distributions: rounding noise, not a divergence
 
     pairs = [js(means[i], means[j]) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
     return {"entropy": float(entropy.mean()), "top_share": float(top.max() / len(attention)),
