@@ -84,8 +84,8 @@ def averages_table(results: Mapping[str, Mapping[str, Any]], rows: Mapping[str, 
 def leave_one_out_table(results: Mapping[str, Mapping[str, Any]], runs: list[Run]) -> str:
     """Per held-out collection: nDCG@10 of the held-out run next to the systems that trained on it (or none did)."""
     others = ["bm25", "backbone", "multitask", "hyper"]
-    lines = ["| held out | " + " | ".join(others) + " (trained on it) | HypeR, held out |",
-             "|---" * (len(others) + 2) + "|"]
+    lines = ["| held out | BM25 | backbone (untrained) | multi-task (trained on it) | HypeR (trained on it) | "
+             "HypeR (held out) |", "|---" * (len(others) + 2) + "|"]
     for run in (r for r in runs if r.held_out and r.name in results):
         cells = [_points(results[o]["collections"][run.held_out]["metrics"]["ndcg@10"]) if o in results else ""
                  for o in others]
