@@ -2,7 +2,7 @@
 
     python scripts/protocol.py run [--profile cpu|gpu] [--only NAME ...]   # train + evaluate; resumable
     python scripts/protocol.py cost                                         # queries/s of every query encoder
-    python scripts/protocol.py report                                       # docs/RESULTS.md tables + docs/results/
+    python scripts/protocol.py report [--root docs/results/bbir-cpu]       # docs/RESULTS.md tables + docs/results/
 
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
 test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--profile", default="gpu", help="a profiles entry of the protocol file (overrides)")
     parser.add_argument("--only", nargs="+", help="run names to do (default: all)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where report writes RESULTS.md and figures")
+    parser.add_argument("--root", type=Path, help="report: saved results to read (default: the protocol's "
+                        "output_root; docs/results/bbir-cpu holds the committed copy of the CPU run)")
     args = parser.parse_args()
     try:
         protocol, runs = load_protocol(args.protocol)
@@ -141,7 +143,7 @@ def main() -> None:
     elif args.step == "cost":
         cost(runs, root)
     else:
-        write_report(protocol, runs, root, args.docs)
+        write_report(protocol, runs, args.root or root, args.docs)
 
 
 if __name__ == "__main__":
