@@ -168,7 +168,7 @@ def write_figures(results: Mapping[str, Mapping[str, Any]], main: list[str], run
     if logs:
         plot_training_curves(logs, figures / "training_curves.png")
         shown.append("![training curves](results/training_curves.png)")
-    for name in ("hyper", "hyper-nocpr", "hyper-frozen"):
+    for name in ("hyper", "hyper-nocpr", "hyper-frozen", "hyper-tau384", "sparse-hyper"):
         folder = root / "eval" / name
         if (folder / "attention.npy").exists():
             attention = np.load(folder / "attention.npy")
