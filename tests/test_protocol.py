@@ -58,7 +58,7 @@ def test_seeds_table_means_spreads_and_difference():
 
 
 def test_report_keeps_the_hand_written_text(tmp_path):
-    protocol, runs = load_protocol(PROTOCOL)
+    _, runs = load_protocol(PROTOCOL)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "RESULTS.md").write_text(f"# Results\nprotocol text\n{BEGIN}\nold tables\n{END}\nthe reading\n")
@@ -68,13 +68,13 @@ def test_report_keeps_the_hand_written_text(tmp_path):
         collections = {"qasc": {"zero_shot": False, "metrics": {"ndcg@10": value, "recall@100": 0.9}, "info": {}}}
         (root / "eval" / name / "results.json").write_text(json.dumps(
             {"settings": {}, "collections": collections, "averages": {"in_domain": {"ndcg@10": value}}}))
-    text = write_report(protocol, runs, root, docs).read_text()
+    text = write_report(runs, root, docs).read_text()
     assert text.startswith("# Results\nprotocol text\n") and text.endswith(f"{END}\nthe reading\n")
     assert "old tables" not in text and "| qasc | 0.4000 | 0.5000 |" in text
     assert (docs / "results" / "ndcg_by_collection.png").is_file()
     (docs / "RESULTS.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        write_report(protocol, runs, root, docs)
+        write_report(runs, root, docs)
 
 
 def test_attention_diagnostics_tell_uniform_mixing_from_task_specific_prompts():
