@@ -18,6 +18,7 @@ class Run:
     """One system to evaluate: trained (config, seed) or a baseline (bm25, or a config's untrained model)."""
 
     name: str
+    base: str  # the protocol entry's name: the run itself, or the run an extra seed copies
     table: str  # main, sensitivity, loo, sparse
     pooled: bool
     config: str | None = None
@@ -27,11 +28,18 @@ class Run:
     held_out: str | None = None
     in_domain: tuple[str, ...] = ()  # empty: the protocol's in-domain collections
 
+    @property
+    def primary(self) -> bool:
+        """Not an extra-seed copy: the run that stands for its entry in single-seed tables."""
+        return self.name == self.base
+
 
 def load_protocol(path: Path) -> tuple[dict, list[Run]]:
     """The protocol file and its runs (seeds expanded: the first seed keeps the name, others get -seed<S>).
     Raises ValueError naming the file and the entry for a missing key or an entry it cannot read."""
     protocol = yaml.safe_load(path.read_text())
+    if not isinstance(protocol, dict):
+        raise ValueError(f"{path}: expected a mapping of protocol keys, got {type(protocol).__name__}")
     for key in ("data_root", "in_domain", "zero_shot", "output_root", "profiles", "runs"):
         if key not in protocol:
             raise ValueError(f"{path}: missing key {key!r}")
@@ -45,7 +53,7 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
             table = entry.get("table", "main")
             seeds = entry.get("seeds", [42]) if section == "runs" else [None]
             for j, seed in enumerate(seeds):
-                runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", table,
+                runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", entry["name"], table,
                                 entry.get("pooled", table == "main"), entry.get("config"), entry.get("model"),
                                 seed, tuple(entry.get("overrides", ())), entry.get("held_out"),
                                 tuple(entry.get("in_domain", ()))))
@@ -54,4 +62,4 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
 
 def seeds_of(runs: list[Run], name: str) -> list[Run]:
     """A run and its other-seed copies (name-seed<S>)."""
-    return [r for r in runs if r.name == name or r.name.startswith(f"{name}-seed")]
+    return [r for r in runs if r.base == name]

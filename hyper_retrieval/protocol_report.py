@@ -113,14 +113,22 @@ def attention_diagnostics(attention: np.ndarray, labels: Sequence[str]) -> dict[
             "task_js": float(np.mean(pairs)) if pairs else 0.0}
 
 
+def _attention(root: Path, name: str) -> tuple[np.ndarray, list[str]] | None:
+    """A run's saved per-query attention (n, N) and the task of each query, if eval.py wrote them."""
+    folder = root / "eval" / name
+    if not (folder / "attention.npy").exists():
+        return None
+    return np.load(folder / "attention.npy"), json.loads((folder / "attention_tasks.json").read_text())
+
+
 def attention_table(root: Path, names: Sequence[str]) -> str:
     lines = ["| run | N | entropy / ln N | queries on the commonest top prompt | JS between task means (nats) |",
              "|---|---|---|---|---|"]
     for name in names:
-        folder = root / "eval" / name
-        attention = np.load(folder / "attention.npy") if (folder / "attention.npy").exists() else None
-        if attention is not None and attention.shape[1] > 1:  # a single prefix (N = 1) mixes nothing
-            d = attention_diagnostics(attention, json.loads((folder / "attention_tasks.json").read_text()))
+        saved = _attention(root, name)
+        if saved is not None and saved[0].shape[1] > 1:  # a single prefix (N = 1) mixes nothing
+            attention, labels = saved
+            d = attention_diagnostics(attention, labels)
             lines.append(f"| {name} | {attention.shape[1]} | {d['entropy']:.4f} | {d['top_share']:.3f} | "
                          f"{d['task_js']:.2e} |")
     return "\n".join(lines)
@@ -163,16 +171,15 @@ def write_figures(results: Mapping[str, Mapping[str, Any]], main: list[str], run
     logs = {}
     for run in runs:
         log = root / run.name / "log.jsonl"
-        if run.table == "main" and "-seed" not in run.name and log.exists():
+        if run.table == "main" and run.primary and log.exists():
             logs[run.name] = [json.loads(line) for line in log.read_text().splitlines()]
     if logs:
         plot_training_curves(logs, figures / "training_curves.png")
         shown.append("![training curves](results/training_curves.png)")
     for name in ("hyper", "hyper-nocpr", "hyper-frozen", "hyper-tau384", "sparse-hyper"):
-        folder = root / "eval" / name
-        if (folder / "attention.npy").exists():
-            attention = np.load(folder / "attention.npy")
-            labels = json.loads((folder / "attention_tasks.json").read_text())
+        saved = _attention(root, name)
+        if saved is not None:
+            attention, labels = saved
             plot_attention_heatmap(attention, labels, figures / f"{name}_attention_heatmap.png")
             plot_attention_projection(attention, labels, figures / f"{name}_attention_projection.png")
             shown.append(f"![{name}: mean attention per task](results/{name}_attention_heatmap.png) "
@@ -183,7 +190,7 @@ def write_figures(results: Mapping[str, Mapping[str, Any]], main: list[str], run
 def generated_section(runs: list[Run], root: Path, figures: Path) -> str:
     results = {r.name: res for r in runs if (res := _load(root / "eval" / r.name)) is not None}
     pooled = {r.name: res for r in runs if (res := _load(root / "eval-pooled" / r.name)) is not None}
-    main = [r.name for r in runs if r.table == "main" and "-seed" not in r.name and r.name in results]
+    main = [r.name for r in runs if r.table == "main" and r.primary and r.name in results]
     parts = ["### In-domain and zero-shot, per collection (nDCG@10, test split)", "",
              _side_by_side({n: results[n] for n in main}, "ndcg@10"), "",
              "### Recall@100", "", _side_by_side({n: results[n] for n in main}, "recall@100"), "",

@@ -107,7 +107,7 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
 
 def cost(runs: list[Run], root: Path) -> None:
     """Queries/s of each system's query encoder on the same queries, in one run (bench/encode.py)."""
-    systems = [r for r in runs if r.model is None and r.table in ("main", "sparse") and "-seed" not in r.name]
+    systems = [r for r in runs if r.model is None and r.table in ("main", "sparse") and r.primary]
     specs = [f"{r.name}={model_folder(r, root)}" for r in systems]
     sh([sys.executable, "bench/encode.py", "--models", *specs, "--json", str(root / "query_cost.json")])
 

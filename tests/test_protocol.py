@@ -19,6 +19,9 @@ def test_every_run_of_the_protocol_has_a_valid_config():
     names = [r.name for r in runs]
     assert len(names) == len(set(names))
     assert {"multitask-seed43", "hyper-seed44"} <= set(names)
+    hyper = [r for r in runs if r.base == "hyper"]
+    assert [(r.name, r.seed, r.primary) for r in hyper] == [("hyper", 42, True), ("hyper-seed43", 43, False),
+                                                             ("hyper-seed44", 44, False)]
     for run in runs:
         if run.config is None:
             continue
@@ -32,6 +35,7 @@ def test_every_run_of_the_protocol_has_a_valid_config():
 
 
 @pytest.mark.parametrize(("text", "message"), [
+    ("", "expected a mapping of protocol keys, got NoneType"),
     ("data_root: x\nin_domain: []\nzero_shot: []\nprofiles: {}\nruns: []\n", "missing key 'output_root'"),
     ("data_root: x\nin_domain: []\nzero_shot: []\noutput_root: o\nprofiles: {}\nruns:\n  - {name: a, confg: b}\n",
      r"runs\[0\].*unknown \['confg'\]"),
