@@ -34,6 +34,7 @@ from hyper_retrieval.results import (
     run_label,
     write_results,
 )
+from hyper_retrieval.routing import routing_by_collection
 
 
 def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False) -> Any:
@@ -54,6 +55,17 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
     if compile_model:
         model.compile(dynamic=True)
     return model
+
+
+def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
+    """Every collection's queries' attention over the prompt pool (n, N), in collection order; None without a pool
+    of more than one prompt."""
+    if not isinstance(searcher, ModelSearcher):
+        return None
+    attention = [searcher.prompt_attention(list(c.queries.values())) for c in collections]
+    if any(a is None for a in attention) or attention[0].shape[1] < 2:
+        return None
+    return np.concatenate(attention)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,18 +154,18 @@ def main(argv: list[str] | None = None) -> None:
 
     collection_results = evaluate_collections(searcher, collections, zero_shot, args.k, args.pooled)
     results = build_results(settings, collection_results)
+    # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
+    attention = prompt_attention(searcher, collections)
+    if attention is not None:
+        labels = [c.name for c in collections for _ in range(len(c.queries))]
+        results["routing"] = routing_by_collection(attention, labels, zero_shot)
     write_results(out, results, collection_results)
     plot_collection_bars({args.model: metric_by_collection(results)}, out / "ndcg_at_10.png")
-
-    # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
-    if isinstance(searcher, ModelSearcher):
-        attention = [searcher.prompt_attention(list(c.queries.values())) for c in collections]
-        if all(a is not None for a in attention):
-            labels = [c.name for c, a in zip(collections, attention, strict=True) for _ in range(len(a))]
-            np.save(out / "attention.npy", np.concatenate(attention))
-            (out / "attention_tasks.json").write_text(json.dumps(labels))
-            plot_attention_heatmap(np.concatenate(attention), labels, out / "attention_heatmap.png")
-            plot_attention_projection(np.concatenate(attention), labels, out / "attention_projection.png")
+    if attention is not None:
+        np.save(out / "attention.npy", attention)
+        (out / "attention_tasks.json").write_text(json.dumps(labels))
+        plot_attention_heatmap(attention, labels, out / "attention_heatmap.png")
+        plot_attention_projection(attention, labels, out / "attention_projection.png")
 
     print((out / "results.md").read_text())
 

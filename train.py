@@ -30,8 +30,17 @@ from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
 from hyper_retrieval.memory import keep_freed_memory
 from hyper_retrieval.passage_table import PassageTable, has_frozen_passage_encoder
+from hyper_retrieval.routing import RoutingWindow
 from hyper_retrieval.sampling import MultiTaskBatchSampler
-from hyper_retrieval.training import TrainState, append_jsonl, build_model, dev_score, load_dev_collections
+from hyper_retrieval.training import (
+    CALIBRATION_QUERIES,
+    TrainState,
+    append_jsonl,
+    build_model,
+    dev_score,
+    load_dev_collections,
+    sample_queries,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,7 +103,7 @@ def main() -> int:
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.optim.backbone_lr, cfg.optim.prompt_lr,
                                                          cfg.optim.weight_decay))
     sampler = MultiTaskBatchSampler([len(t.examples) for t in tasks.values()], cfg.train.batch_size,
-                                    cfg.data.sampling, cfg.data.task_temperature, cfg.train.seed,
+                                    cfg.data.sampling, cfg.data.task_sampling_temperature, cfg.train.seed,
                                     num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     micro_per_epoch = len(sampler)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * micro_per_epoch // cfg.optim.grad_accum
@@ -127,6 +136,9 @@ def main() -> int:
     model.train()
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     window_start, window_queries = time.perf_counter(), 0
+    routing = RoutingWindow() if num_prompts > 1 else None  # the attention of the queries since the last log
+    # The synthesizer's running statistics are set exactly from these before each evaluation and the final save.
+    calibration_queries = sample_queries(list(tasks.values()), CALIBRATION_QUERIES, cfg.train.seed)
     while state.step < total_steps:
         epoch, position = divmod(state.micro_step, micro_per_epoch)
         sampler.set_epoch(epoch)
@@ -141,7 +153,9 @@ def main() -> int:
                 offset = accelerator.process_index * len(batch.passage_keys)
                 exclude = false_negative_mask(batch.positives, all_keys, (batch.targets + offset).tolist())
                 losses = loss_fn(q.embeddings, p, batch.targets, state.step, q.prompt_attention,
-                                 batch.tasks, exclude.to(accelerator.device))
+                                 batch.tasks, exclude.to(accelerator.device), q.prompt_logits)
+                if routing is not None:
+                    routing.add(q.prompt_attention, batch.tasks)
                 if not torch.isfinite(losses["total"]):
                     good = latest_checkpoint(out)
                     terms = {k: float(v) for k, v in losses.items()}
@@ -164,13 +178,18 @@ def main() -> int:
                 rate = window_queries / (time.perf_counter() - window_start)
                 logs = {f"loss/{k}": v.item() for k, v in losses.items()}
                 logs |= {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups} | {"queries_per_s": rate}
+                postfix = {"loss": f"{logs['loss/total']:.3f}", "contrastive": f"{logs['loss/contrastive']:.3f}"}
+                if routing is not None:  # a collapsing pool shows here within the first log steps
+                    logs |= {f"routing/{k}": v for k, v in routing.diagnostics(task_names).items() if v is not None}
+                    postfix |= {"mi": f"{logs.get('routing/task_mi', 0):.2f}",
+                                "top": f"{logs['routing/top_share']:.2f}"}
                 accelerator.log(logs, step=state.step)
                 if accelerator.is_main_process:
                     append_jsonl(out / "log.jsonl", {"step": state.step, **logs})
-                bar.set_postfix(loss=f"{logs['loss/total']:.3f}", contrastive=f"{logs['loss/contrastive']:.3f}",
-                                qps=f"{rate:.1f}")
+                bar.set_postfix(**postfix, qps=f"{rate:.1f}")
                 window_start, window_queries = time.perf_counter(), 0
             if dev_collections and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
+                accelerator.unwrap_model(model).calibrate_synthesizer(calibration_queries)
                 score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric,
                                   cfg.train.embedding_cache_dir)
                 accelerator.log({f"dev/{cfg.train.keep_best_metric}": score}, step=state.step)
@@ -197,6 +216,7 @@ def main() -> int:
     save_checkpoint(accelerator, out, state.step)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
+        final.calibrate_synthesizer(calibration_queries)
         final.save_pretrained(out / "final")
         if final.hyper_prompt is not None:
             final.save_adapter(out / "adapter")

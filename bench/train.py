@@ -69,7 +69,8 @@ class Trainer:
         self.device = device
         self.optimizer = torch.optim.AdamW(model.parameter_groups(2e-5, 1e-3))
         pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
-        self.loss = RetrievalLoss(LossSettings(temperature=0.05), num_tasks, pool, sparse=False).to(device).train()
+        settings = LossSettings(contrastive_temperature=0.05)
+        self.loss = RetrievalLoss(settings, num_tasks, pool, sparse=False).to(device).train()
         self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
                          else contextlib.nullcontext())
         self.steps = 0
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--query-length", type=int, default=64)
     parser.add_argument("--passage-length", type=int, default=128)
     parser.add_argument("--pool-size", type=int, default=5)
-    parser.add_argument("--prompt-length", type=int, default=1)
+    parser.add_argument("--num-virtual-tokens", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -122,8 +123,8 @@ def main() -> None:
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     backbone = str(get_model_path())
     shape = {"share_encoders": False, "freeze_passage_encoder": True} if args.frozen_passages else {}
-    prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.prompt_length)
-    hyper_name = f"hyper-prompt N={args.pool_size} L={args.prompt_length}"
+    prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.num_virtual_tokens)
+    hyper_name = f"hyper-prompt N={args.pool_size} L={args.num_virtual_tokens}"
     trainers = {
         "plain multi-task (no prompt)": Trainer(HyperRetrieverModel.from_backbone(backbone, **shape),
                                                 len(TRAINING_COLLECTIONS), device, dtype),

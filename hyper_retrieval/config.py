@@ -25,6 +25,15 @@ from typing import Any, Literal
 import yaml
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
+# Keys that got one name from the YAML to modeling_hyper/ (old name -> new name), named in the error for an old config.
+RENAMED_KEYS = {
+    "model.prompt_length": "model.num_virtual_tokens",
+    "model.attention_temperature": "model.synthesizer_temperature",
+    "model.prefix_hidden_size": "model.encoder_hidden_size",
+    "model.adapter_hidden_size": "model.synthesizer_hidden_size",
+    "loss.temperature": "loss.contrastive_temperature",
+    "data.task_temperature": "data.task_sampling_temperature",
+}
 
 
 class ConfigError(ValueError):
@@ -45,12 +54,19 @@ class ModelSettings:
     pooling: Literal["mean", "cls"] = "cls"  # dense only; sparse uses SPLADE's max over tokens of log(1 + relu)
     normalize: bool = False  # L2-normalise dense vectors (the paper scores with a plain dot product)
     prompt: Literal["none", "prefix", "hyper"] = "hyper"  # no prompt, one shared prefix, or HypeR's pool
+    # The prompt settings below keep their names in modeling_hyper's HyperPromptConfig (see its field help).
     pool_size: int = field(default=5, metadata=_at_least(1))  # N
-    prompt_length: int = field(default=1, metadata=_at_least(1))  # L: 1 for the BEIR model, 100 for KILT
-    attention_temperature: float = field(default=3.0, metadata=_at_least(0, strict=True))  # tau of the synthesizer
-    prefix_hidden_size: int = field(default=100, metadata=_at_least(1))  # P-tuning v2 projection
-    adapter_hidden_size: int = field(default=100, metadata=_at_least(1))  # synthesizer's per-token adapter
+    num_virtual_tokens: int = field(default=1, metadata=_at_least(1))  # L: 1 for the BEIR model, 100 for KILT
+    # How a query scores the prompts: release (the authors' q . k / tau), standardized or cosine (docs/RESULTS.md)
+    synthesizer: Literal["release", "standardized", "cosine"] = "standardized"
+    synthesizer_temperature: float | None = field(default=None, metadata=_at_least(0, strict=True))  # None: default
+    synthesizer_momentum: float = field(default=0.1, metadata=_at_least(0, strict=True))  # running stats of q
+    synthesizer_hidden_size: int = field(default=100, metadata=_at_least(1))  # synthesizer's per-token adapter
+    balance_bias_rate: float = field(default=0.0, metadata=_at_least(0))  # loss-free balancing bias; 0 = off
+    encoder_hidden_size: int = field(default=100, metadata=_at_least(1))  # P-tuning v2 prefix projection
     prompt_dropout: float = field(default=0.1, metadata=_at_least(0))
+    prompt_init: Literal["uniform", "normal"] = "uniform"  # the pool: uniform in [0, 1) (the release) or normal
+    prompt_init_std: float = field(default=0.02, metadata=_at_least(0, strict=True))  # for prompt_init: normal
     freeze_query_backbone: bool = False  # the paper trains it jointly (the release froze it by accident)
     share_encoders: bool = False  # the release keeps separate query and passage copies
     freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once
@@ -86,7 +102,7 @@ class DataSettings:
     bm25_k1: float = field(default=1.5, metadata=_at_least(0))
     bm25_b: float = field(default=0.75, metadata=_at_least(0))
     sampling: Literal["mixed", "homogeneous"] = "mixed"  # mixed = tasks concatenated and shuffled (the paper)
-    task_temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # p_t ~ n_t^(1/T); 1 = sizes
+    task_sampling_temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # p_t ~ n_t^(1/T)
 
     @property
     def task_names(self) -> list[str]:
@@ -115,7 +131,7 @@ class OptimSettings:
 class LossSettings:
     """Contrastive loss, CPR and the FLOPS regularizer."""
 
-    temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # scores / temperature
+    contrastive_temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # scores / temperature
     cpr_weight: float = field(default=0.1, metadata=_at_least(0))  # lambda_c (best in the paper's sweep)
     cpr_pull: bool = True
     cpr_push: bool = True
@@ -124,6 +140,11 @@ class LossSettings:
     memory_bank_size: int = field(default=32, metadata=_at_least(0))  # attention vectors kept per task; 0 = off
     flops_weight: float = field(default=2e-4, metadata=_at_least(0))  # sparse only
     flops_warmup_steps: int = field(default=1000, metadata=_at_least(0))  # our choice (the paper gives none)
+    # Auxiliary router terms on the synthesizer (0 = off; losses.py): ST-MoE's z-loss, Switch's load balance, and
+    # minus the mutual information between task and prompt (Mod-Squad).
+    router_z_weight: float = field(default=0.0, metadata=_at_least(0))
+    router_balance_weight: float = field(default=0.0, metadata=_at_least(0))
+    router_mi_weight: float = field(default=0.0, metadata=_at_least(0))
 
 
 @dataclass
@@ -233,6 +254,8 @@ def _build(cls: type, raw: Any, prefix: str, source: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
+            if f"{prefix}{key}" in RENAMED_KEYS:
+                raise ConfigError(f"{source}: {prefix}{key} was renamed {RENAMED_KEYS[f'{prefix}{key}']}")
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(

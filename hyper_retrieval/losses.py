@@ -13,6 +13,10 @@
   vectors per task, so CPR has cross-task pairs under task-homogeneous batches too (the release's bank was
   never initialised).
 - FLOPS (SPLADE): sum_j (mean_i |w_ij|)^2 over the query vectors, weight warmed up linearly.
+- Router terms on the synthesizer's logits z (B, N) and attention a (B, N), off unless weighted (this process's
+  queries): ST-MoE's z-loss mean_i (logsumexp_j z_ij)^2; Switch's balance N sum_j f_j P_j (f_j the share of queries
+  whose top prompt is j, P_j the mean attention on j; 1 when balanced); and minus the mutual information between
+  task and prompt under the soft assignment, sum_t pi_t KL(mean a | t || mean a) (Mod-Squad).
 
 Under several processes every rank returns the loss of its own queries (mean over them); with DDP's gradient
 averaging the update equals the single-process loss over the global batch.
@@ -153,15 +157,39 @@ def flops_regularizer(representations: Tensor) -> Tensor:
     return representations.abs().mean(dim=0).pow(2).sum()
 
 
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE's z-loss: mean over queries of logsumexp(logits (B, N))^2; keeps the logits from growing unbounded."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def router_balance_loss(attention: Tensor) -> Tensor:
+    """Switch's load balance N * sum_j f_j P_j for attention (B, N): 1 when the top choices and mass are uniform."""
+    num_prompts = attention.shape[-1]
+    top_share = torch.bincount(attention.argmax(-1), minlength=num_prompts).to(attention.dtype) / len(attention)
+    return num_prompts * (top_share.detach() * attention.mean(0)).sum()
+
+
+def task_prompt_information(attention: Tensor, tasks: Tensor) -> Tensor:
+    """I(task; prompt) in nats with prompt ~ attention (B, N) of a query of task tasks (B,): sum_t pi_t KL(p_t || p)."""
+    overall = attention.mean(0).clamp_min(_EPS)
+    information = attention.new_zeros(())
+    for t in tasks.unique():
+        rows = attention[tasks == t]
+        p_t = rows.mean(0).clamp_min(_EPS)
+        information = information + len(rows) / len(attention) * (p_t * (p_t.log() - overall.log())).sum()
+    return information
+
+
 def warmup_weight(weight: float, step: int, warmup_steps: int) -> float:
     """weight * min(1, step / warmup_steps): linear from 0 at step 0 to `weight` at warmup_steps."""
     return weight if warmup_steps <= 0 else weight * min(1.0, step / warmup_steps)
 
 
 class RetrievalLoss(nn.Module):
-    """All terms from LossSettings: {"contrastive", "cpr_pull", "cpr_push", "flops", "total"} (scalars).
+    """All terms from LossSettings: {"contrastive", "cpr_pull", "cpr_push", "flops", "router_z", "router_balance",
+    "router_mi", "total"} (scalars, weighted).
 
-    cpr_* are zero without attention (no prompt pool); flops is zero for dense representations.
+    cpr_* and router_* are zero without attention (no prompt pool) or at weight 0; flops is zero for dense vectors.
     """
 
     def __init__(self, settings: LossSettings, num_tasks: int, num_prompts: int, sparse: bool) -> None:
@@ -175,15 +203,24 @@ class RetrievalLoss(nn.Module):
 
     def forward(self, queries: Tensor, passages: Tensor, targets: Tensor, step: int,
                 attention: Tensor | None = None, tasks: Tensor | None = None,
-                exclude: Tensor | None = None) -> dict[str, Tensor]:
-        """queries (B, d), passages (M, d), targets (B,), attention (B, N) and tasks (B,) for CPR, step for FLOPS."""
+                exclude: Tensor | None = None, logits: Tensor | None = None) -> dict[str, Tensor]:
+        """queries (B, d), passages (M, d), targets (B,), attention (B, N), its logits (B, N) and tasks (B,) for CPR
+        and the router terms, step for FLOPS."""
         zero = queries.new_zeros((), dtype=torch.float32)
-        terms = {"contrastive": contrastive_loss(queries, passages, targets, self.settings.temperature, exclude)}
+        temperature = self.settings.contrastive_temperature
+        terms = {"contrastive": contrastive_loss(queries, passages, targets, temperature, exclude)}
         if attention is not None and tasks is not None and self.settings.cpr_weight > 0:
             terms.update(self.cpr(attention, tasks))
         else:
             terms.update(cpr_pull=zero, cpr_push=zero)
         flops_weight = warmup_weight(self.settings.flops_weight, step, self.settings.flops_warmup_steps)
         terms["flops"] = flops_weight * flops_regularizer(queries) if self.sparse else zero
+        s = self.settings
+        routed = attention is not None and logits is not None
+        terms["router_z"] = s.router_z_weight * router_z_loss(logits) if routed and s.router_z_weight else zero
+        terms["router_balance"] = (s.router_balance_weight * router_balance_loss(attention)
+                                   if routed and s.router_balance_weight else zero)
+        terms["router_mi"] = (-s.router_mi_weight * task_prompt_information(attention, tasks)
+                              if routed and tasks is not None and s.router_mi_weight else zero)
         terms["total"] = sum(terms.values())
         return terms

@@ -91,7 +91,7 @@ def _model_summary(config: Any) -> str:
         length = f"{tokens} virtual token{'s' if tokens != 1 else ''}"
         prompt_line = (f"one shared prefix of {length} (the single-prefix baseline)" if prompt["pool_size"] == 1 else
                        f"a pool of {prompt['pool_size']} prompts of {length}, mixed per query "
-                       f"(attention temperature {prompt['temperature']})")
+                       f"({prompt['synthesizer']} synthesizer, temperature {prompt['synthesizer_temperature']:g})")
     encoders = ("one encoder for queries and passages" if config.share_encoders
                 else "separate query and passage encoders")
     return "\n".join([
@@ -188,10 +188,28 @@ def _results(results: Mapping[str, Any] | None, heatmap: str | None) -> str:
              f"top {settings.get('k')} passages per query"
              + (f"; zero-shot (never trained on): {', '.join(zero_shot)}" if zero_shot else "") + ".", "",
              results_table(results)]
+    if "routing" in results:
+        parts += ["", routing_table(results["routing"])]
     if heatmap:
         parts += ["", "Mean prompt attention of the queries of each collection (rows) over the prompt pool (columns):",
                   "", f"![mean prompt attention per collection]({heatmap})"]
     return "\n".join(parts)
+
+
+def routing_table(routing: Mapping[str, Any]) -> str:
+    """How the queries use the prompt pool (hyper_retrieval.routing): per collection, then over the collections."""
+    lines = ["How the queries route over the prompt pool: mean entropy / ln N (0: one prompt per query, 1: uniform), "
+             "the share of queries on the commonest top prompt (1: the pool collapsed onto one prompt), the mutual "
+             "information between collection and top prompt over H(collection) (0: the top prompt says nothing about "
+             "the collection), and the share of logit variance common to all queries.", "",
+             "| queries | entropy / ln N | on the commonest top prompt | MI(collection; top prompt) / H | "
+             "common logit variance |", "|---|---|---|---|---|"]
+    rows = {**routing["collections"], **{f"**{k.replace('_', '-')}**": v for k, v in routing.items()
+                                         if k != "collections"}}
+    for name, d in rows.items():
+        mi = f"{d['task_mi']:.3f}" if d.get("task_mi") is not None else "—"
+        lines.append(f"| {name} | {d['entropy']:.3f} | {d['top_share']:.3f} | {mi} | {d['common_variance']:.3f} |")
+    return "\n".join(lines)
 
 
 LIMITATIONS = """- Custom code: loading runs this repository's Python files (`trust_remote_code=True`). The hosted

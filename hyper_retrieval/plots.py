@@ -112,3 +112,24 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path
     dev_ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+ROUTING_PANELS = (("routing/task_mi", "MI(task; top prompt) / H(task)"), ("routing/top_share", "commonest top prompt"),
+                  ("routing/entropy", "entropy / ln N"))
+
+
+def plot_routing_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike,
+                        figsize: tuple[float, float] = (13.0, 4.0), dpi: int = DPI) -> Path:
+    """Three panels, one line per run: the routing diagnostics train.py logs (hyper_retrieval.routing) against the
+    step. ``logs`` is {run name: records of its log.jsonl}; runs that logged none are skipped."""
+    fig, axes = plt.subplots(1, len(ROUTING_PANELS), figsize=figsize)
+    for name, records in logs.items():
+        for ax, (key, _) in zip(axes, ROUTING_PANELS, strict=True):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=name)
+    for ax, (_, title) in zip(axes, ROUTING_PANELS, strict=True):
+        ax.set(xlabel="step", title=title, ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

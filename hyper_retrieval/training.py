@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 from .backbones import resolve_backbone
+from .batching import TaskData
 from .beir import Collection, Corpus, load_collection, load_split
 from .config import DataSettings, ModelSettings
 from .embedding_cache import passage_encoder_fingerprint
 from .evaluation import ModelSearcher, evaluate_collections
 from .passage_table import has_frozen_passage_encoder
+
+# ModelSettings fields passed to HyperPromptConfig under the same name (pool_size depends on the prompt kind).
+PROMPT_SETTINGS = ("num_virtual_tokens", "encoder_hidden_size", "synthesizer", "synthesizer_temperature",
+                   "synthesizer_momentum", "synthesizer_hidden_size", "balance_bias_rate", "prompt_dropout",
+                   "prompt_init", "prompt_init_std")
 
 
 def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
@@ -21,12 +30,8 @@ def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
     if settings.prompt == "none":
         return None
     return HyperPromptConfig(
-        num_virtual_tokens=settings.prompt_length,
         pool_size=1 if settings.prompt == "prefix" else settings.pool_size,
-        encoder_hidden_size=settings.prefix_hidden_size,
-        synthesizer_hidden_size=settings.adapter_hidden_size,
-        temperature=settings.attention_temperature,
-        prompt_dropout=settings.prompt_dropout,
+        **{name: getattr(settings, name) for name in PROMPT_SETTINGS},
     )
 
 
@@ -43,6 +48,16 @@ def build_model(settings: ModelSettings) -> HyperRetrieverModel:
         freeze_query_backbone=settings.freeze_query_backbone,
         max_seq_length=settings.max_passage_length,
     )
+
+
+CALIBRATION_QUERIES = 4096  # training queries that set the synthesizer's statistics (model.calibrate_synthesizer)
+
+
+def sample_queries(tasks: Sequence[TaskData], n: int, seed: int) -> list[str]:
+    """Up to n query texts drawn without replacement from all tasks' examples (so in proportion to task size)."""
+    queries = [ex.query for task in tasks for ex in task.examples]
+    rng = np.random.default_rng(seed)
+    return [queries[i] for i in rng.choice(len(queries), size=min(n, len(queries)), replace=False)]
 
 
 @dataclass

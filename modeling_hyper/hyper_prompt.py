@@ -8,7 +8,9 @@ mixed with it into one prefix: keys and values of shape (num_layers, B, H, L, d 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
@@ -19,9 +21,22 @@ ADAPTER_CONFIG_NAME = "hyper_prompt_config.json"
 ADAPTER_WEIGHTS_NAME = "hyper_prompt.safetensors"
 
 
+SYNTHESIZERS = ("release", "standardized", "cosine")
+# The synthesizer's initial temperature when `synthesizer_temperature` is None: the release's constant tau = 3; for
+# the standardized forms, logits of about unit spread at initialisation (see PromptSynthesizer).
+DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.05}
+# Bounds of a learnable temperature (the cosine form's "bounded scale": 1 / tau in [1, 100], as X-MoE).
+TEMPERATURE_BOUNDS = {"standardized": (1e-2, 1e2), "cosine": (1e-2, 1.0)}
+# Keys of configs saved before a setting got its one name (hyper_prompt_config.json, config.json of older models).
+RENAMED_KEYS = {"temperature": "synthesizer_temperature", "init": "prompt_init", "init_std": "prompt_init_std"}
+
+
 @dataclass
 class HyperPromptConfig:
-    """PEFT-style settings of the prompt pool; field names follow peft's PromptLearningConfig where they apply."""
+    """PEFT-style settings of the prompt pool; field names follow peft's PromptLearningConfig where they apply.
+
+    Each setting has one name from train.py's YAML (`model.<name>`) to here.
+    """
 
     num_virtual_tokens: int = field(default=1, metadata={"help": "Prompt length L: virtual tokens per prompt."})
     pool_size: int = field(
@@ -36,12 +51,30 @@ class HyperPromptConfig:
     synthesizer_hidden_size: int = field(
         default=100, metadata={"help": "Hidden size of the synthesizer's per-token adapter d -> h -> d."}
     )
-    temperature: float = field(default=3.0, metadata={"help": "Softmax temperature tau of the pool attention."})
+    synthesizer: str = field(
+        default="standardized",
+        metadata={"help": "How a query scores the prompts: 'release' (q . k / tau, tau fixed: the authors' form), "
+                          "'standardized' (q centred and scaled by running statistics, keys centred over the pool, "
+                          "learnable tau) or 'cosine' (cosine of the standardized q and keys, learnable bounded tau)."},
+    )
+    synthesizer_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Softmax temperature tau of the pool attention (the initial value where it is learnable); "
+                          "None: the synthesizer's default (release 3.0, standardized 1.0, cosine 0.05)."},
+    )
+    synthesizer_momentum: float = field(
+        default=0.1, metadata={"help": "Momentum of the running statistics of q (standardized and cosine)."}
+    )
+    balance_bias_rate: float = field(
+        default=0.0,
+        metadata={"help": "Per-prompt balancing bias on the logits, moved by this much per training step towards "
+                          "equal top-prompt load, without gradient (DeepSeek's loss-free balancing); 0 = off."},
+    )
     prompt_dropout: float = field(default=0.1, metadata={"help": "Dropout on the pool vectors while training."})
-    init: str = field(
+    prompt_init: str = field(
         default="uniform", metadata={"help": "Pool initialisation: 'uniform' in [0, 1) (the release) or 'normal'."}
     )
-    init_std: float = field(default=0.02, metadata={"help": "Standard deviation for init='normal'."})
+    prompt_init_std: float = field(default=0.02, metadata={"help": "Standard deviation for prompt_init='normal'."})
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The backbone the adapter was trained with (informational)."}
     )
@@ -53,15 +86,30 @@ class HyperPromptConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"HyperPromptConfig.{name}={value!r}: expected an integer >= 1")
-        if not self.temperature > 0:
-            raise ValueError(f"HyperPromptConfig.temperature={self.temperature!r}: expected > 0")
+        if self.synthesizer not in SYNTHESIZERS:
+            raise ValueError(f"HyperPromptConfig.synthesizer={self.synthesizer!r}: expected one of {SYNTHESIZERS}")
+        if self.synthesizer_temperature is None:
+            self.synthesizer_temperature = DEFAULT_SYNTHESIZER_TEMPERATURE[self.synthesizer]
+        low, high = TEMPERATURE_BOUNDS.get(self.synthesizer, (0.0, math.inf))
+        if not (self.synthesizer_temperature > 0 and low <= self.synthesizer_temperature <= high):
+            raise ValueError(f"HyperPromptConfig.synthesizer_temperature={self.synthesizer_temperature!r}: expected "
+                             f"> 0{f' and in [{low}, {high}] for synthesizer={self.synthesizer!r}' if low else ''}")
+        if not 0 < self.synthesizer_momentum <= 1:
+            raise ValueError(
+                f"HyperPromptConfig.synthesizer_momentum={self.synthesizer_momentum!r}: expected in (0, 1]"
+            )
+        if not (math.isfinite(self.balance_bias_rate) and self.balance_bias_rate >= 0):
+            raise ValueError(f"HyperPromptConfig.balance_bias_rate={self.balance_bias_rate!r}: expected >= 0")
         if not 0 <= self.prompt_dropout < 1:
             raise ValueError(f"HyperPromptConfig.prompt_dropout={self.prompt_dropout!r}: expected in [0, 1)")
-        if self.init not in ("uniform", "normal"):
-            raise ValueError(f"HyperPromptConfig.init={self.init!r}: expected 'uniform' or 'normal'")
+        if self.prompt_init not in ("uniform", "normal"):
+            raise ValueError(f"HyperPromptConfig.prompt_init={self.prompt_init!r}: expected 'uniform' or 'normal'")
 
     @classmethod
     def from_dict(cls, values: dict) -> HyperPromptConfig:
+        if "temperature" in values and "synthesizer" not in values:
+            values = {**values, "synthesizer": "release"}  # saved before the synthesizer had variants
+        values = {RENAMED_KEYS.get(k, k): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -110,27 +158,127 @@ class PrefixKV(NamedTuple):
     mask: torch.Tensor | None = None
 
 
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (statistics that must agree across DDP ranks); x itself with one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(x)
+    return x
+
+
 class PromptSynthesizer(nn.Module):
-    """ATTEMPT-style attention of a query over the pool.
+    """ATTEMPT-style attention of a query over the pool: logits (B, N) and attention softmax(logits) (B, N).
 
     The query's token embeddings (B, T, d), detached, go through a per-token adapter Linear -> SiLU -> Linear and a
     LayerNorm; padding is masked only then (the release masked before the adapter, letting padding win the max-pool),
-    and a max-pool over real tokens gives q (B, d). Prompt j's key is the max-pool of its L vectors (N, d).
-    Attention a = softmax(q . k_j / tau), shape (B, N).
+    and a max-pool over real tokens gives q (B, d). Prompt j's key k_j is the max-pool of its L vectors (N, d).
+
+    - release: logits = q . k_j / tau with a constant tau (the authors' form). On a dense backbone the part of q
+      shared by all queries outweighs the per-query part, so every query prefers the same prompt.
+    - standardized: q^ = (q - mu) / sigma per coordinate, as BatchNorm does: in training mu and sigma are the batch's
+      (with gradient, so a shift of q common to all queries is invisible and cannot be learned) and update running
+      statistics (averaged across processes); in eval the running statistics are used, so a query's attention never
+      depends on its batch. Keys are centred over the pool and scaled to unit RMS; logits = q^ . k^_j / (sqrt(d) tau)
+      with a learnable tau. The mean logit of every prompt over a batch is then zero: no prompt is preferred by all.
+    - cosine: logits = cos(q^, k^_j) / tau, tau learnable within TEMPERATURE_BOUNDS (X-MoE's bounded scale).
+
+    A balancing bias (N,) (`balance_bias_rate` > 0) is added to the logits of any form; each training forward moves
+    it by the rate towards equal top-prompt load, without gradient.
     """
 
-    def __init__(self, token_dim: int, hidden_size: int, temperature: float):
+    def __init__(self, config: HyperPromptConfig):
         super().__init__()
-        self.adapter = nn.Sequential(nn.Linear(token_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, token_dim))
-        self.norm = nn.LayerNorm(token_dim)
-        self.temperature = temperature
+        d = config.token_dim
+        self.kind = config.synthesizer
+        self.adapter = nn.Sequential(
+            nn.Linear(d, config.synthesizer_hidden_size), nn.SiLU(), nn.Linear(config.synthesizer_hidden_size, d)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.temperature = config.synthesizer_temperature  # the constant of 'release'; the initial value otherwise
+        self.momentum = config.synthesizer_momentum
+        self.balance_rate = config.balance_bias_rate
+        if self.kind != "release":
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.synthesizer_temperature)))
+            self.register_buffer("running_mean", torch.zeros(d))
+            self.register_buffer("running_var", torch.ones(d))
+            self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        if self.balance_rate > 0:
+            self.register_buffer("balance_bias", torch.zeros(config.pool_size))
 
-    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    def pooled_query(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d), (B, T) -> q (B, d): adapter, LayerNorm, then a max-pool over the real tokens."""
         hidden = self.norm(self.adapter(token_embeddings.detach()))
         hidden = hidden.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(hidden.dtype).min)
-        query = hidden.max(dim=1).values
-        keys = pool.max(dim=1).values.to(query.dtype)
-        return torch.softmax(query @ keys.T / self.temperature, dim=-1)
+        return hidden.max(dim=1).values
+
+    def current_temperature(self) -> torch.Tensor | float:
+        if self.kind == "release":
+            return self.temperature
+        return self.log_temperature.exp().clamp(*TEMPERATURE_BOUNDS[self.kind])
+
+    @torch.no_grad()
+    def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """Running mean and variance of q from a training batch's (averaged over processes): a cumulative average for
+        the first 1 / momentum batches, an exponential one after."""
+        sums = torch.cat([mean.new_tensor([count]), count * mean, count * (var + mean.pow(2))]).float()
+        stats = _all_reduce_sum(sums)
+        d = len(self.running_mean)
+        total, mean = stats[0], stats[1 : 1 + d] / stats[0]
+        var = (stats[1 + d :] / total - mean.pow(2)).clamp_min(0.0)
+        rate = max(self.momentum, 1.0 / float(self.num_updates + 1))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), rate)
+        self.running_var.lerp_(var.to(self.running_var.dtype), rate)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Sets the running statistics to the exact mean and variance of q over (token embeddings (B, T, d), mask
+        (B, T)) batches, as "precise BN" does: the running average lags while the adapter trains. Returns the
+        number of queries seen (0 leaves the statistics as they were)."""
+        if self.kind == "release":
+            return 0
+        count, total, squares = 0, 0.0, 0.0
+        for token_embeddings, attention_mask in batches:
+            query = self.pooled_query(token_embeddings, attention_mask).double()
+            count, total, squares = count + len(query), total + query.sum(0), squares + query.pow(2).sum(0)
+        if count:
+            mean = total / count
+            self.running_mean.copy_(mean)
+            self.running_var.copy_((squares / count - mean.pow(2)).clamp_min(0.0))
+        return count
+
+    @torch.no_grad()
+    def _update_balance(self, logits: torch.Tensor) -> None:
+        """Moves the bias of an over-chosen prompt down and of an under-chosen one up, by the rate."""
+        load = _all_reduce_sum(torch.bincount(logits.argmax(-1), minlength=len(self.balance_bias)).float())
+        self.balance_bias += self.balance_rate * torch.sign(load.mean() - load).to(self.balance_bias.dtype)
+
+    def forward(
+        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor, pool: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) token embeddings, (B, T) mask, (N, L, d) pool -> (attention (B, N), logits (B, N))."""
+        query = self.pooled_query(token_embeddings, attention_mask)
+        keys = pool.max(dim=1).values.to(query.dtype)  # (N, d)
+        if self.kind == "release":
+            logits = query @ keys.T / self.temperature
+        else:
+            if self.training:  # batch statistics, with gradient: a shift common to the batch is invisible
+                mean, var = query.mean(dim=0), query.var(dim=0, unbiased=False)
+                self._update_statistics(mean.detach(), var.detach(), len(query))
+            else:
+                mean, var = self.running_mean, self.running_var
+            query = (query - mean) * torch.rsqrt(var + 1e-5)
+            keys = keys - keys.mean(dim=0, keepdim=True)
+            keys = keys * torch.rsqrt(keys.pow(2).mean() + 1e-12)
+            if self.kind == "cosine":
+                query, keys = nn.functional.normalize(query, dim=-1), nn.functional.normalize(keys, dim=-1)
+            else:
+                query = query / math.sqrt(query.shape[-1])
+            logits = query @ keys.T / self.current_temperature()
+        if self.balance_rate > 0:
+            logits = logits + self.balance_bias.to(logits.dtype)
+            if self.training:
+                self._update_balance(logits.detach())
+        return torch.softmax(logits, dim=-1), logits
 
 
 class HyperPrompt(nn.Module):
@@ -150,31 +298,37 @@ class HyperPrompt(nn.Module):
             nn.Linear(config.encoder_hidden_size, config.num_layers * 2 * d),
         )
         self.synthesizer = (
-            PromptSynthesizer(d, config.synthesizer_hidden_size, config.temperature) if config.pool_size > 1 else None
+PromptSynthesizer(config) if config.pool_size > 1 else None
         )
         self.reset_pool()
 
     @torch.no_grad()
     def reset_pool(self) -> None:
-        if self.config.init == "uniform":
+        if self.config.prompt_init == "uniform":
             self.pool.uniform_(0.0, 1.0)
         else:
-            self.pool.normal_(0.0, self.config.init_std)
+            self.pool.normal_(0.0, self.config.prompt_init_std)
 
-    def attention(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, d), (B, T) -> attention over the pool (B, N); all ones (B, 1) for the single prefix."""
+    def attention(
+        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, d), (B, T) -> (attention over the pool (B, N), its logits (B, N)); all ones (B, 1) and no logits
+        for the single prefix."""
         if self.synthesizer is None:
-            return token_embeddings.new_ones(token_embeddings.shape[0], 1)
+            return token_embeddings.new_ones(token_embeddings.shape[0], 1), None
         return self.synthesizer(token_embeddings, attention_mask, self.pool)
 
-    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> tuple[PrefixKV, torch.Tensor]:
-        """(B, T, d) token embeddings, (B, T) mask -> (PrefixKV with (num_layers, B, H, L, d/H) keys/values, (B, N))."""
+    def forward(
+        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[PrefixKV, torch.Tensor, torch.Tensor | None]:
+        """(B, T, d) token embeddings, (B, T) mask -> (PrefixKV with (num_layers, B, H, L, d/H) keys/values,
+        attention (B, N), logits (B, N) or None)."""
         cfg = self.config
-        attention = self.attention(token_embeddings, attention_mask)
+        attention, logits = self.attention(token_embeddings, attention_mask)
         projected = self.projection(self.dropout(self.pool))  # (N, L, num_layers * 2 * d)
         mixed = torch.einsum("bn,nlk->blk", attention.to(projected.dtype), projected)
         batch, length = mixed.shape[:2]
         head_dim = cfg.token_dim // cfg.num_attention_heads
         mixed = mixed.view(batch, length, cfg.num_layers, 2, cfg.num_attention_heads, head_dim)
         mixed = mixed.permute(3, 2, 0, 4, 1, 5)  # (2, num_layers, B, H, L, head_dim)
-        return PrefixKV(mixed[0], mixed[1]), attention
+        return PrefixKV(mixed[0], mixed[1]), attention, logits

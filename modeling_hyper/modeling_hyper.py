@@ -117,10 +117,12 @@ def prefetch(batches: Iterator, depth: int = 8) -> Iterator:
 
 @dataclass
 class HyperRetrieverOutput(ModelOutput):
-    """embeddings (B, d) dense or (B, V) sparse; prompt_attention (B, N) or None; last_hidden_state (B, T, d)."""
+    """embeddings (B, d) dense or (B, V) sparse; prompt_attention (B, N) and the synthesizer's prompt_logits (B, N)
+    or None; last_hidden_state (B, T, d)."""
 
     embeddings: torch.Tensor | None = None
     prompt_attention: torch.Tensor | None = None
+    prompt_logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
 
 
@@ -289,15 +291,16 @@ class HyperRetrieverModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         encoder = self.query_encoder if is_query or self.passage_encoder is None else self.passage_encoder
-        prompt_attention = None
+        prompt_attention = prompt_logits = None
         if is_query and self.hyper_prompt is not None:
             token_embeddings = self.query_encoder.get_input_embeddings()(input_ids)
-            prefix, prompt_attention = self.hyper_prompt(token_embeddings, attention_mask)
+            prefix, prompt_attention, prompt_logits = self.hyper_prompt(token_embeddings, attention_mask)
             kwargs[PREFIX_KWARG] = prefix._replace(mask=prefix_mask)
         out = encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
         if self.config.representation == "sparse":
             weights = torch.log1p(torch.relu(out.logits)) * attention_mask.unsqueeze(-1).to(out.logits.dtype)
-            return HyperRetrieverOutput(embeddings=weights.max(dim=1).values, prompt_attention=prompt_attention)
+            return HyperRetrieverOutput(embeddings=weights.max(dim=1).values, prompt_attention=prompt_attention,
+                                        prompt_logits=prompt_logits)
         hidden = out.last_hidden_state
         if self.config.pooling == "cls":
             pooled = hidden[:, 0]
@@ -306,7 +309,8 @@ class HyperRetrieverModel(PreTrainedModel):
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if self.config.normalize:
             pooled = nn.functional.normalize(pooled, p=2, dim=-1)
-        return HyperRetrieverOutput(embeddings=pooled, prompt_attention=prompt_attention, last_hidden_state=hidden)
+        return HyperRetrieverOutput(embeddings=pooled, prompt_attention=prompt_attention, prompt_logits=prompt_logits,
+                                    last_hidden_state=hidden)
 
     # ----------------------------------------------------------------- parameter groups
     def parameter_groups(self, backbone_lr: float, prompt_lr: float, weight_decay: float = 0.01) -> list[dict]:
@@ -382,6 +386,20 @@ class HyperRetrieverModel(PreTrainedModel):
             raise ValueError("this model has no prompt pool (config.hyper_prompt is None)")
         self._check_texts(queries, "queries")
         return self._encode(queries, True, batch_size, show_progress_bar)[1]
+
+    @torch.no_grad()
+    def calibrate_synthesizer(self, queries: list[str], batch_size: int = 256) -> int:
+        """Sets the prompt synthesizer's running statistics (standardized and cosine forms) to their exact values over
+        `queries` (e.g. a sample of the training queries; train.py does this before each evaluation and the final
+        save). Returns the number of queries used (0 for a synthesizer without statistics)."""
+        synthesizer = self.hyper_prompt.synthesizer if self.hyper_prompt is not None else None
+        if synthesizer is None or not queries:
+            return 0
+        embed = self.query_encoder.get_input_embeddings()
+        batches = self._store_batches(*self.tokenize(self._check_texts(queries, "queries")), batch_size)
+        return synthesizer.calibrate(
+            (embed(ids.to(self.device)), mask.to(self.device)) for _, ids, mask in batches
+        )
 
     @staticmethod
     def _check_texts(texts, what: str, allow_dicts: bool = False) -> list:

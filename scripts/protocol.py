@@ -143,7 +143,7 @@ def main() -> None:
     elif args.step == "cost":
         cost(runs, root)
     else:
-        write_report(runs, args.root or root, args.docs)
+        write_report(protocol, runs, args.root or root, args.docs)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,10 @@ def test_model_card_round_trips_the_eval_results(hub_run):
     assert "![mean prompt attention per collection](assets/attention_heatmap.png)" in text
     assert (hub_run.export_dir / "assets/attention_heatmap.png").read_bytes() == \
         (hub_run.eval_dir / "attention_heatmap.png").read_bytes()
-    assert f"a pool of {POOL_SIZE} prompts of 1 virtual token," in text
+    assert f"a pool of {POOL_SIZE} prompts of 1 virtual token, mixed per query (standardized synthesizer" in text
+    routing = results["routing"]["collections"]["multirc"]  # the routing diagnostics, as eval.py measured them
+    assert f"| multirc | {routing['entropy']:.3f} | {routing['top_share']:.3f} | — |" in text
+    assert f"| **all** | {results['routing']['all']['entropy']:.3f} |" in text
     assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
     assert "  max_steps: 40" in text  # the training settings
     assert "@inproceedings{cai2023hyper" in text and "Multitask Hyper-Prompted Training" in text

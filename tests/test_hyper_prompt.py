@@ -48,17 +48,18 @@ def test_padding_is_masked_after_the_adapter():
 
 
 def test_prefix_shapes():
-    model = tiny_model(pool_size=3, prompt_length=5)
+    model = tiny_model(pool_size=3, num_virtual_tokens=5)
     ids, mask = random_batch(batch=2)
-    prefix, attention = model.hyper_prompt(model.query_encoder.get_input_embeddings()(ids), mask)
+    prefix, attention, logits = model.hyper_prompt(model.query_encoder.get_input_embeddings()(ids), mask)
     assert prefix.keys.shape == (2, 2, 4, 5, 8)  # (layers, B, heads, L, head_dim)
     assert prefix.values.shape == prefix.keys.shape
-    assert attention.shape == (2, 3)
+    assert attention.shape == logits.shape == (2, 3)
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("pool_size", 0), ("num_virtual_tokens", 0), ("temperature", 0.0), ("prompt_dropout", 1.0), ("init", "zeros")],
+    [("pool_size", 0), ("num_virtual_tokens", 0), ("synthesizer_temperature", 0.0), ("prompt_dropout", 1.0),
+     ("prompt_init", "zeros"), ("synthesizer", "mlp"), ("balance_bias_rate", -1.0), ("synthesizer_momentum", 0.0)],
 )
 def test_bad_prompt_settings_are_named(field, value):
     with pytest.raises(ValueError, match=field):

@@ -161,7 +161,8 @@ def test_retrieval_loss_returns_every_term() -> None:
     attn, tasks = torch.rand(4, 5).softmax(-1), torch.tensor([0, 1, 0, 1])
     sparse = RetrievalLoss(LossSettings(flops_warmup_steps=10), num_tasks=2, num_prompts=5, sparse=True)
     terms = sparse(q, p, torch.tensor([0, 2, 4, 6]), step=5, attention=attn, tasks=tasks)
-    assert set(terms) == {"contrastive", "cpr_pull", "cpr_push", "flops", "total"}
+    assert set(terms) == {"contrastive", "cpr_pull", "cpr_push", "flops", "router_z", "router_balance", "router_mi",
+                          "total"}
     assert terms["flops"].item() == pytest.approx(1e-4 * flops_regularizer(q).item())
     assert terms["total"].item() == pytest.approx(sum(v.item() for k, v in terms.items() if k != "total"))
     dense = RetrievalLoss(LossSettings(), num_tasks=2, num_prompts=5, sparse=False)

@@ -23,7 +23,7 @@ def plain_backbone(model, backend: str):
 @pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_closed_prefix_equals_plain_backbone(kind, backend, padding):
-    model = tiny_model(kind, pool_size=4, prompt_length=3, attention_backend=backend, normalize=False)
+    model = tiny_model(kind, pool_size=4, num_virtual_tokens=3, attention_backend=backend, normalize=False)
     ids, mask = random_batch(pad_rows=padding)
     closed = torch.zeros(ids.shape[0], 3, dtype=torch.bool)
     with torch.no_grad():

@@ -56,13 +56,14 @@ def test_seeds_table_means_spreads_and_difference():
     base, system = [0.50, 0.52, 0.51], [0.53, 0.52, 0.55]
     results = {name: results_with(v, v / 2) for prefix, values in (("multitask", base), ("hyper", system))
                for name, v in zip([prefix, f"{prefix}-seed43", f"{prefix}-seed44"], values, strict=True)}
-    table = seeds_table(results, runs, "multitask", "hyper")
+    table = seeds_table(results, runs, ["multitask", "hyper"], [("hyper", "multitask"), ("hyper", "prefix")])
     assert f"| **hyper, mean ± std** | 3 | {100 * np.mean(system):.2f} ± {100 * np.std(system, ddof=1):.2f} |" in table
     assert f"| **hyper − multitask** | | {100 * (np.mean(system) - np.mean(base)):+.2f} |" in table
+    assert "hyper − prefix" not in table  # prefix has no results
 
 
 def test_report_keeps_the_hand_written_text(tmp_path):
-    _, runs = load_protocol(PROTOCOL)
+    protocol, runs = load_protocol(PROTOCOL)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "RESULTS.md").write_text(f"# Results\nprotocol text\n{BEGIN}\nold tables\n{END}\nthe reading\n")
@@ -72,21 +73,36 @@ def test_report_keeps_the_hand_written_text(tmp_path):
         collections = {"qasc": {"zero_shot": False, "metrics": {"ndcg@10": value, "recall@100": 0.9}, "info": {}}}
         (root / "eval" / name / "results.json").write_text(json.dumps(
             {"settings": {}, "collections": collections, "averages": {"in_domain": {"ndcg@10": value}}}))
-    text = write_report(runs, root, docs).read_text()
+    text = write_report(protocol, runs, root, docs).read_text()
     assert text.startswith("# Results\nprotocol text\n") and text.endswith(f"{END}\nthe reading\n")
     assert "old tables" not in text and "| qasc | 0.4000 | 0.5000 |" in text
     assert (docs / "results" / "ndcg_by_collection.png").is_file()
     (docs / "RESULTS.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        write_report(runs, root, docs)
+        write_report(protocol, runs, root, docs)
 
 
-def test_attention_diagnostics_tell_uniform_mixing_from_task_specific_prompts():
-    from hyper_retrieval.protocol_report import attention_diagnostics
-
-    labels = ["nq"] * 3 + ["qasc"] * 3
-    uniform = attention_diagnostics(np.full((6, 5), 0.2), labels)
-    assert uniform["entropy"] == pytest.approx(1.0) and uniform["task_js"] == pytest.approx(0.0, abs=1e-12)
-    specific = attention_diagnostics(np.eye(5)[[0, 0, 0, 1, 1, 1]], labels)  # each task its own prompt
-    assert specific["entropy"] == pytest.approx(0.0, abs=1e-9)
-    assert specific["task_js"] == pytest.approx(np.log(2), abs=1e-6) and specific["top_share"] == 0.5
+def test_report_shows_routing_from_saved_attention_and_logs(tmp_path):
+    """A run whose queries route by task shows MI 1 in the routing table and its logged range after warm-up."""
+    protocol, runs = load_protocol(PROTOCOL)
+    root, docs = tmp_path / "outputs", tmp_path / "docs"
+    tasks = ["nq_ckc", "qasc", "ropes"]
+    folder = root / "eval" / "hyper"
+    folder.mkdir(parents=True)
+    collections = {t: {"zero_shot": t == "ropes", "metrics": {"ndcg@10": 0.5, "recall@100": 0.9}, "info": {}}
+                   for t in tasks}
+    (folder / "results.json").write_text(json.dumps({"settings": {}, "collections": collections, "averages": {
+        "in_domain": {"ndcg@10": 0.5}, "zero_shot": {"ndcg@10": 0.5}}}))
+    np.save(folder / "attention.npy", np.array([[0.9, 0.05, 0.05]] * 2 + [[0.05, 0.9, 0.05]] * 2 + [[0.1, 0.8, 0.1]]))
+    (folder / "attention_tasks.json").write_text(json.dumps(["nq_ckc"] * 2 + ["qasc"] * 2 + ["ropes"]))
+    (root / "hyper").mkdir()
+    (root / "hyper" / "train_config.yaml").write_text("optim: {max_steps: 100, warmup_ratio: 0.1, warmup_steps: null}")
+    log = [{"step": s, "routing/task_mi": mi, "routing/top_share": 0.5, "routing/entropy": 0.3}
+           for s, mi in ((5, 0.0), (20, 0.4), (40, 0.6))]
+    (root / "hyper" / "log.jsonl").write_text("\n".join(map(json.dumps, log)))
+    text = write_report(protocol, runs, root, docs).read_text()
+    assert "| hyper | 3 | in-domain | 0.3590 | 0.500 | 1.000 | 0.250 |" in text  # entropy, top share, MI, common
+    assert "| hyper | 3 | all | " in text
+    assert "| hyper | 2 (of 3) | 0.400 – 0.600 (0.600) | 0.500 (0.500) |" in text  # step 5 is in the warm-up
+    assert "| ropes (zero-shot) | 0.100 | 0.800 | 0.100 | 1 (1.00) | qasc (" in text
+    assert (docs / "results" / "routing_curves.png").is_file()

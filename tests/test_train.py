@@ -37,7 +37,7 @@ def tiny_backbones(tmp_path_factory, minilm_path) -> dict[str, Path]:
 def write_config(tmp_path: Path, backbone: Path, representation: str = "dense", **sections) -> Path:
     config = {
         "model": {"backbone": str(backbone), "representation": representation, "pooling": "mean",
-                  "normalize": representation == "dense", "prompt": "hyper", "pool_size": 3, "prompt_length": 2,
+                  "normalize": representation == "dense", "prompt": "hyper", "pool_size": 3, "num_virtual_tokens": 2,
                   "share_encoders": True, "freeze_passage_encoder": False,
                   "max_query_length": 32, "max_passage_length": 64},
         "data": {"collections": [{"path": str(SAMPLE / "qasc"), "max_queries": 24},
@@ -45,7 +45,7 @@ def write_config(tmp_path: Path, backbone: Path, representation: str = "dense", 
                  "negatives": "bm25", "num_negatives": 1, "negatives_cache_dir": str(tmp_path / "negatives"),
                  "dev_split": None},
         "optim": {"backbone_lr": 1e-3, "prompt_lr": 1e-2, "max_steps": 30, "warmup_steps": 0},
-        "loss": {"temperature": 0.1, "cpr_weight": 0.01, "flops_weight": 1e-3, "flops_warmup_steps": 5},
+        "loss": {"contrastive_temperature": 0.1, "cpr_weight": 0.01, "flops_weight": 1e-3, "flops_warmup_steps": 5},
         "train": {"seed": 3, "batch_size": 8, "output_dir": str(tmp_path / "run"), "save_every": 10,
                   "embedding_cache_dir": str(tmp_path / "embedding_cache"),
                   "log_every": 1},
@@ -89,6 +89,9 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     first, last = mean(r["loss/contrastive"] for r in log[:5]), mean(r["loss/contrastive"] for r in log[-5:])
     assert last < 0.8 * first, (first, last)
     assert all(r["loss/cpr_push"] > 0 for r in log)  # CPR is on and logged separately
+    # the routing diagnostics of every log window (hyper_retrieval.routing), from the first logged step on
+    assert all(0 <= r["routing/task_mi"] <= 1 and 1 / 3 <= r["routing/top_share"] <= 1 and 0 <= r["routing/entropy"]
+               <= 1 and 0 <= r["routing/common_variance"] <= 1 for r in log)
     if representation == "sparse":
         assert log[0]["loss/flops"] == 0 and all(r["loss/flops"] > 0 for r in log[1:])  # linear warm-up from 0
     else:
@@ -198,6 +201,12 @@ def test_two_cpu_processes_train_with_ddp(tiny_backbones, tmp_path):
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert log[0]["queries_per_s"] > 0 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert all("routing/top_share" in r for r in log)  # the routing window gathers both processes' queries
+    # the synthesizer's running statistics were updated (averaged across processes) and saved
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert state["hyper_prompt.synthesizer.num_updates"] == 4 and state["hyper_prompt.synthesizer.running_mean"].any()
 
 
 def test_keep_freed_memory_applies_on_glibc():

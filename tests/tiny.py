@@ -17,13 +17,20 @@ def tiny_backbone_config(kind: str = "bert"):
 
 
 def tiny_model(
-    kind: str = "bert", pool_size: int | None = 4, prompt_length: int = 3, seed: int = 0, **config
+    kind: str = "bert",
+    pool_size: int | None = 4,
+    num_virtual_tokens: int = 3,
+    seed: int = 0,
+    prompt: dict | None = None,
+    **config,
 ) -> HyperRetrieverModel:
-    """A random HyperRetrieverModel; pool_size None means no prompt, 1 the single prefix."""
+    """A random HyperRetrieverModel; pool_size None means no prompt, 1 the single prefix; `prompt` holds further
+    HyperPromptConfig fields (synthesizer, ...)."""
     torch.manual_seed(seed)
-    prompt = None
     if pool_size is not None:
-        prompt = HyperPromptConfig(pool_size=pool_size, num_virtual_tokens=prompt_length, prompt_dropout=0.0).to_dict()
+        prompt = HyperPromptConfig(
+            pool_size=pool_size, num_virtual_tokens=num_virtual_tokens, prompt_dropout=0.0, **(prompt or {})
+        ).to_dict()
     model = HyperRetrieverModel(HyperConfig(backbone_config=tiny_backbone_config(kind), hyper_prompt=prompt, **config))
     return model.eval()
 
