@@ -21,8 +21,8 @@ from .passage_table import has_frozen_passage_encoder
 
 # ModelSettings fields passed to HyperPromptConfig under the same name (pool_size depends on the prompt kind).
 PROMPT_SETTINGS = ("num_virtual_tokens", "encoder_hidden_size", "synthesizer", "synthesizer_temperature",
-                   "synthesizer_momentum", "synthesizer_hidden_size", "balance_bias_rate", "prompt_dropout",
-                   "prompt_init", "prompt_init_std")
+                   "synthesizer_min_temperature", "synthesizer_momentum", "synthesizer_hidden_size",
+                   "balance_bias_rate", "prompt_dropout", "prompt_init", "prompt_init_std")
 
 
 def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
@@ -25,8 +26,9 @@ SYNTHESIZERS = ("release", "standardized", "cosine")
 # The synthesizer's initial temperature when `synthesizer_temperature` is None: the release's constant tau = 3; for
 # the standardized forms, logits of about unit spread at initialisation (see PromptSynthesizer).
 DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.05}
-# Bounds of a learnable temperature (the cosine form's "bounded scale": 1 / tau in [1, 100], as X-MoE).
-TEMPERATURE_BOUNDS = {"standardized": (1e-2, 1e2), "cosine": (1e-2, 1.0)}
+# Upper bound of a learnable temperature (the lower one is `synthesizer_min_temperature`): the cosine form's scale
+# 1 / tau is at least 1, as X-MoE's.
+MAX_TEMPERATURE = {"standardized": 1e2, "cosine": 1.0}
 # Keys of configs saved before a setting got its one name (hyper_prompt_config.json, config.json of older models).
 RENAMED_KEYS = {"temperature": "synthesizer_temperature", "init": "prompt_init", "init_std": "prompt_init_std"}
 
@@ -62,6 +64,11 @@ class HyperPromptConfig:
         metadata={"help": "Softmax temperature tau of the pool attention (the initial value where it is learnable); "
                           "None: the synthesizer's default (release 3.0, standardized 1.0, cosine 0.05)."},
     )
+    synthesizer_min_temperature: float = field(
+        default=0.01,
+        metadata={"help": "Lower bound of the learnable temperature (standardized and cosine): bounds how sharp the "
+                          "routing can get (cosine: logits at most 1 / this in size)."},
+    )
     synthesizer_momentum: float = field(
         default=0.1, metadata={"help": "Momentum of the running statistics of q (standardized and cosine)."}
     )
@@ -90,7 +97,11 @@ class HyperPromptConfig:
             raise ValueError(f"HyperPromptConfig.synthesizer={self.synthesizer!r}: expected one of {SYNTHESIZERS}")
         if self.synthesizer_temperature is None:
             self.synthesizer_temperature = DEFAULT_SYNTHESIZER_TEMPERATURE[self.synthesizer]
-        low, high = TEMPERATURE_BOUNDS.get(self.synthesizer, (0.0, math.inf))
+        if not self.synthesizer_min_temperature > 0:
+            raise ValueError(
+                f"HyperPromptConfig.synthesizer_min_temperature={self.synthesizer_min_temperature!r}: expected > 0"
+            )
+        low, high = self.temperature_bounds()
         if not (self.synthesizer_temperature > 0 and low <= self.synthesizer_temperature <= high):
             raise ValueError(f"HyperPromptConfig.synthesizer_temperature={self.synthesizer_temperature!r}: expected "
                              f"> 0{f' and in [{low}, {high}] for synthesizer={self.synthesizer!r}' if low else ''}")
@@ -104,6 +115,12 @@ class HyperPromptConfig:
             raise ValueError(f"HyperPromptConfig.prompt_dropout={self.prompt_dropout!r}: expected in [0, 1)")
         if self.prompt_init not in ("uniform", "normal"):
             raise ValueError(f"HyperPromptConfig.prompt_init={self.prompt_init!r}: expected 'uniform' or 'normal'")
+
+    def temperature_bounds(self) -> tuple[float, float]:
+        """Where the synthesizer's temperature may be: fixed (any > 0) for release, bounded where it is learnable."""
+        if self.synthesizer == "release":
+            return 0.0, math.inf
+        return self.synthesizer_min_temperature, MAX_TEMPERATURE[self.synthesizer]
 
     @classmethod
     def from_dict(cls, values: dict) -> HyperPromptConfig:
@@ -179,7 +196,8 @@ class PromptSynthesizer(nn.Module):
       statistics (averaged across processes); in eval the running statistics are used, so a query's attention never
       depends on its batch. Keys are centred over the pool and scaled to unit RMS; logits = q^ . k^_j / (sqrt(d) tau)
       with a learnable tau. The mean logit of every prompt over a batch is then zero: no prompt is preferred by all.
-    - cosine: logits = cos(q^, k^_j) / tau, tau learnable within TEMPERATURE_BOUNDS (X-MoE's bounded scale).
+    - cosine: logits = cos(q^, k^_j) / tau, tau learnable in [synthesizer_min_temperature, 1] (X-MoE's bounded
+      scale): every logit is at most 1 / synthesizer_min_temperature in size.
 
     A balancing bias (N,) (`balance_bias_rate` > 0) is added to the logits of any form; each training forward moves
     it by the rate towards equal top-prompt load, without gradient.
@@ -194,6 +212,7 @@ class PromptSynthesizer(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.temperature = config.synthesizer_temperature  # the constant of 'release'; the initial value otherwise
+        self.temperature_bounds = config.temperature_bounds()
         self.momentum = config.synthesizer_momentum
         self.balance_rate = config.balance_bias_rate
         if self.kind != "release":
@@ -213,7 +232,7 @@ class PromptSynthesizer(nn.Module):
     def current_temperature(self) -> torch.Tensor | float:
         if self.kind == "release":
             return self.temperature
-        return self.log_temperature.exp().clamp(*TEMPERATURE_BOUNDS[self.kind])
+        return self.log_temperature.exp().clamp(*self.temperature_bounds)
 
     @torch.no_grad()
     def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -244,6 +263,7 @@ class PromptSynthesizer(nn.Module):
             mean = total / count
             self.running_mean.copy_(mean)
             self.running_var.copy_((squares / count - mean.pow(2)).clamp_min(0.0))
+            self.num_updates.clamp_(min=1)
         return count
 
     @torch.no_grad()
@@ -265,6 +285,12 @@ class PromptSynthesizer(nn.Module):
                 mean, var = query.mean(dim=0), query.var(dim=0, unbiased=False)
                 self._update_statistics(mean.detach(), var.detach(), len(query))
             else:
+                if not self.num_updates:
+                    warnings.warn(
+                        "the prompt synthesizer's running statistics were never set (train the model, or call "
+                        "HyperRetrieverModel.calibrate_synthesizer(queries)): it routes on unstandardized queries",
+                        stacklevel=2,
+                    )
                 mean, var = self.running_mean, self.running_var
             query = (query - mean) * torch.rsqrt(var + 1e-5)
             keys = keys - keys.mean(dim=0, keepdim=True)

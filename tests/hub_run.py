@@ -1,6 +1,7 @@
 """A small real run for the publishing tests: a MiniLM HypeR model saved as train.py lays it out, evaluated by
 eval.py on two bbir samples (one zero-shot), and exported with export_for_hub."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ def make_hub_run(minilm_path: str, bbir: Path, root: Path) -> HubRun:
     model = HyperRetrieverModel.from_backbone(
         minilm_path, hyper_prompt=HyperPromptConfig(pool_size=POOL_SIZE), share_encoders=False, max_seq_length=64
     ).eval()
+    queries = [json.loads(line)["text"] for line in (bbir / "qasc" / "queries.jsonl").read_text().splitlines()[:200]]
+    assert model.calibrate_synthesizer(queries) == 200  # as train.py does before saving: the routing statistics
     model.save_pretrained(root / "final")
     (root / "train_config.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG, sort_keys=False))
     samples = [sample_of(bbir / name, root / name, n_docs) for name, n_docs in (("ropes", 60), ("multirc", 40))]

@@ -154,3 +154,18 @@ def test_command_line_no_is_a_string_but_false_a_boolean(tmp_path, bbir):
     assert config.optim.mixed_precision == "no" and config.loss.cpr_pull is False
     with pytest.raises(ConfigError, match="loss.cpr_push"):
         load_config(path, ["loss.cpr_push=off"])
+
+
+def test_prompt_settings_keep_their_names_from_yaml_to_the_model() -> None:
+    """Every HyperPromptConfig setting is a model.<same name> key of the YAML, so grepping a name finds it all."""
+    from dataclasses import fields
+
+    from hyper_retrieval.config import ModelSettings
+    from hyper_retrieval.training import PROMPT_SETTINGS
+    from modeling_hyper import HyperPromptConfig
+
+    filled_or_informational = {"num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path",
+                               "peft_type", "task_type"}
+    prompt = {f.name for f in fields(HyperPromptConfig)} - filled_or_informational
+    assert prompt == {*PROMPT_SETTINGS, "pool_size"}
+    assert prompt <= {f.name for f in fields(ModelSettings)}

@@ -154,6 +154,13 @@ def test_temperature_is_learnable_and_bounded():
     assert any(p is synthesizer.log_temperature for p in names)
     with pytest.raises(ValueError, match="synthesizer_temperature"):
         HyperPromptConfig(synthesizer="cosine", synthesizer_temperature=3.0)
+    soft = tiny_model(pool_size=3, prompt={"synthesizer": "cosine", "synthesizer_temperature": 0.5,
+                                           "synthesizer_min_temperature": 0.25}).hyper_prompt.synthesizer
+    with torch.no_grad():
+        soft.log_temperature.fill_(-20.0)
+    assert float(soft.current_temperature().detach()) == pytest.approx(0.25)  # scale at most 4
+    with pytest.raises(ValueError, match="synthesizer_temperature"):
+        HyperPromptConfig(synthesizer="cosine", synthesizer_temperature=0.05, synthesizer_min_temperature=0.25)
 
 
 def test_config_saved_before_variants_loads_as_the_release_form():
