@@ -58,9 +58,9 @@ class ModelSettings:
     pool_size: int = field(default=5, metadata=_at_least(1))  # N
     num_virtual_tokens: int = field(default=1, metadata=_at_least(1))  # L: 1 for the BEIR model, 100 for KILT
     # How a query scores the prompts: release (the authors' q . k / tau), standardized or cosine (docs/RESULTS.md)
-    synthesizer: Literal["release", "standardized", "cosine"] = "standardized"
+    synthesizer: Literal["release", "standardized", "cosine"] = "cosine"
     synthesizer_temperature: float | None = field(default=None, metadata=_at_least(0, strict=True))  # None: default
-    synthesizer_min_temperature: float = field(default=0.01, metadata=_at_least(0, strict=True))  # learnable tau's
+    synthesizer_min_temperature: float | None = field(default=None, metadata=_at_least(0, strict=True))  # None: default
     synthesizer_momentum: float = field(default=0.1, metadata=_at_least(0, strict=True))  # running stats of q
     synthesizer_hidden_size: int = field(default=100, metadata=_at_least(1))  # synthesizer's per-token adapter
     balance_bias_rate: float = field(default=0.0, metadata=_at_least(0))  # loss-free balancing bias; 0 = off

@@ -65,7 +65,7 @@ def routing_diagnostics(attention: np.ndarray, tasks: Sequence) -> dict[str, flo
         p_task, p_top = joint.sum(axis=1), joint.sum(axis=0)
         nonzero = joint > 0
         mi = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(p_task, p_top)[nonzero])).sum())
-        task_mi = mi / float(_entropy(p_task))
+        task_mi = max(mi / float(_entropy(p_task)), 0.0)  # the plug-in MI is >= 0 up to rounding
         means = np.stack([attention[task_ids == t].mean(axis=0) for t in range(len(labels))])
         pairs = [(a, b) for a in range(len(labels)) for b in range(a + 1, len(labels))]
         task_js = float(np.mean([_js(means[a], means[b]) for a, b in pairs]))

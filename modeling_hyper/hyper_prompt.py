@@ -25,7 +25,10 @@ ADAPTER_WEIGHTS_NAME = "hyper_prompt.safetensors"
 SYNTHESIZERS = ("release", "standardized", "cosine")
 # The synthesizer's initial temperature when `synthesizer_temperature` is None: the release's constant tau = 3; for
 # the standardized forms, logits of about unit spread at initialisation (see PromptSynthesizer).
-DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.05}
+DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.5}
+# The lower bound of a learnable temperature when `synthesizer_min_temperature` is None: the cosine form's logits are
+# then at most 4 in size, so a query mixes its prompts instead of taking one (docs/RESULTS.md, the routing sweep).
+DEFAULT_MIN_TEMPERATURE = {"standardized": 0.01, "cosine": 0.25}
 # Upper bound of a learnable temperature (the lower one is `synthesizer_min_temperature`): the cosine form's scale
 # 1 / tau is at least 1, as X-MoE's.
 MAX_TEMPERATURE = {"standardized": 1e2, "cosine": 1.0}
@@ -54,7 +57,7 @@ class HyperPromptConfig:
         default=100, metadata={"help": "Hidden size of the synthesizer's per-token adapter d -> h -> d."}
     )
     synthesizer: str = field(
-        default="standardized",
+        default="cosine",
         metadata={"help": "How a query scores the prompts: 'release' (q . k / tau, tau fixed: the authors' form), "
                           "'standardized' (q centred and scaled by running statistics, keys centred over the pool, "
                           "learnable tau) or 'cosine' (cosine of the standardized q and keys, learnable bounded tau)."},
@@ -62,12 +65,13 @@ class HyperPromptConfig:
     synthesizer_temperature: float | None = field(
         default=None,
         metadata={"help": "Softmax temperature tau of the pool attention (the initial value where it is learnable); "
-                          "None: the synthesizer's default (release 3.0, standardized 1.0, cosine 0.05)."},
+                          "None: the synthesizer's default (release 3.0, standardized 1.0, cosine 0.5)."},
     )
-    synthesizer_min_temperature: float = field(
-        default=0.01,
+    synthesizer_min_temperature: float | None = field(
+        default=None,
         metadata={"help": "Lower bound of the learnable temperature (standardized and cosine): bounds how sharp the "
-                          "routing can get (cosine: logits at most 1 / this in size)."},
+                          "routing can get (cosine: logits at most 1 / this in size). None: the synthesizer's default "
+                          "(standardized 0.01, cosine 0.25)."},
     )
     synthesizer_momentum: float = field(
         default=0.1, metadata={"help": "Momentum of the running statistics of q (standardized and cosine)."}
@@ -97,6 +101,8 @@ class HyperPromptConfig:
             raise ValueError(f"HyperPromptConfig.synthesizer={self.synthesizer!r}: expected one of {SYNTHESIZERS}")
         if self.synthesizer_temperature is None:
             self.synthesizer_temperature = DEFAULT_SYNTHESIZER_TEMPERATURE[self.synthesizer]
+        if self.synthesizer_min_temperature is None:
+            self.synthesizer_min_temperature = DEFAULT_MIN_TEMPERATURE.get(self.synthesizer, 0.01)
         if not self.synthesizer_min_temperature > 0:
             raise ValueError(
                 f"HyperPromptConfig.synthesizer_min_temperature={self.synthesizer_min_temperature!r}: expected > 0"

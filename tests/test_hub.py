@@ -117,7 +117,7 @@ def test_model_card_round_trips_the_eval_results(hub_run):
     assert "![mean prompt attention per collection](assets/attention_heatmap.png)" in text
     assert (hub_run.export_dir / "assets/attention_heatmap.png").read_bytes() == \
         (hub_run.eval_dir / "attention_heatmap.png").read_bytes()
-    assert f"a pool of {POOL_SIZE} prompts of 1 virtual token, mixed per query (standardized synthesizer" in text
+    assert f"a pool of {POOL_SIZE} prompts of 1 virtual token, mixed per query (cosine synthesizer" in text
     routing = results["routing"]["collections"]["multirc"]  # the routing diagnostics, as eval.py measured them
     assert f"| multirc | {routing['entropy']:.3f} | {routing['top_share']:.3f} | — |" in text
     assert f"| **all** | {results['routing']['all']['entropy']:.3f} |" in text

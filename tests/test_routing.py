@@ -146,21 +146,21 @@ def test_temperature_is_learnable_and_bounded():
     model = tiny_model(pool_size=3, prompt={"synthesizer": "cosine"})
     synthesizer = model.hyper_prompt.synthesizer
     assert synthesizer.log_temperature.requires_grad
-    assert float(synthesizer.current_temperature().detach()) == pytest.approx(0.05)
+    assert float(synthesizer.current_temperature().detach()) == pytest.approx(0.5)
     with torch.no_grad():
         synthesizer.log_temperature.fill_(-20.0)
-    assert float(synthesizer.current_temperature().detach()) == pytest.approx(0.01)  # scale at most 100
+    assert float(synthesizer.current_temperature().detach()) == pytest.approx(0.25)  # scale at most 4
     names = {n for g in model.parameter_groups(1e-5, 1e-3) if g["name"] == "hyper_prompt" for n in g["params"]}
     assert any(p is synthesizer.log_temperature for p in names)
     with pytest.raises(ValueError, match="synthesizer_temperature"):
         HyperPromptConfig(synthesizer="cosine", synthesizer_temperature=3.0)
-    soft = tiny_model(pool_size=3, prompt={"synthesizer": "cosine", "synthesizer_temperature": 0.5,
-                                           "synthesizer_min_temperature": 0.25}).hyper_prompt.synthesizer
-    with torch.no_grad():
-        soft.log_temperature.fill_(-20.0)
-    assert float(soft.current_temperature().detach()) == pytest.approx(0.25)  # scale at most 4
     with pytest.raises(ValueError, match="synthesizer_temperature"):
-        HyperPromptConfig(synthesizer="cosine", synthesizer_temperature=0.05, synthesizer_min_temperature=0.25)
+        HyperPromptConfig(synthesizer="cosine", synthesizer_temperature=0.05)  # below the default bound 0.25
+    sharp = tiny_model(pool_size=3, prompt={"synthesizer": "cosine", "synthesizer_temperature": 0.05,
+                                            "synthesizer_min_temperature": 0.01}).hyper_prompt.synthesizer
+    with torch.no_grad():
+        sharp.log_temperature.fill_(-20.0)
+    assert float(sharp.current_temperature().detach()) == pytest.approx(0.01)  # scale at most 100
 
 
 def test_config_saved_before_variants_loads_as_the_release_form():
@@ -225,7 +225,7 @@ def test_default_synthesizer_learns_to_route_tasks_that_need_different_prefixes(
     torch.manual_seed(0)
     num_tasks, steps = 3, 60
     model = tiny_model(pool_size=4, freeze_query_backbone=True)
-    assert model.hyper_prompt.config.synthesizer == HyperPromptConfig().synthesizer == "standardized"
+    assert model.hyper_prompt.config.synthesizer == HyperPromptConfig().synthesizer == "cosine"
     passages = torch.nn.functional.normalize(torch.randn(num_tasks, 32), dim=-1)
     loss_fn = RetrievalLoss(LossSettings(contrastive_temperature=0.1, cpr_weight=0.1), num_tasks, 4, sparse=False)
     optimizer = torch.optim.AdamW(model.parameter_groups(0.0, 1e-2))
