@@ -146,7 +146,7 @@ def routing_during_training_table(runs: list[Run], root: Path) -> str:
         after = [r for r in records if r["step"] > warmup]
         if not after:
             continue
-        mi, top, entropy = ([r[f"routing/{k}"] for r in after] for k in ("task_mi", "top_share", "entropy"))
+        mi, top, entropy = ([max(r[f"routing/{k}"], 0.0) for r in after] for k in ("task_mi", "top_share", "entropy"))
         lines.append(f"| {run.name} | {len(after)} (of {len(records)}) | "
                      f"{min(mi):.3f} – {max(mi):.3f} ({mi[-1]:.3f}) | {max(top):.3f} ({top[-1]:.3f}) | "
                      f"{min(entropy):.3f} – {max(entropy):.3f} ({entropy[-1]:.3f}) |")
@@ -258,9 +258,10 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
         parts += ["### One pooled corpus of the six training collections (KILT style)", "",
                   "R-precision:", "", _side_by_side(pooled_main, "r_precision"), "", "nDCG@10:", "",
                   _side_by_side(pooled_main, "ndcg@10"), ""]
-    variants = {"hyper": "standardized synthesizer + CPR λ_c = 0.1 (the default)",
+    variants = {"hyper": "cosine synthesizer (scale ≤ 4) + CPR λ_c = 0.1 (the default)",
                 "hyper-release": "the authors' synthesizer + CPR (the faithful reproduction)"}
-    variants |= {r.name: ", ".join(r.overrides) or r.config for r in runs if r.table == "routing"}
+    variants |= {r.name: ", ".join([*([Path(r.config).name] if Path(r.config).name != "bbir-hyper.yaml" else []),
+                                    *r.overrides]) for r in runs if r.table == "routing"}
     routing_runs = [name for name in variants if name in results]
     parts += ["### Making the router route: synthesizer variants (nDCG@10 × 100, seed 42)", "",
               averages_table(results, variants), "",
