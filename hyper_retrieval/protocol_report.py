@@ -269,7 +269,7 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
               "tasks):", "", attention_table(root, routing_runs, protocol["in_domain"]), "",
               "Routing during training (log.jsonl: each logged step's diagnostics over the queries since the last "
               "log, after the learning-rate warm-up):", "",
-              routing_during_training_table([r for r in runs if r.name in routing_runs or r.table == "long"], root),
+              routing_during_training_table([r for r in runs if r.base in routing_runs or r.table == "long"], root),
               "", "Which prompts the collections pick (hyper, mean attention of the test queries):", "",
               zero_shot_routing_table(root, "hyper", protocol["zero_shot"]), ""]
     long_runs = {r.name: results[r.name] for r in runs if r.table == "long" and r.name in results}
