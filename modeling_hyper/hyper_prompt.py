@@ -236,6 +236,7 @@ class PromptSynthesizer(nn.Module):
         return hidden.max(dim=1).values
 
     def current_temperature(self) -> torch.Tensor | float:
+        """tau: the constant of the release form, else the learnable one clamped to its bounds."""
         if self.kind == "release":
             return self.temperature
         return self.log_temperature.exp().clamp(*self.temperature_bounds)
@@ -314,7 +315,8 @@ class PromptSynthesizer(nn.Module):
 
 
 class HyperPrompt(nn.Module):
-    """Prompt pool (N, L, d) + prefix projection + synthesizer; `forward` gives a `PrefixKV` and the attention."""
+    """Prompt pool (N, L, d) + prefix projection + synthesizer; `forward` gives a `PrefixKV`, the attention over the
+    pool and its logits."""
 
     def __init__(self, config: HyperPromptConfig):
         super().__init__()
