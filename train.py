@@ -107,8 +107,7 @@ def main() -> int:
                                     num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     micro_per_epoch = len(sampler)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * micro_per_epoch // cfg.optim.grad_accum
-    warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.optim.warmup_for(total_steps), total_steps)
     num_prompts = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
     loss_fn = RetrievalLoss(cfg.loss, len(task_names), num_prompts, sparse=cfg.model.representation == "sparse")
     builder = BatchBuilder(list(tasks.values()), tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,

@@ -127,6 +127,10 @@ class OptimSettings:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
 
+    def warmup_for(self, total_steps: int) -> int:
+        """Learning-rate warm-up steps: warmup_steps when set, else warmup_ratio of the run's total steps."""
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total_steps)
+
 
 @dataclass
 class LossSettings:

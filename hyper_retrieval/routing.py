@@ -32,7 +32,8 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=-1)
 
 
-def _js(p: np.ndarray, q: np.ndarray) -> float:
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in nats between two distributions (N,)."""
     value = float(_entropy(0.5 * (p + q)) - 0.5 * (_entropy(p) + _entropy(q)))
     return value if value > 1e-15 else 0.0  # identical distributions: rounding noise, not a divergence
 
@@ -68,7 +69,7 @@ def routing_diagnostics(attention: np.ndarray, tasks: Sequence) -> dict[str, flo
         task_mi = max(mi / float(_entropy(p_task)), 0.0)  # the plug-in MI is >= 0 up to rounding
         means = np.stack([attention[task_ids == t].mean(axis=0) for t in range(len(labels))])
         pairs = [(a, b) for a in range(len(labels)) for b in range(a + 1, len(labels))]
-        task_js = float(np.mean([_js(means[a], means[b]) for a, b in pairs]))
+        task_js = float(np.mean([js_divergence(means[a], means[b]) for a, b in pairs]))
     return {"entropy": entropy, "top_share": top_share, "task_mi": task_mi, "common_variance": common_variance,
             "task_js": task_js}
 

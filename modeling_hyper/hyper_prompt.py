@@ -226,6 +226,7 @@ class PromptSynthesizer(nn.Module):
             self.register_buffer("running_mean", torch.zeros(d))
             self.register_buffer("running_var", torch.ones(d))
             self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+            self.statistics_checked = False  # whether eval has looked at num_updates yet (for the warning)
         if self.balance_rate > 0:
             self.register_buffer("balance_bias", torch.zeros(config.pool_size))
 
@@ -292,12 +293,14 @@ class PromptSynthesizer(nn.Module):
                 mean, var = query.mean(dim=0), query.var(dim=0, unbiased=False)
                 self._update_statistics(mean.detach(), var.detach(), len(query))
             else:
-                if not self.num_updates:
-                    warnings.warn(
-                        "the prompt synthesizer's running statistics were never set (train the model, or call "
-                        "HyperRetrieverModel.calibrate_synthesizer(queries)): it routes on unstandardized queries",
-                        stacklevel=2,
-                    )
+                if not self.statistics_checked:  # once: reading the buffer syncs with the device
+                    self.statistics_checked = True
+                    if not self.num_updates:
+                        warnings.warn(
+                            "the prompt synthesizer's running statistics were never set (train the model, or call "
+                            "HyperRetrieverModel.calibrate_synthesizer(queries)): it routes on unstandardized queries",
+                            stacklevel=2,
+                        )
                 mean, var = self.running_mean, self.running_var
             query = (query - mean) * torch.rsqrt(var + 1e-5)
             keys = keys - keys.mean(dim=0, keepdim=True)
