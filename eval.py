@@ -3,8 +3,13 @@
     python eval.py --model outputs/hyper --data ../shared/data/bbir/nq_ckc ../shared/data/bbir/qasc \
         --zero-shot ../shared/data/bbir/ropes --split test --out outputs/eval/hyper
     python eval.py --model bm25 --data ../shared/data/bbir/ropes --out outputs/eval/bm25
+    python eval.py --model outputs/hyper --data ../shared/data/bbir/quoref --windows max --hybrid bm25
     python eval.py --config configs/eval.yaml [--any-option value]
     python eval.py --compare outputs/eval/bm25 outputs/eval/hyper --out outputs/eval/compare
+
+Long passages: --windows max reads every window of a passage (MaxP, --window-stride apart) and scores a document
+by its best; --windows first (the default) reads the first --max-length tokens. --hybrid bm25 fuses the model's run
+with BM25's (--fusion convex, its weight chosen on the in-domain collections' dev split, or rrf).
 
 Writes results.json, results.md, per_query.json and runs/<collection>.trec to --out (plus attention.npy,
 attention_tasks.json and the attention plots for a hyper-prompt model).
@@ -21,9 +26,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hyper_retrieval.beir import load_collection
+from hyper_retrieval.beir import load_collection, load_split, pooled_collection, split_pooled
 from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, passage_encoder_fingerprint, path_fingerprint
-from hyper_retrieval.evaluation import BM25Searcher, ModelSearcher, evaluate_collections
+from hyper_retrieval.evaluation import evaluate_collections, score_run
+from hyper_retrieval.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
+from hyper_retrieval.metrics import compute_metrics
 from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
 from hyper_retrieval.results import (
     build_results,
@@ -34,6 +41,7 @@ from hyper_retrieval.results import (
     run_label,
     write_results,
 )
+from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindows
 from hyper_retrieval.routing import routing_by_collection
 
 
@@ -68,6 +76,48 @@ def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
     return np.concatenate(attention)
 
 
+def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: list[str], collections: list,
+                  zero_shot: set[str]) -> tuple[float, dict[str, Any]]:
+    """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
+    (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
+    if args.fusion != "convex":
+        return hybrid.weight, {}
+    if args.fusion_weight is not None:
+        return args.fusion_weight, {"weight": args.fusion_weight, "weight_from": "--fusion-weight"}
+    in_domain = [(s, c) for s, c in zip(sources, collections, strict=True) if c.name not in zero_shot]
+    if not in_domain:
+        raise SystemExit("--hybrid: choosing the fusion weight needs in-domain collections (--data) with a "
+                         f"{args.dev_split!r} split; give --fusion-weight for zero-shot collections alone")
+    dev = [load_split(s, args.dev_split, c.corpus, args.on_unknown) if Path(s).exists()
+           else load_collection(s, args.dev_split, on_unknown=args.on_unknown) for s, c in in_domain]
+    for c in dev:
+        hybrid.search(c.corpus, c.queries, args.k)
+    pairs = hybrid.history[-len(dev):]
+    weight, means = choose_weight(pairs, lambda i, run: compute_metrics(run, dev[i].qrels)["ndcg@10"])
+    return weight, {"weight": weight, "weight_from": f"{args.dev_split} split, mean nDCG@10 of "
+                    + ", ".join(c.name for c in dev), "dev_ndcg@10_by_weight": means}
+
+
+def fusion_variants(hybrid: HybridSearcher, collections: list, zero_shot: set[str], k: int,
+                    pooled: bool) -> dict[str, Any]:
+    """The metrics (collections and averages, as in results.json) of the model alone, BM25 alone and both fusions,
+    from the runs the hybrid searches made: no search is repeated."""
+    pool = pooled_collection(collections) if pooled else None
+    runs = hybrid.history[-1:] * len(collections) if pooled else hybrid.history[-len(collections):]
+    fusions = {"model": lambda m, lex: m, "bm25": lambda m, lex: lex,
+               "rrf": lambda m, lex: reciprocal_rank_fusion([m, lex], hybrid.rrf_k, k),
+               "convex": lambda m, lex: convex_fusion(m, lex, hybrid.weight, k)}
+    variants = {}
+    for name, fuse in fusions.items():
+        scored = []
+        for c, (model_run, lexical_run) in zip(collections, runs, strict=True):
+            run = fuse(model_run, lexical_run)
+            run, qrels = (split_pooled(run, c.name), split_pooled(pool.qrels, c.name)) if pooled else (run, c.qrels)
+            scored.append(score_run(c.name, c.name in zero_shot, run, qrels, {}))
+        variants[name] = {key: value for key, value in build_results({}, scored).items() if key != "settings"}
+    return variants
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line, with defaults taken from --config (a YAML mapping of option names) when given."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,12 +131,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (default outputs/eval/<model name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace results of a different evaluation in --out")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=None, help="passed to the encoders if they accept it")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens per passage window (and query), at most the backbone's positions (512 for "
+                             "MiniLM); default: the model's max_seq_length")
+    parser.add_argument("--windows", choices=["first", "max"], default="first",
+                        help="long passages: first = FirstP, the first window only (truncated); max = MaxP, every "
+                             "window encoded, a document scored by its best")
+    parser.add_argument("--window-stride", type=int, default=None,
+                        help="MaxP: text tokens between window starts (default: half a window)")
     parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
+    parser.add_argument("--hybrid", choices=["bm25"], default=None,
+                        help="fuse the model's run with BM25's (results.json then holds the fused run; the model "
+                             "alone, BM25 alone and the other fusion under 'hybrid')")
+    parser.add_argument("--fusion", choices=["convex", "rrf"], default="convex",
+                        help="--hybrid: convex combination of min-max normalised scores, or reciprocal-rank fusion")
+    parser.add_argument("--fusion-weight", type=float, default=None,
+                        help="--hybrid convex: the model's weight in [0, 1]; default: chosen on --dev-split of the "
+                             "in-domain collections (nDCG@10)")
+    parser.add_argument("--dev-split", default="dev", help="--hybrid: the split the fusion weight is chosen on")
     parser.add_argument("--prune-query-terms", type=int, default=None, help="sparse models: keep the top-K terms")
     parser.add_argument("--bm25-k1", type=float, default=0.9)
     parser.add_argument("--bm25-b", type=float, default=0.4)
@@ -107,6 +173,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if not args.compare and (not args.model or not (args.data or args.zero_shot)):
         parser.error("--model and --data (or --zero-shot) are required, unless --compare is given")
+    if args.window_stride is not None and (args.windows != "max" or args.window_stride < 1):
+        parser.error(f"--window-stride {args.window_stride}: a positive stride goes with --windows max")
+    if args.hybrid and args.model == "bm25":
+        parser.error("--hybrid bm25 fuses BM25 with a model; --model is bm25 already")
+    if args.fusion_weight is not None and not 0 <= args.fusion_weight <= 1:
+        parser.error(f"--fusion-weight {args.fusion_weight}: expected a value in [0, 1]")
     return args
 
 
@@ -136,7 +208,11 @@ def main(argv: list[str] | None = None) -> None:
                 "zero_shot": sorted(zero_shot), "split": args.split, "pooled": args.pooled, "k": args.k}
     settings |= ({"bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b} if is_bm25 else
                  {"model_fingerprint": path_fingerprint(args.model), "index": args.index, "dtype": args.dtype,
-                  "max_length": args.max_length, "prune_query_terms": args.prune_query_terms})
+                  "max_length": args.max_length, "prune_query_terms": args.prune_query_terms,
+                  "windows": args.windows, "window_stride": args.window_stride})
+    if args.hybrid:
+        settings |= {"hybrid": args.hybrid, "fusion": args.fusion, "fusion_weight": args.fusion_weight,
+                     "dev_split": args.dev_split, "bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b}
     out = Path(args.out or Path("outputs/eval") / Path(args.model).name)
     check_output_dir(out, settings, args.overwrite)
 
@@ -148,12 +224,21 @@ def main(argv: list[str] | None = None) -> None:
         model = load_retriever(args.model, args.dtype, args.compile)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
-        searcher = ModelSearcher(model, cache_fingerprint, args.batch_size,
-                                 args.max_length, args.index, args.prune_query_terms,
-                                 Path(args.cache_dir) if args.cache_dir else None, progress)
+        searcher = ModelSearcher(model, cache_fingerprint, args.batch_size, args.max_length, args.index,
+                                 args.prune_query_terms, Path(args.cache_dir) if args.cache_dir else None, progress,
+                                 windows=PassageWindows(args.windows, args.window_stride))
 
-    collection_results = evaluate_collections(searcher, collections, zero_shot, args.k, args.pooled)
+    hybrid = None
+    if args.hybrid:
+        hybrid = HybridSearcher(searcher, BM25Searcher(args.bm25_k1, args.bm25_b, progress), args.fusion,
+                                depth=args.k)
+        hybrid.weight, choice = fusion_weight(args, hybrid, sources, collections, zero_shot)
+        hybrid.history.clear()
+    collection_results = evaluate_collections(hybrid or searcher, collections, zero_shot, args.k, args.pooled)
     results = build_results(settings, collection_results)
+    if hybrid is not None:
+        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice,
+                             "variants": fusion_variants(hybrid, collections, zero_shot, args.k, args.pooled)}
     # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
     attention = prompt_attention(searcher, collections)
     if attention is not None:

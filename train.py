@@ -39,6 +39,7 @@ from hyper_retrieval.training import (
     build_model,
     dev_score,
     load_dev_collections,
+    passage_windows,
     sample_queries,
 )
 
@@ -75,6 +76,7 @@ def main() -> int:
 
     # ---- the model first: it may mine the hard negatives
     model = build_model(cfg.model)
+    windows = passage_windows(cfg.model)  # how passages are read: in training (passage table), dev and test alike
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -95,7 +97,8 @@ def main() -> int:
         if has_frozen_passage_encoder(model):
             passage_table = PassageTable(model.to(accelerator.device),
                                          {n: c.corpus for t in tasks.values() for n, c in t.collections.items()},
-                                         cfg.train.embedding_cache_dir, show_progress=accelerator.is_main_process)
+                                         cfg.train.embedding_cache_dir, show_progress=accelerator.is_main_process,
+                                         windows=windows)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
 
     # ---- optimizer (backbone and prompt learning rates really differ), sampler, schedule, losses
@@ -146,13 +149,15 @@ def main() -> int:
             batch = builder(indices, state.micro_step, accelerator.process_index).to(accelerator.device)
             with accelerator.accumulate(model):
                 q = model(**batch.queries, is_query=True)
-                p = (passage_table.lookup(batch.passage_keys).to(accelerator.device) if passage_table is not None
-                     else model(**batch.passages, is_query=False).embeddings)
+                p, window_mask = (passage_table.lookup(batch.passage_keys) if passage_table is not None
+                                  else (model(**batch.passages, is_query=False).embeddings, None))
+                p = p.to(accelerator.device)
+                window_mask = window_mask.to(accelerator.device) if window_mask is not None else None
                 all_keys = gather_object(batch.passage_keys) if accelerator.num_processes > 1 else batch.passage_keys
                 offset = accelerator.process_index * len(batch.passage_keys)
                 exclude = false_negative_mask(batch.positives, all_keys, (batch.targets + offset).tolist())
                 losses = loss_fn(q.embeddings, p, batch.targets, state.step, q.prompt_attention,
-                                 batch.tasks, exclude.to(accelerator.device), q.prompt_logits)
+                                 batch.tasks, exclude.to(accelerator.device), q.prompt_logits, window_mask)
                 if routing is not None:
                     routing.add(q.prompt_attention, batch.tasks)
                 if not torch.isfinite(losses["total"]):
@@ -190,7 +195,7 @@ def main() -> int:
             if dev_collections and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
                 accelerator.unwrap_model(model).calibrate_synthesizer(calibration_queries)
                 score = dev_score(accelerator.unwrap_model(model), dev_collections, cfg.train.keep_best_metric,
-                                  cfg.train.embedding_cache_dir)
+                                  cfg.train.embedding_cache_dir, windows)
                 accelerator.log({f"dev/{cfg.train.keep_best_metric}": score}, step=state.step)
                 if accelerator.is_main_process:
                     append_jsonl(out / "log.jsonl", {"step": state.step, f"dev/{cfg.train.keep_best_metric}": score})

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.embedding_cache import cached_token_store  # noqa: E402
+from hyper_retrieval.embedding_cache import cached_arrays  # noqa: E402
 from hyper_retrieval.index import DenseIndex  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
@@ -131,7 +131,9 @@ def main() -> None:
 
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-token-cache-"))
     start = time.perf_counter()
-    ids, offsets = cached_token_store(cache_dir, {"bench": len(docs)}, lambda: model.tokenize(texts))[0]
+    store = cached_arrays(cache_dir, {"bench": len(docs)},
+                          lambda: dict(zip(("ids", "offsets"), model.tokenize(texts), strict=True)))[0]
+    offsets = store["offsets"]
     cache_build = time.perf_counter() - start
     lengths = np.diff(offsets)
 
@@ -145,7 +147,8 @@ def main() -> None:
 
     def run_cached(rows):
         # reopened each time, as a new run would; the rows' slice of the memory-mapped store
-        store_ids, store_offsets = cached_token_store(cache_dir, {"bench": len(docs)}, lambda: None)[0]
+        store = cached_arrays(cache_dir, {"bench": len(docs)}, dict)[0]
+        store_ids, store_offsets = store["ids"], store["offsets"]
         starts, ends = store_offsets[rows], store_offsets[rows + 1]
         sub_ids = np.concatenate([store_ids[a:b] for a, b in zip(starts, ends, strict=True)])
         sub_offsets = np.concatenate([[0], np.cumsum(ends - starts)])

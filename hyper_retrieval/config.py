@@ -72,7 +72,11 @@ class ModelSettings:
     share_encoders: bool = False  # the release keeps separate query and passage copies
     freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once
     max_query_length: int = field(default=64, metadata=_at_least(1))  # our choice
-    max_passage_length: int = field(default=256, metadata=_at_least(1))  # our choice
+    max_passage_length: int = field(default=256, metadata=_at_least(1))  # our choice; the window length
+    # Long passages: first = FirstP (first window only, truncated); max = MaxP, a passage scored by its best window
+    # (training too, through the frozen passage table: needs freeze_passage_encoder and share_encoders false)
+    passage_windows: Literal["first", "max"] = "first"
+    passage_window_stride: int | None = field(default=None, metadata=_at_least(1))  # None: half a window
 
 
 @dataclass
@@ -194,6 +198,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         _apply_override(raw, override, path)
     config = _build(TrainConfig, raw, "", path)
     _check_paths(config, path)
+    _check_windows(config, path)
     return config
 
 
@@ -341,6 +346,17 @@ def looks_local(name: str) -> bool:
         or "\\" in name
         or Path(name).expanduser().exists()
     )
+
+
+def _check_windows(config: TrainConfig, source: Path) -> None:
+    """MaxP training scores passages through the frozen passage table, which only a frozen separate encoder has."""
+    model = config.model
+    if model.passage_windows == "max" and (model.share_encoders or not model.freeze_passage_encoder):
+        raise ConfigError(f"{source}: model.passage_windows: 'max' needs model.freeze_passage_encoder: true and "
+                          "model.share_encoders: false (training reads a passage's windows from the frozen passage "
+                          "table); with a trained passage encoder use 'first'")
+    if model.passage_window_stride is not None and model.passage_windows != "max":
+        raise ConfigError(f"{source}: model.passage_window_stride: applies to model.passage_windows: max only")
 
 
 def _check_paths(config: TrainConfig, source: Path) -> None:

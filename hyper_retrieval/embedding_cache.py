@@ -59,24 +59,22 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return f"{type(tokenizer).__name__}:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def cached_token_store(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
-                       compute: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray],
-                                                                                      bool]:
-    """((ids, offsets), hit): a corpus's token ids (flat int32) and offsets (n_docs + 1) for ``parts``, from
-    ``<key>.tokens/`` reopened memory-mapped, else ``compute()`` saved there (into a temporary folder, renamed)."""
+def cached_arrays(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
+                  compute: Callable[[], Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
+    """(arrays, hit): named arrays (e.g. a corpus's token store: ids, offsets, docs) for ``parts``, from
+    ``<key>.tokens/<name>.npy`` reopened memory-mapped, else ``compute()`` saved there (into a temporary folder,
+    renamed, so an interrupted run leaves no half-written entry)."""
     folder = Path(cache_dir) / f"{cache_key(parts)}.tokens"
-    if not folder.is_dir():
-        ids, offsets = compute()
+    hit = folder.is_dir()
+    if not hit:
+        arrays = compute()
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "ids.npy", ids)
-        np.save(tmp / "offsets.npy", offsets)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
         (tmp / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
         os.replace(tmp, folder)
-        hit = False
-    else:
-        hit = True
-    return (np.load(folder / "ids.npy", mmap_mode="r"), np.load(folder / "offsets.npy", mmap_mode="r")), hit
+    return {f.stem: np.load(f, mmap_mode="r") for f in sorted(folder.glob("*.npy"))}, hit
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

@@ -6,8 +6,8 @@ index -1 and score -inf. :func:`run_from_topk` turns them into a run {query id: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -29,6 +29,43 @@ def topk_overlap(approx_indices: np.ndarray, exact_indices: np.ndarray) -> float
     k = exact_indices.shape[1]
     hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(approx_indices, exact_indices, strict=True)]
     return float(np.mean(hits)) / k
+
+
+def top_documents(search: Callable[[Any, int], tuple[np.ndarray, np.ndarray]], queries: Any, k: int,
+                  window_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k documents by their best window (MaxP), exact at the document level for an exact window index.
+
+    ``search(queries, m)`` gives the top-m windows of each query (scores, window indices, (n, m), best first, -1
+    for none); ``window_doc`` (n_windows,) maps a window to its document. A query's top-k documents are the first k
+    distinct documents among its top windows, so each query is searched again with four times the depth until k
+    distinct documents appear (or every window it can reach is in). Returns (scores, doc indices), (n, k), as
+    every search here: a document at most once per row, -1 / -inf for empty slots.
+    """
+    n_windows = len(window_doc)
+    n_docs = int(window_doc[-1]) + 1 if n_windows else 0
+    if n_windows == n_docs:  # one window per document
+        return search(queries, min(k, n_windows))
+    k = min(k, n_docs)
+    n_queries = queries.shape[0]
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    indices = np.full((n_queries, k), -1, dtype=np.int64)
+    pending, depth = np.arange(n_queries), min(n_windows, 2 * k)
+    while len(pending):
+        window_scores, windows = search(queries[pending], depth)
+        unfinished = []
+        for row, query in enumerate(pending):
+            found = windows[row] >= 0
+            docs = window_doc[windows[row][found]]
+            _, first = np.unique(docs, return_index=True)  # a document's first (best) window
+            first.sort()
+            if len(first) < k and found.all() and depth < n_windows:
+                unfinished.append(query)
+                continue
+            best = first[:k]
+            scores[query, : len(best)] = window_scores[row][found][best]
+            indices[query, : len(best)] = docs[best]
+        pending, depth = np.asarray(unfinished, dtype=np.int64), min(n_windows, depth * 4)
+    return scores, indices
 
 
 class DenseIndex:

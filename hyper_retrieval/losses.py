@@ -63,15 +63,21 @@ def _rank() -> int:
 
 
 def contrastive_loss(queries: Tensor, passages: Tensor, targets: Tensor, temperature: float = 1.0,
-                     exclude: Tensor | None = None) -> Tensor:
+                     exclude: Tensor | None = None, window_mask: Tensor | None = None) -> Tensor:
     """Mean cross-entropy over this rank's queries against all passages of the global batch.
 
     queries (B, d); passages (M, d) this rank's passages (e.g. B * (1 + k): each query's gold then its k hard
-    negatives); targets (B,) index of each query's gold in `passages`; exclude (B, world_size * M) bool, True
+    negatives), or (M, W, d) with window_mask (M, W) True for real windows: a passage then scores its best window
+    (MaxP); targets (B,) index of each query's gold in `passages`; exclude (B, world_size * M) bool, True
     for passages to leave out of a query's softmax (other gold passages of the same query). Returns a scalar.
     """
-    all_passages = gather_with_grad(passages)  # (world_size * M, d)
-    scores = (queries @ all_passages.T).float() / temperature  # (B, world_size * M)
+    all_passages = gather_with_grad(passages)  # (world_size * M, d) or (world_size * M, W, d)
+    if window_mask is None:
+        scores = (queries @ all_passages.T).float() / temperature  # (B, world_size * M)
+    else:
+        window_scores = torch.einsum("bd,mwd->bmw", queries, all_passages).float()
+        window_scores = window_scores.masked_fill(~gather_no_grad(window_mask)[None], float("-inf"))
+        scores = window_scores.amax(dim=-1) / temperature
     if exclude is not None:
         scores = scores.masked_fill(exclude, torch.finfo(scores.dtype).min)
     return F.cross_entropy(scores, targets + _rank() * passages.shape[0])
@@ -203,12 +209,13 @@ class RetrievalLoss(nn.Module):
 
     def forward(self, queries: Tensor, passages: Tensor, targets: Tensor, step: int,
                 attention: Tensor | None = None, tasks: Tensor | None = None,
-                exclude: Tensor | None = None, logits: Tensor | None = None) -> dict[str, Tensor]:
-        """queries (B, d), passages (M, d), targets (B,), attention (B, N), its logits (B, N) and tasks (B,) for CPR
-        and the router terms, step for FLOPS."""
+                exclude: Tensor | None = None, logits: Tensor | None = None,
+                window_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """queries (B, d), passages (M, d) (or (M, W, d) windows with window_mask (M, W)), targets (B,), attention
+        (B, N), its logits (B, N) and tasks (B,) for CPR and the router terms, step for FLOPS."""
         zero = queries.new_zeros((), dtype=torch.float32)
         temperature = self.settings.contrastive_temperature
-        terms = {"contrastive": contrastive_loss(queries, passages, targets, temperature, exclude)}
+        terms = {"contrastive": contrastive_loss(queries, passages, targets, temperature, exclude, window_mask)}
         if attention is not None and tasks is not None and self.settings.cpr_weight > 0:
             terms.update(self.cpr(attention, tasks))
         else:

@@ -31,8 +31,8 @@ import numpy as np
 
 from hyper_retrieval.beir import Collection
 from hyper_retrieval.bm25 import BM25, document_text
-from hyper_retrieval.evaluation import ModelSearcher
 from hyper_retrieval.index import DenseIndex
+from hyper_retrieval.retrieval import ModelSearcher
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A frozen passage encoder gives every passage one fixed vector, the one the evaluation index holds. Computing each
 training corpus once (through the evaluation's on-disk embedding cache, so systems sharing the encoder share the work)
 turns a training step's B * (1 + k) passage forwards into a row lookup. The vectors are the encoder's eval-mode
-output (no dropout): training scores passages exactly as the index will.
+output (no dropout): training scores passages exactly as the index will, by their best window under MaxP.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import scipy.sparse as sp
 import torch
 
 from .beir import Corpus
-from .embedding_cache import Embeddings, passage_encoder_fingerprint
-from .evaluation import ModelSearcher
+from .embedding_cache import passage_encoder_fingerprint
+from .retrieval import FIRST_WINDOW, ModelSearcher, PassageVectors, PassageWindows
 
 
 def has_frozen_passage_encoder(model) -> bool:
@@ -26,32 +26,51 @@ def has_frozen_passage_encoder(model) -> bool:
 
 
 class PassageTable:
-    """Vectors of every passage of the training corpora: keys "<collection>/<doc id>" -> rows (dense or CSR)."""
+    """Vectors of every passage of the training corpora: keys "<collection>/<doc id>" -> rows (dense or CSR).
+
+    With MaxP windows (``windows.mode == "max"``) a passage has one vector per window and :meth:`lookup` gives them
+    all, so that training scores a passage by its best window, as the index will.
+    """
 
     def __init__(self, model, corpora: Mapping[str, Corpus], cache_dir: str | os.PathLike | None,
-                 batch_size: int = 64, show_progress: bool = True) -> None:
+                 batch_size: int = 64, show_progress: bool = True, windows: PassageWindows = FIRST_WINDOW) -> None:
         """``corpora`` maps a collection name (the prefix of the batch keys) to its corpus."""
         if not has_frozen_passage_encoder(model):
             raise ValueError("a PassageTable needs a model with a separate, frozen passage encoder")
         was_training = model.training
         searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size,
-                                 cache_dir=cache_dir, show_progress=show_progress)
+                                 cache_dir=cache_dir, show_progress=show_progress, windows=windows)
         self.corpora = dict(corpora)
-        self.vectors: dict[str, Embeddings] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        self.vectors: dict[str, PassageVectors] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        # a passage's windows are rows first[row]:first[row + 1] of its collection's vectors
+        self.first_window = {name: np.searchsorted(v.doc, np.arange(len(corpora[name]) + 1))
+                             for name, v in self.vectors.items()}
+        # every lookup is padded to the same number of windows, so that all processes gather equal shapes
+        self.max_windows = max(int(np.diff(f).max()) for f in self.first_window.values())
         model.train(was_training)
 
-    def lookup(self, keys: Sequence[str]) -> torch.Tensor:
-        """(len(keys), dim) float32 vectors of the passages ``keys`` ("<collection>/<doc id>"), in that order."""
+    def lookup(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The vectors of the passages ``keys`` ("<collection>/<doc id>"), in that order: (len(keys), dim) float32
+        and None when every passage is one window; else (len(keys), W, dim) with a bool mask (len(keys), W) of the
+        real windows, W the most windows any training passage has."""
         by_collection: dict[str, list[int]] = {}
         split = [key.split("/", 1) for key in keys]
         for position, (name, _) in enumerate(split):
             by_collection.setdefault(name, []).append(position)
         out: np.ndarray | None = None
+        mask = np.zeros((len(keys), self.max_windows), dtype=bool)
         for name, positions in by_collection.items():
             rows = self.corpora[name].rows_of([split[p][1] for p in positions])
-            vectors = self.vectors[name][rows]
+            starts, ends = self.first_window[name][rows], self.first_window[name][rows + 1]
+            windows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            vectors = self.vectors[name].vectors[windows]
             vectors = vectors.toarray() if sp.issparse(vectors) else np.asarray(vectors)
             if out is None:
-                out = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
-            out[positions] = vectors
-        return torch.from_numpy(out)
+                out = np.zeros((len(keys), self.max_windows, vectors.shape[1]), dtype=np.float32)
+            slot = np.concatenate([np.arange(b - a) for a, b in zip(starts, ends, strict=True)])
+            owner = np.repeat(positions, ends - starts)
+            out[owner, slot] = vectors
+            mask[owner, slot] = True
+        if self.max_windows == 1:
+            return torch.from_numpy(out[:, 0]), None
+        return torch.from_numpy(out), torch.from_numpy(mask)

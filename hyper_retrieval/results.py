@@ -68,13 +68,30 @@ def results_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def hybrid_table(hybrid: Mapping[str, Any], metric: str = "ndcg@10") -> str:
+    """The fusion's variants side by side (the model alone, BM25 alone, each fusion): one metric's group averages."""
+    variants = hybrid["variants"]
+    groups = [g for g in ("in_domain", "zero_shot", "all") if any(g in v["averages"] for v in variants.values())]
+    lines = [f"| {METRICS.get(metric, metric)} | " + " | ".join(g.replace("_", "-") for g in groups) + " |",
+             "|---" * (len(groups) + 1) + "|"]
+    for name, variant in variants.items():
+        values = [variant["averages"].get(g, {}).get(metric) for g in groups]
+        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.4f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
-    """results.md: a title, the table (`results_table`) and the settings line."""
+    """results.md: a title, the table (`results_table`), the fusion's variants (with --hybrid) and the settings."""
     settings = results["settings"]
     shown = {k: v for k, v in settings.items() if k not in ("model", "split")}
-    return "\n".join([f"# Retrieval results: {settings.get('model')} ({settings.get('split')} split)", "",
-                      results_table(results), "", "Settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()),
-                      ""])
+    title = f"# Retrieval results: {settings.get('model')} ({settings.get('split')} split)"
+    parts = [title, "", results_table(results), ""]
+    if "hybrid" in results:
+        hybrid = results["hybrid"]
+        weight = f", model weight {hybrid['weight']} ({hybrid['weight_from']})" if "weight" in hybrid else ""
+        parts += [f"Fused with {hybrid['with']} by {hybrid['fusion']}{weight}; the table above is the fused run.", "",
+                  hybrid_table(hybrid), ""]
+    return "\n".join([*parts, "Settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()), ""])
 
 
 def write_trec_run(path: Path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:

@@ -16,8 +16,9 @@ from .batching import TaskData
 from .beir import Collection, Corpus, load_collection, load_split
 from .config import DataSettings, ModelSettings
 from .embedding_cache import passage_encoder_fingerprint
-from .evaluation import ModelSearcher, evaluate_collections
+from .evaluation import evaluate_collections
 from .passage_table import has_frozen_passage_encoder
+from .retrieval import FIRST_WINDOW, ModelSearcher, PassageWindows
 
 # ModelSettings fields passed to HyperPromptConfig under the same name (pool_size depends on the prompt kind).
 PROMPT_SETTINGS = ("num_virtual_tokens", "encoder_hidden_size", "synthesizer", "synthesizer_temperature",
@@ -87,13 +88,18 @@ def load_dev_collections(data: DataSettings, corpora: dict[str, Corpus]) -> list
             else load_collection(path, data.dev_split) for path in paths]
 
 
+def passage_windows(settings: ModelSettings) -> PassageWindows:
+    """How the configured model reads long passages (model.passage_windows, model.passage_window_stride)."""
+    return PassageWindows(settings.passage_windows, settings.passage_window_stride)
+
+
 def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str,
-              cache_dir: str | None = None) -> float:
+              cache_dir: str | None = None, windows: PassageWindows = FIRST_WINDOW) -> float:
     """Mean of `metric` over the dev collections, each searched on its own full corpus. A frozen passage encoder's
     corpus vectors come from (and go to) the embedding cache in `cache_dir`; others are encoded afresh."""
     frozen = has_frozen_passage_encoder(model) and cache_dir is not None
     searcher = ModelSearcher(model, passage_encoder_fingerprint(model) if frozen else "training",
-                             cache_dir=Path(cache_dir) if frozen else None, show_progress=False)
+                             cache_dir=Path(cache_dir) if frozen else None, show_progress=False, windows=windows)
     results = evaluate_collections(searcher, collections, zero_shot=set(), k=100)
     return sum(r.metrics[metric] for r in results) / len(results)
 

@@ -432,6 +432,65 @@ class HyperRetrieverModel(PreTrainedModel):
         offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]) if lengths else np.zeros(1, np.int64)
         return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), offsets.astype(np.int64)
 
+    def max_window_length(self) -> int:
+        """The most tokens one passage window may hold: the backbone's position table (and the tokenizer's limit)."""
+        limit = self.config.backbone_config.max_position_embeddings
+        if self.config.backbone_config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            limit -= self.config.backbone_config.pad_token_id + 1  # their positions start after the padding index
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        return min(limit, tokenizer_limit) if isinstance(tokenizer_limit, int) and tokenizer_limit > 0 else limit
+
+    def tokenize_windows(
+        self, corpus: list[dict] | list[str], window_length: int | None = None, stride: int | None = None,
+        first_only: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Passages -> a token store of overlapping windows (MaxP): ids (total tokens,) int32, offsets
+        (n_windows + 1,) int64 as in `tokenize`, and doc (n_windows,) int64, the passage row of each window
+        (non-decreasing: a passage's windows are consecutive, first window first).
+
+        Each window is the special tokens around the title's tokens (repeated in every window) and a slice of the
+        text's tokens; `window_length` (default `config.max_seq_length`) counts them all and may not exceed
+        `max_window_length()`. Window starts advance by `stride` text tokens (default half the window; never
+        more than the room a window has, so every token is in some window). A passage that fits is one window,
+        and `first_only` keeps only first windows (FirstP: the truncation `tokenize` does).
+        """
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer: load with from_pretrained/from_backbone or set model.tokenizer")
+        length = window_length or self.config.max_seq_length
+        if length > self.max_window_length():
+            raise ValueError(f"window_length={length} exceeds the backbone's limit of {self.max_window_length()} "
+                             f"positions ({self.config.backbone_config.model_type}); use at most that")
+        probe = self.tokenizer("hello")["input_ids"]
+        bare = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
+        start = next(i for i in range(len(probe)) if probe[i : i + len(bare)] == bare)
+        head, tail = probe[:start], probe[start + len(bare) :]
+        room_total = length - len(head) - len(tail)  # title + text tokens per window
+        stride = stride or max(1, room_total // 2)
+        if stride < 1 or stride > room_total:
+            raise ValueError(f"stride={stride}: expected 1..{room_total} (the tokens a window of {length} holds)")
+        documents = [d if isinstance(d, dict) else {"text": d} for d in self._check_texts(corpus, "corpus", True)]
+        for i, doc in enumerate(documents):
+            if "text" not in doc:
+                raise ValueError(f"corpus[{i}] has no 'text' key (keys: {sorted(doc)})")
+        ids, lengths, docs = [], [], []
+        for begin in range(0, len(documents), TOKENIZE_CHUNK):
+            chunk = documents[begin : begin + TOKENIZE_CHUNK]
+            titles, texts = (self.tokenizer([d.get(key) or "" for d in chunk], add_special_tokens=False,
+                                            verbose=False)["input_ids"] for key in ("title", "text"))
+            windows = []
+            for row, (title, text) in enumerate(zip(titles, texts, strict=True), start=begin):
+                title = title[: room_total // 2]  # a title never takes more than half a window
+                room = room_total - len(title)
+                step = min(stride, room)
+                count = 1 if first_only else 1 + max(0, -(-(len(text) - room) // step))
+                windows += [head + title + text[w * step : w * step + room] + tail for w in range(count)]
+                docs.append(np.full(count, row, dtype=np.int64))
+            lengths.append(np.fromiter(map(len, windows), dtype=np.int64, count=len(windows)))
+            ids.append(np.fromiter(itertools.chain.from_iterable(windows), np.int32, int(lengths[-1].sum())))
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]) if lengths else np.zeros(1, np.int64)
+        return (np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets.astype(np.int64),
+                np.concatenate(docs) if docs else np.zeros(0, np.int64))
+
     def _store_batches(self, ids: np.ndarray, offsets: np.ndarray, batch_size: int) -> Iterator:
         """Yields (rows, input ids (B, T), attention mask (B, T)) over a token store, longest first, padded per batch:
         sorted by token count, batches carry little padding."""

@@ -15,12 +15,15 @@ def write_collection(folder: Path, docs: list[dict], queries: list[dict], qrels:
     return folder
 
 
-def sample_of(source: Path, folder: Path, n_docs: int, split: str = "test") -> Path:
-    """The first ``n_docs`` documents of a real collection, with the ``split`` queries judged against them."""
+def sample_of(source: Path, folder: Path, n_docs: int, split: str = "test", *more_splits: str) -> Path:
+    """The first ``n_docs`` documents of a real collection, with the queries of ``split`` (and ``more_splits``)
+    judged against them."""
     docs = [json.loads(line) for line in (source / "corpus.jsonl").read_text().splitlines()[:n_docs]]
     kept = {d["_id"] for d in docs}
-    rows = [line.split("\t") for line in (source / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]]
-    rows = [r for r in rows if r[1] in kept]
-    judged = {r[0] for r in rows}
+    qrels = {}
+    for name in (split, *more_splits):
+        rows = [line.split("\t") for line in (source / "qrels" / f"{name}.tsv").read_text().splitlines()[1:]]
+        qrels[name] = [r for r in rows if r[1] in kept]
+    judged = {r[0] for rows in qrels.values() for r in rows}
     queries = [q for q in map(json.loads, (source / "queries.jsonl").read_text().splitlines()) if q["_id"] in judged]
-    return write_collection(folder, docs, queries, {split: rows})
+    return write_collection(folder, docs, queries, qrels)

@@ -228,8 +228,9 @@ class SpladeRetriever:
 
 @pytest.mark.parametrize("prune", [None, 8])
 def test_sparse_model_search_equals_dense_product(samples, splade_path, prune):
-    from hyper_retrieval.evaluation import ModelSearcher, evaluate_collections
+    from hyper_retrieval.evaluation import evaluate_collections
     from hyper_retrieval.index import prune_query_terms
+    from hyper_retrieval.retrieval import ModelSearcher
 
     model = SpladeRetriever(splade_path)
     collection = load_collection(samples[1], "test")
@@ -268,7 +269,7 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
 
 def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
     """Queries are encoded once: their attention over the pool comes with their vectors and is kept per text."""
-    from hyper_retrieval.evaluation import ModelSearcher
+    from hyper_retrieval.retrieval import ModelSearcher
     from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
     model = HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(pool_size=3))
@@ -319,7 +320,7 @@ def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_c
 def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp_path):
     """A KILT-style pool is encoded component by component: after the per-collection runs it costs no encoding."""
     from hyper_retrieval.beir import pooled_collection
-    from hyper_retrieval.evaluation import ModelSearcher
+    from hyper_retrieval.retrieval import ModelSearcher
     from modeling_hyper import HyperRetrieverModel
 
     model = HyperRetrieverModel.from_backbone(minilm_path)
@@ -331,14 +332,15 @@ def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp
     model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
     pooled, hit = searcher.encode_corpus(pooled_collection(collections).corpus)
     assert hit and sorted(tmp_path.glob("*.npy")) == entries  # no entry of its own
-    np.testing.assert_array_equal(pooled, np.concatenate([np.asarray(e) for e, _ in separate]))
+    np.testing.assert_array_equal(pooled.vectors, np.concatenate([np.asarray(e.vectors) for e, _ in separate]))
+    np.testing.assert_array_equal(pooled.doc, np.arange(sum(len(c.corpus) for c in collections)))
 
 
 def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm_path, tmp_path):
     """Re-encoding a corpus with a newly trained model skips tokenization: the token store is keyed by content."""
     import torch
 
-    from hyper_retrieval.evaluation import ModelSearcher
+    from hyper_retrieval.retrieval import ModelSearcher
     from modeling_hyper import HyperRetrieverModel
 
     corpus = load_collection(samples[0], "test").corpus
@@ -348,13 +350,13 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     with torch.no_grad():
         second.query_encoder.get_input_embeddings().weight.mul_(1.2)  # another "trained" model, same tokenizer
     expected = {m: m.encode_corpus(corpus.get_many(corpus.ids)) for m in (first, second)}
-    second.tokenize = lambda texts: pytest.fail("the second model tokenized the corpus again")
+    second.tokenize_windows = lambda *a, **k: pytest.fail("the second model tokenized the corpus again")
     for model in (first, second):
         searcher = ModelSearcher(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
                                  corpus_chunk=7)  # several chunks, to check the offsets are joined right
         embeddings, hit = searcher.encode_corpus(corpus)
         assert not hit  # a different model: its embeddings are computed, from the first model's token store
-        np.testing.assert_allclose(embeddings, expected[model], atol=1e-5)
+        np.testing.assert_allclose(embeddings.vectors, expected[model], atol=1e-5)
     stores = list(cache.glob("*.tokens"))
     assert len(stores) == 1
     ids, offsets = np.load(stores[0] / "ids.npy"), np.load(stores[0] / "offsets.npy")

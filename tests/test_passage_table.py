@@ -28,7 +28,9 @@ def test_lookup_equals_the_frozen_encoder_without_dropout(representation, minilm
     table = PassageTable(model, corpora, tmp_path, show_progress=False)
     assert model.training  # the table leaves the model's mode as it found it
     picks = [("cosmosqa", 3), ("qasc", 0), ("qasc", -1), ("cosmosqa", 0), ("qasc", 7)]
-    got = table.lookup([f"{name}/{corpora[name].ids[i]}" for name, i in picks]).numpy()
+    got, mask = table.lookup([f"{name}/{corpora[name].ids[i]}" for name, i in picks])
+    got = got.numpy()
+    assert mask is None  # FirstP: one vector per passage
 
     model.eval()
     expected = [model.encode_corpus(corpora[name].get_many([corpora[name].ids[i]])) for name, i in picks]
@@ -48,7 +50,7 @@ def test_systems_sharing_the_encoder_share_the_cached_vectors(minilm_path, tmp_p
     second = PassageTable(second_model, corpora, tmp_path, show_progress=False)
     assert sorted(tmp_path.glob("*.npy")) == cached and cached[0].stat().st_mtime_ns == written
     keys = [f"qasc/{i}" for i in corpora["qasc"].ids[:4]]
-    np.testing.assert_array_equal(first.lookup(keys).numpy(), second.lookup(keys).numpy())
+    np.testing.assert_array_equal(first.lookup(keys)[0].numpy(), second.lookup(keys)[0].numpy())
 
 
 def test_needs_a_separate_frozen_passage_encoder(minilm_path, tmp_path):

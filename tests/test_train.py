@@ -1,6 +1,7 @@
 """train.py end to end on tiny random backbones and the bundled sample: learning, resuming, stopping, failing."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -118,6 +119,29 @@ def test_accumulation_checkpointing_bf16_and_frozen_passages(tiny_backbones, tmp
     name = "encoder.layer.0.attention.self.query.weight"
     assert torch.equal(final[f"passage_encoder.{name}"], initial[name])  # frozen passage encoder
     assert not torch.equal(final[f"query_encoder.{name}"], initial[name])  # trained query encoder
+
+
+def test_maxp_training_scores_passages_by_their_best_window(tiny_backbones, tmp_path):
+    """model.passage_windows: max reads every window of the sample passages (32 tokens a window), in training and
+    dev scoring."""
+    config = write_config(
+        tmp_path, tiny_backbones["dense"],
+        model={"share_encoders": False, "freeze_passage_encoder": True, "max_passage_length": 32,
+               "passage_windows": "max", "passage_window_stride": 16},
+        data={"collections": [{"path": str(SAMPLE / "ropes"), "max_queries": 24},
+                              {"path": str(SAMPLE / "qasc"), "max_queries": 24}], "dev_split": "dev"},
+        optim={"max_steps": 4}, train={"eval_every": 4},
+    )
+    run_train(config)
+    log = read_log(tmp_path / "run")
+    assert all(math.isfinite(r["loss/contrastive"]) for r in log if "loss/contrastive" in r)
+    assert any("dev/ndcg@10" in r for r in log)
+    keys = [json.loads(p.read_text()) for p in (tmp_path / "embedding_cache").glob("*.json")]
+    assert {"mode": "max", "stride": 16} in [k.get("windows") for k in keys]  # window vectors, cached
+
+    shared = write_config(tmp_path / "shared", tiny_backbones["dense"], model={"passage_windows": "max"})
+    result = run_train(shared, check=False)
+    assert result.returncode != 0 and "model.passage_windows: 'max' needs model.freeze_passage_encoder" in result.stderr
 
 
 def test_dense_negatives_mined_with_the_initial_model(tiny_backbones, tmp_path):
