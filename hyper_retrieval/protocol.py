@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out", "in_domain"}
+KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out", "in_domain",
+                  "windows", "hybrid"}
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Run:
     overrides: tuple[str, ...] = ()
     held_out: str | None = None
     in_domain: tuple[str, ...] = ()  # empty: the protocol's in-domain collections
+    windows: str = "first"  # how long passages are read, in training and evaluation: first (FirstP) or max (MaxP)
+    hybrid: bool = False  # also evaluated fused with BM25 (eval.py --hybrid bm25), the primary seed only
 
     @property
     def primary(self) -> bool:
@@ -56,7 +59,10 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
                 runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", entry["name"], table,
                                 entry.get("pooled", table == "main"), entry.get("config"), entry.get("model"),
                                 seed, tuple(entry.get("overrides", ())), entry.get("held_out"),
-                                tuple(entry.get("in_domain", ()))))
+                                tuple(entry.get("in_domain", ())), entry.get("windows", "first"),
+                                bool(entry.get("hybrid", False))))
+                if runs[-1].windows not in ("first", "max"):
+                    raise ValueError(f"{path}: {section}[{i}]: windows {runs[-1].windows!r}: expected first or max")
     return protocol, runs
 
 

@@ -207,6 +207,100 @@ def timing_table(runs: list[Run], root: Path) -> str:
     return "\n".join(lines)
 
 
+PASSAGE_SYSTEMS = (("bm25", "whole passage"), ("backbone", "FirstP"), ("backbone-maxp", "MaxP"),
+                   ("multitask", "FirstP"), ("multitask-maxp", "MaxP"), ("hyper", "FirstP"), ("hyper-maxp", "MaxP"))
+
+
+def _average(results: Mapping[str, Any] | None, group: str, metric: str = "ndcg@10") -> float | None:
+    return (results or {}).get("averages", {}).get(group, {}).get(metric)
+
+
+def passages_table(root: Path, systems: Sequence[tuple[str, str]] = PASSAGE_SYSTEMS) -> str:
+    """Each system alone and fused with BM25 (convex, weight chosen on dev; and RRF): nDCG@10 x 100 of the in-domain
+    and zero-shot averages (per collection) and of the pooled corpus, and the pooled R-precision."""
+    lines = ["| system | reads long passages by | fusion | in-domain avg | zero-shot avg | pooled nDCG@10 | "
+             "pooled R-prec | model weight (dev) |", "|---|---|---|---|---|---|---|---|"]
+
+    def cells(per_collection: Mapping[str, Any] | None, pooled: Mapping[str, Any] | None) -> list[str]:
+        values = [_average(per_collection, "in_domain"), _average(per_collection, "zero_shot"),
+                  _average(pooled, "all"), _average(pooled, "all", "r_precision")]
+        return ["" if v is None else _points(v) for v in values]
+
+    for name, reading in systems:
+        alone, pooled = _load(root / "eval" / name), _load(root / "eval-pooled" / name)
+        if alone is None:
+            continue
+        lines.append(f"| {name} | {reading} | — | " + " | ".join(cells(alone, pooled)) + " | |")
+        fused, fused_pooled = _load(root / "eval-bm25" / name), _load(root / "eval-pooled-bm25" / name)
+        if fused is None:
+            continue
+        weight = fused["hybrid"].get("weight")
+        lines.append(f"| {name} + BM25 | {reading} | convex | " + " | ".join(cells(fused, fused_pooled))
+                     + f" | {weight} |")
+        rrf = fused["hybrid"]["variants"]["rrf"]
+        rrf_pooled = fused_pooled["hybrid"]["variants"]["rrf"] if fused_pooled else None
+        lines.append(f"| {name} + BM25 | {reading} | RRF (k = 60) | " + " | ".join(cells(rrf, rrf_pooled)) + " | |")
+    return "\n".join(lines)
+
+
+def passages_targets(root: Path) -> str:
+    """The long-passage issue's targets, measured: met or not."""
+    bm25, backbone = _load(root / "eval" / "bm25"), _load(root / "eval" / "backbone-maxp")
+    checks = []
+    if backbone is not None:
+        quoref = backbone["collections"].get("quoref", {}).get("metrics", {}).get("ndcg@10")
+        if quoref is not None:
+            checks.append(("untrained MiniLM, MaxP: quoref nDCG@10 >= 0.70", f"{quoref:.4f}", quoref >= 0.70))
+    best_dense = max((r for n, _ in PASSAGE_SYSTEMS[1:] if (r := _load(root / "eval" / n)) is not None
+                      and n.endswith("maxp")), key=lambda r: _average(r, "in_domain"), default=None)
+    if bm25 is not None and best_dense is not None:
+        gap = _average(bm25, "in_domain") - _average(best_dense, "in_domain")
+        checks.append(("best dense MaxP in-domain avg within 3 points of BM25", f"{100 * gap:.2f} points behind",
+                       gap <= 0.03))
+    for name in ("hyper-maxp", "hyper"):
+        fused, fused_pooled = _load(root / "eval-bm25" / name), _load(root / "eval-pooled-bm25" / name)
+        if fused is None or bm25 is None:
+            continue
+        bm25_pooled = _load(root / "eval-pooled" / "bm25")
+        for label, ours, theirs in (("in-domain", _average(fused, "in_domain"), _average(bm25, "in_domain")),
+                                    ("zero-shot", _average(fused, "zero_shot"), _average(bm25, "zero_shot")),
+                                    ("pooled", _average(fused_pooled, "all"), _average(bm25_pooled, "all"))):
+            if ours is not None and theirs is not None:
+                gain = 100 * (ours - theirs)
+                checks.append((f"{name} + BM25 beats BM25 by >= 3 nDCG@10 points, {label}", f"{gain:+.2f}",
+                               gain >= 3))
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {target} | {value} | {'yes' if met else '**no**'} |" for target, value, met in checks]
+    return "\n".join(lines)
+
+
+def passages_by_collection(root: Path) -> dict[str, dict[str, Any]]:
+    """Per-collection results of the long-passage systems, alone and fused (convex), for a side-by-side table."""
+    shown = {}
+    for name, reading in PASSAGE_SYSTEMS:
+        if (alone := _load(root / "eval" / name)) is not None:
+            shown[f"{name} ({reading})" if name != "bm25" else name] = alone
+    for name in ("backbone-maxp", "hyper-maxp"):
+        if (fused := _load(root / "eval-bm25" / name)) is not None:
+            shown[f"{name} + BM25"] = fused
+    return shown
+
+
+def windows_cost_table(cost: Mapping[str, Any]) -> str:
+    """bench/windows.py's measurements: per collection, FirstP -> MaxP."""
+    lines = [f"{cost['passages']} passages and up to {cost['queries']} test queries per collection, all-MiniLM-L6-v2, "
+             f"batch {cost['batch_size']}, {cost['threads']} threads, best of {cost['rounds']} interleaved rounds",
+             "", "| collection | windows / passage | passages/s FirstP → MaxP | index MB per 1k passages | "
+             "queries/s (exact search) FirstP → MaxP |", "|---|---|---|---|---|"]
+    for name, row in cost["collections"].items():
+        first, maxp = row["first"], row["max"]
+        lines.append(f"| {name} | {maxp['windows_per_passage']:.2f} | {first['passages_per_s']:.1f} → "
+                     f"{maxp['passages_per_s']:.1f} | {first['index_mb_per_1k_passages']:.2f} → "
+                     f"{maxp['index_mb_per_1k_passages']:.2f} | {first['queries_per_s']:.0f} → "
+                     f"{maxp['queries_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
 ATTENTION_FIGURES = ("hyper", "hyper-cosine-sharp", "hyper-release", "hyper-release-tau384", "sparse-hyper-release")
 SEEDED = ("multitask", "prefix", "hyper-release", "hyper")
 SEED_DIFFERENCES = (("hyper", "multitask"), ("hyper", "prefix"), ("hyper", "hyper-release"),
@@ -271,6 +365,17 @@ def generated_section(protocol: Mapping[str, Any], runs: list[Run], root: Path, 
               routing_during_training_table([r for r in runs if r.base in routing_runs or r.table == "long"], root),
               "", "Which prompts the collections pick (hyper, mean attention of the test queries):", "",
               zero_shot_routing_table(root, "hyper", protocol["zero_shot"]), ""]
+    if (root / "eval" / "backbone-maxp").is_dir():
+        parts += ["### Long passages read whole (MaxP) and hybrid retrieval with BM25 (nDCG@10 × 100, test split)",
+                  "", "FirstP reads a passage's first 256 tokens; MaxP every 256-token window (stride 127 tokens) and "
+                  "scores a document by its best window. '+ BM25': the model's and BM25's top-100 fused, by a convex "
+                  "combination of min-max normalised scores (the model's weight chosen on the six in-domain dev "
+                  "splits) or by reciprocal ranks. Pooled: one corpus of the six in-domain collections.", "",
+                  passages_table(root), "", "Targets:", "", passages_targets(root), "",
+                  "Per collection (nDCG@10):", "", _side_by_side(passages_by_collection(root), "ndcg@10"), ""]
+        if (root / "windows_cost.json").exists():
+            parts += ["Cost of reading windows (CPU, bench/windows.py):", "",
+                      windows_cost_table(json.loads((root / "windows_cost.json").read_text())), ""]
     long_runs = {r.name: results[r.name] for r in runs if r.table == "long" and r.name in results}
     if long_runs:
         parts += ["### Longer training on CPU (nDCG@10, test split; steps in the timing table)", "",

@@ -6,9 +6,11 @@
 
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
 test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
-(KILT style). A finished step is skipped, an interrupted training resumes from its last checkpoint, so the command
-can simply be run again. Each run's wall times and machine go to <output_root>/<run>/protocol.json. `report`
-rewrites the part of docs/RESULTS.md between its generated-section markers; the text around it is kept.
+(KILT style); a run marked `hybrid` is evaluated again fused with BM25 (eval-bm25/, eval-pooled-bm25/), and a run's
+`windows` (first or max) says how it reads long passages, in training and evaluation. A finished step is skipped,
+an interrupted training resumes from its last checkpoint, so the command can simply be run again. Each run's wall
+times and machine go to <output_root>/<run>/protocol.json. `report` rewrites the part of docs/RESULTS.md between its
+generated-section markers; the text around it is kept.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def train(run: Run, root: Path, profile: list[str]) -> None:
         build_model(load_config(REPO / run.config).model).save_pretrained(folder / "model")
         return
     command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides,
-               f"train.seed={run.seed}", f"train.output_dir={folder}"]
+               f"model.passage_windows={run.windows}", f"train.seed={run.seed}", f"train.output_dir={folder}"]
     resume = (folder / "checkpoints").is_dir()
     facts = folder / "protocol.json"
     before = json.loads(facts.read_text()).get("train_s", 0) if resume and facts.exists() else 0
@@ -96,12 +98,15 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
         modes = {"eval": per_collection}
         if run.pooled:
             modes["eval-pooled"] = ["--data", *(str(data / c) for c in in_domain), "--pooled"]
+    if run.hybrid and run.primary and run.model != "bm25":  # fused with BM25, the weight chosen on dev
+        modes |= {f"{mode}-bm25": [*args, "--hybrid", "bm25"] for mode, args in modes.items()}
+    windows = ["--windows", run.windows] if run.model != "bm25" else []
     for mode, args in modes.items():
         out = root / mode / run.name
         if (out / "results.json").exists():
             continue
-        seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, "--split", "test",
-                      "--out", str(out), "--no-progress"])
+        seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, *windows,
+                      "--split", "test", "--out", str(out), "--no-progress"])
         record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
 
 

@@ -25,13 +25,16 @@ def test_every_run_of_the_protocol_has_a_valid_config():
     for run in runs:
         if run.config is None:
             continue
-        config = load_config(REPO / run.config, [*protocol["profiles"]["cpu"], *run.overrides])
+        config = load_config(REPO / run.config, [*protocol["profiles"]["cpu"], *run.overrides,
+                                                 f"model.passage_windows={run.windows}"])  # as scripts/protocol.py
         trained_on = {Path(c.path).name for c in config.data.collections}
         if run.held_out:  # leave-one-out: trained on exactly the other in-domain collections
             assert trained_on == set(protocol["in_domain"]) - {run.held_out}, run.name
         else:
             assert trained_on == set(run.in_domain or protocol["in_domain"]), run.name
         assert not trained_on & set(protocol["zero_shot"])
+    assert {r.name for r in runs if r.windows == "max"} == {"backbone-maxp", "multitask-maxp", "hyper-maxp"}
+    assert {r.name for r in runs if r.hybrid and r.primary} >= {"backbone", "hyper", "hyper-maxp"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -106,3 +109,44 @@ def test_report_shows_routing_from_saved_attention_and_logs(tmp_path):
     assert "| hyper | 2 (of 3) | 0.400 – 0.600 (0.600) | 0.500 (0.500) |" in text  # step 5 is in the warm-up
     assert "| ropes (zero-shot) | 0.100 | 0.800 | 0.100 | 1 (1.00) | qasc (" in text
     assert (docs / "results" / "routing_curves.png").is_file()
+
+
+def write_eval(folder: Path, collections: dict[str, tuple[bool, float]], **extra) -> dict:
+    """A results.json of {collection: (zero_shot, nDCG@10)} with its group averages (as eval.py writes them)."""
+    groups = {"in_domain": [v for z, v in collections.values() if not z],
+              "zero_shot": [v for z, v in collections.values() if z], "all": [v for _, v in collections.values()]}
+    results = {"settings": {}, "collections": {
+        name: {"zero_shot": z, "metrics": {"ndcg@10": v, "r_precision": v / 2}, "info": {}}
+        for name, (z, v) in collections.items()},
+        "averages": {g: {"ndcg@10": float(np.mean(v)), "r_precision": float(np.mean(v)) / 2}
+                     for g, v in groups.items() if v}, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_report_shows_long_passages_and_hybrid_rows_and_their_targets(tmp_path):
+    protocol, runs = load_protocol(PROTOCOL)
+    root, docs = tmp_path / "outputs", tmp_path / "docs"
+    scores = {"bm25": (0.60, 0.80), "backbone": (0.50, 0.70), "backbone-maxp": (0.58, 0.74),
+              "hyper-maxp": (0.59, 0.76)}
+    for name, (in_domain, zero_shot) in scores.items():
+        write_eval(root / "eval" / name, {"quoref": (False, in_domain + 0.12), "qasc": (False, in_domain - 0.12),
+                                          "ropes": (True, zero_shot)})
+        write_eval(root / "eval-pooled" / name, {"quoref": (False, in_domain), "qasc": (False, in_domain)})
+    rrf = write_eval(tmp_path / "rrf", {"quoref": (False, 0.61), "ropes": (True, 0.81)})
+    hybrid = {"with": "bm25", "fusion": "convex", "weight": 0.35, "variants": {"rrf": rrf}}
+    write_eval(root / "eval-bm25" / "hyper-maxp", {"quoref": (False, 0.70), "qasc": (False, 0.60),
+                                                   "ropes": (True, 0.82)}, hybrid=hybrid)
+    rrf_pooled = write_eval(tmp_path / "rrf-pooled", {"quoref": (False, 0.61), "qasc": (False, 0.61)})
+    write_eval(root / "eval-pooled-bm25" / "hyper-maxp", {"quoref": (False, 0.64), "qasc": (False, 0.64)},
+               hybrid=hybrid | {"variants": {"rrf": rrf_pooled}})
+    text = write_report(protocol, runs, root, docs).read_text()
+    assert "| backbone-maxp | MaxP | — | 58.00 | 74.00 | 58.00 | 29.00 | |" in text
+    assert "| hyper-maxp + BM25 | MaxP | convex | 65.00 | 82.00 | 64.00 | 32.00 | 0.35 |" in text
+    assert "| hyper-maxp + BM25 | MaxP | RRF (k = 60) | 61.00 | 81.00 | 61.00 | 30.50 | |" in text
+    assert "| untrained MiniLM, MaxP: quoref nDCG@10 >= 0.70 | 0.7000 | yes |" in text
+    assert "| best dense MaxP in-domain avg within 3 points of BM25 | 1.00 points behind | yes |" in text
+    assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, in-domain | +5.00 | yes |" in text
+    assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, zero-shot | +2.00 | **no** |" in text
+    assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, pooled | +4.00 | yes |" in text
