@@ -380,6 +380,24 @@ class HyperRetrieverModel(PreTrainedModel):
             texts.append(doc)
         return texts
 
+    def score_passages(
+        self, query: str, passages: list[dict] | list[str], windows: str = "max", stride: int | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """The query's score (dot product) of each passage, (n,) float32. With windows="max" (MaxP) a passage
+        longer than `config.max_seq_length` tokens is read in overlapping windows (see `tokenize_windows`) and
+        scores its best one; windows="first" reads its first window only, as `encode_corpus` does."""
+        if windows not in ("first", "max"):
+            raise ValueError(f"windows={windows!r}: expected 'first' or 'max'")
+        query_vector = self.encode_queries([query])
+        ids, offsets, doc = self.tokenize_windows(passages, stride=stride, first_only=windows == "first")
+        window_vectors = self.encode_tokenized(ids, offsets, False, batch_size)[0]
+        window_scores = np.asarray((window_vectors @ query_vector.T).todense() if self.config.representation ==
+                                   "sparse" else window_vectors @ query_vector.T, dtype=np.float32).reshape(-1)
+        scores = np.full(len(passages), -np.inf, dtype=np.float32)
+        np.maximum.at(scores, doc, window_scores)
+        return scores
+
     def prompt_attention(self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """Queries -> (n, N) attention over the prompt pool: which prompts each query mixed."""
         if self.hyper_prompt is None:

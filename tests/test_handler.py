@@ -33,6 +33,18 @@ def test_sentence_similarity_payload(handler, hub_run):
     assert int(np.argmax(scores)) == 0  # the passage that answers the query ranks first
 
 
+def test_a_long_passage_is_read_whole(handler, hub_run):
+    """The answer past the first max_seq_length tokens still counts: the passage scores its best window (MaxP)."""
+    filler = " ".join(["Moby-Dick is a novel by Herman Melville about a whaling voyage."] * 40)
+    long = f"{filler} The tilt of Earth's axis causes the seasons."
+    scores = answer(handler, {"inputs": {"source_sentence": SOURCE, "sentences": [long, SENTENCES[1]]}})
+    query = hub_run.model.encode_queries([SOURCE])[0]
+    first_window = float(hub_run.model.encode_corpus([long])[0] @ query)
+    assert len(hub_run.model.tokenizer(long)["input_ids"]) > 2 * hub_run.model.config.max_seq_length
+    assert scores[0] > first_window + 0.1 and scores[0] > scores[1]
+    assert scores[1] == pytest.approx(float(hub_run.model.encode_corpus([SENTENCES[1]])[0] @ query), abs=1e-6)
+
+
 def test_feature_extraction_payloads(handler, hub_run):
     one = answer(handler, {"inputs": SOURCE})
     assert isinstance(one, list) and len(one) == 384 and all(isinstance(x, float) for x in one)

@@ -157,3 +157,20 @@ def test_passage_table_gives_every_window_and_training_scores_the_best(minilm_pa
     expected_loss = torch.nn.functional.cross_entropy(best / 0.1, targets)
     assert contrastive_loss(queries, vectors, targets, 0.1, window_mask=mask).item() == pytest.approx(
         expected_loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("representation", ["dense", "sparse"])
+def test_score_passages_takes_each_passages_best_window(minilm_path, long_passage, representation):
+    model = with_tokenizer(minilm_path, max_seq_length=32, representation=representation)
+    passages = [long_passage, "a short passage"]
+    query = "who is the story about"
+    first = model.score_passages(query, passages, windows="first")
+    expected_first = model.encode_corpus(passages) @ model.encode_queries([query]).T
+    expected_first = expected_first.toarray() if sp.issparse(expected_first) else expected_first
+    np.testing.assert_allclose(first, expected_first.reshape(-1), rtol=1e-5, atol=1e-6)
+    ids, offsets, window_doc = model.tokenize_windows(passages)
+    window_scores = model.encode_tokenized(ids, offsets)[0] @ model.encode_queries([query]).T
+    window_scores = (window_scores.toarray() if sp.issparse(window_scores) else window_scores).reshape(-1)
+    best = model.score_passages(query, passages)
+    np.testing.assert_allclose(best, [window_scores[window_doc == d].max() for d in (0, 1)], rtol=1e-5, atol=1e-6)
+    assert best[0] >= first[0] and best[1] == pytest.approx(first[1], abs=1e-6)

@@ -3,7 +3,8 @@
 JSON payloads:
 - sentence similarity (the Hub widget's): {"inputs": {"source_sentence": str, "sentences": [str, ...]}}
   -> [score, ...]: the source sentence is encoded as a query (with its hyper-prompt), each sentence as a passage
-  (without prompt); the score is their dot product (the cosine for the L2-normalised dense models).
+  (without prompt); the score is their dot product (the cosine for the L2-normalised dense models), a long
+  passage's being that of its best window (MaxP).
 - feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document"}} -> one embedding
   (a list of floats) for a string, a list of them for a list; "task" defaults to "query".
 A malformed payload is answered with {"error": message}, not an exception.
@@ -77,8 +78,9 @@ class EndpointHandler:
         return _dense(encode(texts))
 
     def similarity(self, source: str, sentences: list[str]) -> list[float]:
-        """Dot products of the source (a query) with each sentence (a passage)."""
-        return (self.embed(sentences, "document") @ self.embed([source], "query")[0]).tolist()
+        """Dot products of the source (a query) with each sentence (a passage); a passage longer than the model's
+        max_seq_length scores its best window (MaxP), so it is read whole."""
+        return self.model.score_passages(source, sentences, windows="max").tolist()
 
     def prompt_attention(self, query: str) -> list[float] | None:
         """The query's attention over the prompt pool (N weights summing to 1), None for a model without a pool."""
