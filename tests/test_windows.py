@@ -174,3 +174,23 @@ def test_score_passages_takes_each_passages_best_window(minilm_path, long_passag
     best = model.score_passages(query, passages)
     np.testing.assert_allclose(best, [window_scores[window_doc == d].max() for d in (0, 1)], rtol=1e-5, atol=1e-6)
     assert best[0] >= first[0] and best[1] == pytest.approx(first[1], abs=1e-6)
+
+
+def test_a_pooled_corpus_keeps_each_documents_windows_together(minilm_path, long_sample, bbir, tmp_path):
+    from hyper_retrieval.beir import pooled_collection
+
+    model = with_tokenizer(minilm_path, max_seq_length=48)
+    collections = [load_collection(long_sample, "test"), load_collection(sample_of(
+        bbir / "ropes", tmp_path / "ropes", 20), "test")]
+    searcher = ModelSearcher(model, "tiny", cache_dir=tmp_path / "cache", show_progress=False,
+                             windows=PassageWindows("max", stride=24))
+    separate = [searcher.encode_corpus(c.corpus)[0] for c in collections]
+    pool = pooled_collection(collections)
+    pooled, hit = searcher.encode_corpus(pool.corpus)
+    assert hit  # the pool reuses the per-collection window vectors
+    np.testing.assert_array_equal(pooled.doc, np.concatenate([separate[0].doc, separate[1].doc + 30]))
+    run, _ = searcher.search(pool.corpus, pool.queries, 10)
+    for qid, text in list(collections[1].queries.items())[:3]:  # a ropes query over both corpora
+        alone, _ = searcher.search(collections[1].corpus, {qid: text}, 10)
+        ropes_hits = {d.split("/", 1)[1]: s for d, s in run[f"ropes/{qid}"].items() if d.startswith("ropes/")}
+        assert list(ropes_hits) == list(alone[qid])[: len(ropes_hits)]
