@@ -129,9 +129,9 @@ class Corpus(Mapping[str, Document]):
         if not ids:
             raise DataError(f"{path}: the corpus is empty")
         _check_unique(ids, where, str(path))
-        stat = path.stat()
-        offsets = np.array([*starts, stat.st_size], dtype=np.int64)
-        fingerprint = f"jsonl:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        offsets = np.array([*starts, path.stat().st_size], dtype=np.int64)
+        with open(path, "rb") as f:  # by content: a copied or re-extracted corpus keeps its caches
+            fingerprint = f"jsonl:{hashlib.file_digest(f, 'sha256').hexdigest()}"
         return cls(ids, [_JsonlRows(path, offsets)], fingerprint)
 
     @classmethod

@@ -148,11 +148,14 @@ def cached_negatives(cache_dir: str | os.PathLike, name: str, key: Mapping[str, 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{name}-{digest}.json"
     if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("key") == key:
-            logger.info("hard negatives from cache %s", path)
-            return stored["negatives"]
-        logger.warning("%s holds another key; mining again", path)
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("key") == key and isinstance(stored.get("negatives"), dict):
+                logger.info("hard negatives from cache %s", path)
+                return stored["negatives"]
+            logger.warning("%s holds another key; mining again", path)
+        except (ValueError, AttributeError) as e:  # damaged: not JSON, or not the object written
+            logger.warning("%s is damaged (%s); mining again", path, e)
     negatives = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False,

@@ -169,15 +169,16 @@ def test_dense_model_with_cache_and_attention(eval_cli, bbir, minilm_path, tmp_p
     args = ["--model", minilm_path, "--data", str(samples[0]), "--zero-shot", str(samples[1]), "--max-length", "64",
             "--batch-size", "16", "--cache-dir", str(cache), "--out", str(out), "--no-progress"]
     eval_cli.main(args)
-    assert model.corpus_calls == 2 and len(list(cache.glob("*.npy"))) == 2
+    assert model.corpus_calls == 2 and len(list(cache.glob("*.vectors"))) == 2
 
     results = json.loads((out / "results.json").read_text())
     for sample in samples:
         collection = load_collection(sample, "test")
-        key_file = next(p for p in cache.glob("*.json") if str(sample) in p.read_text())
-        assert json.loads(key_file.read_text())["max_length"] == 64
+        entry = next(p for p in cache.glob("*.vectors")
+                     if json.loads((p / "manifest.json").read_text())["key"]["corpus"] == collection.corpus.fingerprint)
+        assert json.loads((entry / "manifest.json").read_text())["key"]["max_length"] == 64
         doc_vectors = model.encode_corpus(collection.corpus.get_many(collection.corpus.ids), 16, max_length=64)
-        np.testing.assert_allclose(np.load(key_file.with_suffix(".npy")), doc_vectors, atol=1e-5)
+        np.testing.assert_allclose(np.load(entry / "vectors.npy"), doc_vectors, atol=1e-5)
         scores = model.encode_queries(list(collection.queries.values()), 16, max_length=64) @ doc_vectors.T
         brute = {q: {collection.corpus.ids[j]: float(scores[i, j]) for j in range(scores.shape[1])}
                  for i, q in enumerate(collection.queries)}
@@ -328,10 +329,10 @@ def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp
     collections = [load_collection(s, "test") for s in samples]
     separate = [searcher.encode_corpus(c.corpus) for c in collections]
     assert not any(hit for _, hit in separate)
-    entries = sorted(tmp_path.glob("*.npy"))
+    entries = sorted(tmp_path.glob("*.vectors"))
     model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
     pooled, hit = searcher.encode_corpus(pooled_collection(collections).corpus)
-    assert hit and sorted(tmp_path.glob("*.npy")) == entries  # no entry of its own
+    assert hit and sorted(tmp_path.glob("*.vectors")) == entries  # no entry of its own
     np.testing.assert_array_equal(pooled.vectors, np.concatenate([np.asarray(e.vectors) for e, _ in separate]))
     np.testing.assert_array_equal(pooled.doc, np.arange(sum(len(c.corpus) for c in collections)))
 
@@ -377,3 +378,23 @@ def test_bfloat16_weights_give_nearly_the_same_results(eval_cli, samples, minilm
         assert results["settings"]["dtype"] == dtype
         ndcg[dtype] = results["collections"]["ropes"]["metrics"]["ndcg@10"]
     assert abs(ndcg["bfloat16"] - ndcg["float32"]) < 0.03, ndcg
+
+
+def test_damaged_caches_are_computed_again_not_used(eval_cli, samples, minilm_path, tmp_path, caplog):
+    """Truncated corpus vectors and shuffled token ids are caught by their checksums: same scores, a warning."""
+    from modeling_hyper import HyperRetrieverModel
+
+    HyperRetrieverModel.from_backbone(minilm_path, max_seq_length=64).save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model"), "--data", str(samples[0]), "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress", "--overwrite"]
+    eval_cli.main([*args, "--out", str(tmp_path / "first")])
+    (vectors,) = (tmp_path / "cache").glob("*.vectors/vectors.npy")
+    vectors.write_bytes(vectors.read_bytes()[: vectors.stat().st_size // 2])
+    (ids,) = (tmp_path / "cache").glob("*.tokens/ids.npy")
+    np.save(ids, np.random.default_rng(0).permutation(np.load(ids)))
+    with caplog.at_level("WARNING"):
+        eval_cli.main([*args, "--out", str(tmp_path / "second")])
+    assert str(vectors.parent) in caplog.text and str(ids.parent) in caplog.text
+    first, second = (json.loads((tmp_path / o / "results.json").read_text()) for o in ("first", "second"))
+    assert second["collections"]["ropes"]["info"]["corpus_cache_hit"] is False
+    assert_metrics_equal(second["collections"]["ropes"]["metrics"], first["collections"]["ropes"]["metrics"])

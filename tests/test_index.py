@@ -1,10 +1,13 @@
 """Dense (faiss, torch) and sparse (scipy) search against brute-force products; pruning; the embedding cache."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hyper_retrieval.embedding_cache import cached_embeddings, path_fingerprint
+from hyper_retrieval.embedding_cache import cached_embeddings, file_digest, path_fingerprint
 from hyper_retrieval.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
 
 
@@ -123,3 +126,36 @@ def test_model_fingerprint_follows_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"0" * 11)
     assert path_fingerprint(tmp_path) != before
     assert path_fingerprint("org/some-hub-model") == "org/some-hub-model"
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("copy"))
+    assert path_fingerprint(copy) == path_fingerprint(tmp_path)  # by content, not by place or time
+
+
+@pytest.mark.parametrize("damage", ["truncate", "shuffle", "manifest", "shape"])
+def test_a_damaged_cache_entry_is_reported_and_computed_again(tmp_path, damage, caplog):
+    vectors = np.arange(40, dtype=np.float32).reshape(10, 4)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return vectors
+
+    cached_embeddings(tmp_path, {"corpus": "c"}, compute)
+    (entry,) = tmp_path.glob("*.vectors")
+    path = entry / "vectors.npy"
+    if damage == "truncate":  # half its rows
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "shuffle":  # same size, rows in another order
+        np.save(path, vectors[::-1].copy())
+    elif damage == "manifest":  # an entry whose manifest was never written
+        (entry / "manifest.json").unlink()
+    else:  # a consistent file of another shape
+        np.save(path, vectors[:5])
+        manifest = json.loads((entry / "manifest.json").read_text())
+        manifest["files"]["vectors.npy"] |= {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+        (entry / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        again, hit = cached_embeddings(tmp_path, {"corpus": "c"}, compute)
+    assert not hit and len(calls) == 2 and str(entry) in caplog.text
+    np.testing.assert_array_equal(again, vectors)
+    assert cached_embeddings(tmp_path, {"corpus": "c"}, compute)[1]  # the recomputed entry is good again

@@ -65,6 +65,10 @@ def test_cache_is_reused_and_invalidated_when_settings_or_data_change(
     files[0].write_text('{"key": {"version": 0}, "negatives": {}}')
     assert neg.bm25_negatives(small, tmp_path, neg.BM25Settings(depth=10)) == first
     assert len(calls) == 4
+    for damaged in (files[0].read_text()[:100], "[1, 2]"):  # truncated, or not the object written
+        files[0].write_text(damaged)
+        assert neg.bm25_negatives(small, tmp_path, neg.BM25Settings(depth=10)) == first
+    assert len(calls) == 6
 
 
 def test_dense_negatives_rank_by_inner_product_and_drop_gold() -> None:

@@ -42,13 +42,13 @@ def test_lookup_equals_the_frozen_encoder_without_dropout(representation, minilm
 def test_systems_sharing_the_encoder_share_the_cached_vectors(minilm_path, tmp_path):
     corpora = {"qasc": Corpus.from_jsonl(SAMPLE / "qasc" / "corpus.jsonl")}
     first = PassageTable(frozen_model(minilm_path), corpora, tmp_path, show_progress=False)
-    cached = sorted(tmp_path.glob("*.npy"))
+    cached = sorted(tmp_path.glob("*.vectors"))
     assert len(cached) == 1
-    written = cached[0].stat().st_mtime_ns
+    written = (cached[0] / "vectors.npy").stat().st_mtime_ns
     second_model = frozen_model(minilm_path)
     second_model.query_encoder.embeddings.word_embeddings.weight.data += 1  # a different (trained) query side
     second = PassageTable(second_model, corpora, tmp_path, show_progress=False)
-    assert sorted(tmp_path.glob("*.npy")) == cached and cached[0].stat().st_mtime_ns == written
+    assert sorted(tmp_path.glob("*.vectors")) == cached and (cached[0] / "vectors.npy").stat().st_mtime_ns == written
     keys = [f"qasc/{i}" for i in corpora["qasc"].ids[:4]]
     np.testing.assert_array_equal(first.lookup(keys)[0].numpy(), second.lookup(keys)[0].numpy())
 

@@ -136,7 +136,7 @@ def test_maxp_training_scores_passages_by_their_best_window(tiny_backbones, tmp_
     log = read_log(tmp_path / "run")
     assert all(math.isfinite(r["loss/contrastive"]) for r in log if "loss/contrastive" in r)
     assert any("dev/ndcg@10" in r for r in log)
-    keys = [json.loads(p.read_text()) for p in (tmp_path / "embedding_cache").glob("*.json")]
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "embedding_cache").glob("*.vectors/manifest.json")]
     assert {"mode": "max", "stride": 16} in [k.get("windows") for k in keys]  # window vectors, cached
 
     shared = write_config(tmp_path / "shared", tiny_backbones["dense"], model={"passage_windows": "max"})
