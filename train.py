@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hyper_retrieval.batching import BatchBuilder, TaskData
-from hyper_retrieval.checkpoints import latest_checkpoint, save_checkpoint
+from hyper_retrieval.checkpoints import latest_checkpoint, resume, save_atomically, save_checkpoint
 from hyper_retrieval.config import ConfigError, load_config
 from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
@@ -41,6 +41,7 @@ from hyper_retrieval.training import (
     load_dev_collections,
     passage_windows,
     sample_queries,
+    truncate_log,
 )
 
 
@@ -118,15 +119,26 @@ def main() -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     loss_fn = loss_fn.to(accelerator.device)
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, loss_fn, state)
+
+    def run_state() -> tuple[dict, dict]:
+        """What a checkpoint holds beside accelerate's state: JSON counters and schedule, the loss's tensors."""
+        return {"train": state.state_dict(), "scheduler": scheduler.state_dict()}, loss_fn.state_dict()
+
+    def restore(saved: dict, tensors: dict) -> None:
+        state.load_state_dict(saved["train"])
+        scheduler.load_state_dict(saved["scheduler"])
+        loss_fn.load_state_dict({k: v.to(accelerator.device) for k, v in tensors.items()})
 
     if args.resume:
-        checkpoint = latest_checkpoint(out)
+        checkpoint, skipped = resume(accelerator, out, restore)
+        for line in skipped:
+            accelerator.print(f"--resume: {line}")
         if checkpoint is None:
-            accelerator.print(f"--resume: no checkpoint in {out / 'checkpoints'}, starting from scratch")
+            accelerator.print(f"--resume: no usable checkpoint in {out / 'checkpoints'}, starting from scratch")
         else:
-            accelerator.load_state(str(checkpoint))
             accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+        if accelerator.is_main_process:  # the log goes on from the checkpoint: no step twice
+            truncate_log(out / "log.jsonl", state.step)
     if accelerator.is_main_process:
         accelerator.init_trackers("hyper", config={k: str(v) for k, v in cfg.to_dict().items()})
 
@@ -202,11 +214,11 @@ def main() -> int:
                 if score > state.best_score:
                     state.best_score, state.best_step = score, state.step
                     if accelerator.is_main_process:
-                        accelerator.unwrap_model(model).save_pretrained(out / "best")
+                        save_atomically(accelerator.unwrap_model(model).save_pretrained, out / "best")
                 model.train()
             stopping = stop["signal"] or state.step == args.stop_after_steps
             if state.step % cfg.train.save_every == 0 or stopping:
-                save_checkpoint(accelerator, out, state.step)
+                save_checkpoint(accelerator, out, state.step, *run_state())
             if stopping:
                 accelerator.print(f"stopped at step {state.step} ({stop['signal'] or '--stop-after-steps'}); "
                                   f"checkpoint saved, continue with --resume")
@@ -217,13 +229,13 @@ def main() -> int:
 
     # ---- export: the final model (AutoModel-loadable), the adapter alone, and the resolved config
     bar.close()
-    save_checkpoint(accelerator, out, state.step)
+    save_checkpoint(accelerator, out, state.step, *run_state())
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.calibrate_synthesizer(calibration_queries)
-        final.save_pretrained(out / "final")
+        save_atomically(final.save_pretrained, out / "final")
         if final.hyper_prompt is not None:
-            final.save_adapter(out / "adapter")
+            save_atomically(final.save_adapter, out / "adapter")
         best = f"; best dev {cfg.train.keep_best_metric} {state.best_score:.4f} at step {state.best_step}"
         accelerator.print(f"done: {state.step} steps, final model in {out / 'final'}"
                           + (best if not math.isinf(state.best_score) else ""))

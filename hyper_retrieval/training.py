@@ -104,6 +104,13 @@ def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric:
     return sum(r.metrics[metric] for r in results) / len(results)
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drops the records of steps after `step` from log.jsonl (those a resumed run will log again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(f"{line}\n" for line in kept))
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Appends one JSON line (log.jsonl: a training record every log_every steps, a dev record per evaluation)."""
     with open(path, "a") as f:

@@ -1,8 +1,10 @@
 """train.py end to end on tiny random backbones and the bundled sample: learning, resuming, stopping, failing."""
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +175,82 @@ def test_stopped_then_resumed_run_ends_with_the_same_weights(tiny_backbones, tmp
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5, msg=name)
     steps = [r["step"] for r in read_log(tmp_path / "b" / "run")]
     assert steps == list(range(1, 13))
+
+
+@pytest.fixture(scope="module")
+def straight_and_stopped(tiny_backbones, tmp_path_factory):
+    """A 12-step run, and the same run stopped after step 8 (checkpoints step_4 and step_8)."""
+    root = tmp_path_factory.mktemp("resume")
+    straight = write_config(root / "straight", tiny_backbones["dense"], optim={"max_steps": 12},
+                            train={"save_every": 4})
+    run_train(straight)
+    stopped = write_config(root / "stopped", tiny_backbones["dense"], optim={"max_steps": 12}, train={"save_every": 4})
+    run_train(stopped, "--stop-after-steps", "8")
+    return load_file(root / "straight" / "run" / "final" / "model.safetensors"), root / "stopped"
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one bit flipped in the middle
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+
+
+@pytest.mark.parametrize(("damaged", "how"), [
+    ("model.safetensors", "flip"), ("optimizer.bin", "truncate"), ("random_states_0.pkl", "truncate"),
+    ("rng_0.safetensors", "flip"), ("train_state.json", "truncate"), ("train_tensors.safetensors", "truncate"),
+    ("manifest.json", "truncate"), ("an empty newer checkpoint", ""),
+])
+def test_resume_falls_back_past_a_damaged_checkpoint(straight_and_stopped, tmp_path, damaged, how):
+    """Whatever file of the newest checkpoint is damaged, --resume says so, takes the one before, and ends with the
+    weights of the uninterrupted run, bit for bit; the log has every step once."""
+    expected, stopped = straight_and_stopped
+    shutil.copytree(stopped, tmp_path / "copy")
+    config = tmp_path / "copy" / "config.yaml"
+    config.write_text(config.read_text().replace(str(stopped), str(tmp_path / "copy")))
+    checkpoints = tmp_path / "copy" / "run" / "checkpoints"
+    if damaged == "an empty newer checkpoint":
+        (checkpoints / "step_99").mkdir()
+        fallback, skipped = "step_8", "step_99"
+    else:
+        corrupt(checkpoints / "step_8" / damaged, how)
+        fallback, skipped = "step_4", "step_8"
+    result = run_train(config, "--resume")
+    output = result.stdout + result.stderr
+    assert f"skipped {checkpoints / skipped}" in output and f"resumed from {checkpoints / fallback}" in output
+    got = load_file(tmp_path / "copy" / "run" / "final" / "model.safetensors")
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert [r["step"] for r in read_log(tmp_path / "copy" / "run")] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("name", ["random_states_0.pkl", "custom_checkpoint_0.pkl"])
+def test_resume_never_unpickles_code_from_a_checkpoint(straight_and_stopped, tmp_path, name):
+    """A pickle with a side effect in a checkpoint, even with a manifest that vouches for it, is never run: accelerate's
+    RNG file is read without code (our RNG file decides), and an unknown registered-object pickle is refused."""
+    _, stopped = straight_and_stopped
+    shutil.copytree(stopped, tmp_path / "copy")
+    config = tmp_path / "copy" / "config.yaml"
+    config.write_text(config.read_text().replace(str(stopped), str(tmp_path / "copy")))
+    newest = tmp_path / "copy" / "run" / "checkpoints" / "step_8"
+    marker = tmp_path / "code-ran"
+
+    class SideEffect:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"step": 8, "payload": SideEffect()}, newest / name)
+    manifest = json.loads((newest / "manifest.json").read_text())
+    data = (newest / name).read_bytes()
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    output = run_train(config, "--resume").stdout
+    assert not marker.exists()
+    if name == "random_states_0.pkl":
+        assert f"resumed from {newest}" in output
+    else:
+        assert f"skipped {newest}" in output and "resumed from" in output
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny_backbones, tmp_path):
