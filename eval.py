@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from hyper_retrieval.beir import load_collection, load_split, pooled_collection, split_pooled
+from hyper_retrieval.config import looks_local
 from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, passage_encoder_fingerprint, path_fingerprint
 from hyper_retrieval.evaluation import evaluate_collections, score_run
 from hyper_retrieval.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
@@ -45,17 +46,34 @@ from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindow
 from hyper_retrieval.routing import routing_by_collection
 
 
-def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False) -> Any:
-    """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, through AutoModel, on the
-    GPU when there is one; dtype "auto" is bfloat16 there and float32 on the CPU."""
+def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False,
+                   trust_remote_code: bool = False) -> Any:
+    """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, on the GPU when there is
+    one; dtype "auto" is bfloat16 there and float32 on the CPU. A HypeR model (config model_type hyper_retriever)
+    loads with this repository's own classes, so none of its files' code runs; any other model through AutoModel,
+    running code it ships only with ``trust_remote_code``."""
     import torch
-    from transformers import AutoModel
+    from transformers import AutoModel, PretrainedConfig
+
+    from modeling_hyper import HyperConfig, HyperRetrieverModel
 
     folder = Path(name_or_path)
+    if looks_local(name_or_path) and not folder.exists():
+        raise SystemExit(f"--model {name_or_path}: no such folder (a Hub id reads org/name)")
     if folder.is_dir() and not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
         raise FileNotFoundError(f"model folder {folder} has no weights (no {', '.join(WEIGHT_PATTERNS)} file; "
                                 f"found: {sorted(p.name for p in folder.iterdir())})")
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+    model_type = PretrainedConfig.get_config_dict(name_or_path)[0].get("model_type")
+    if model_type == HyperConfig.model_type:
+        model = HyperRetrieverModel.from_pretrained(name_or_path)
+    else:
+        try:
+            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except ValueError as e:
+            if "trust_remote_code" not in str(e):
+                raise
+            raise SystemExit(f"--model {name_or_path}: the model ships its own code; read it, then pass "
+                             "--trust-remote-code to run it") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
@@ -143,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run code a non-HypeR model ships (HypeR models load with this repository's classes)")
     parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
     parser.add_argument("--hybrid", choices=["bm25"], default=None,
                         help="fuse the model's run with BM25's (results.json then holds the fused run; the model "
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     if is_bm25:
         searcher = BM25Searcher(args.bm25_k1, args.bm25_b, progress)
     else:
-        model = load_retriever(args.model, args.dtype, args.compile)
+        model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
         searcher = ModelSearcher(model, cache_fingerprint, args.batch_size, args.max_length, args.index,

@@ -211,9 +211,9 @@ class HyperRetrieverModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         try:
-            # The folder's code is this class, already trusted; the tokenizer itself is a stock one.
+            # The caller's choice: a tokenizer whose config points at code beside it runs that code only if asked.
             model.tokenizer = AutoTokenizer.from_pretrained(
-                pretrained_model_name_or_path, trust_remote_code=True, **hub_kwargs
+                pretrained_model_name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False), **hub_kwargs
             )
         except (OSError, ValueError):
             model.tokenizer = None  # encode_* then asks for one

@@ -398,3 +398,45 @@ def test_damaged_caches_are_computed_again_not_used(eval_cli, samples, minilm_pa
     first, second = (json.loads((tmp_path / o / "results.json").read_text()) for o in ("first", "second"))
     assert second["collections"]["ropes"]["info"]["corpus_cache_hit"] is False
     assert_metrics_equal(second["collections"]["ropes"]["metrics"], first["collections"]["ropes"]["metrics"])
+
+
+SIDE_EFFECT = "from pathlib import Path\nPath({marker!r}).touch()\n"
+
+
+def test_no_code_from_a_model_folder_runs_unless_asked(eval_cli, samples, minilm_path, tmp_path):
+    """A HypeR folder loads with this repository's classes, whatever its .py files say; a tokenizer pointing at code
+    beside it is not run; another model's own code needs --trust-remote-code."""
+    from transformers import AutoConfig
+
+    from modeling_hyper import HyperRetrieverModel
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "hyper"
+    HyperRetrieverModel.from_backbone(minilm_path, max_seq_length=64).save_pretrained(folder)
+    for name in ("modeling_hyper.py", "configuration_hyper.py", "evil_tokenizer.py"):
+        (folder / name).write_text(SIDE_EFFECT.format(marker=str(marker)))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["evil_tokenizer.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    HyperRetrieverModel.from_pretrained(folder)  # the tokenizer's auto_map is not followed
+    assert not marker.exists()
+    eval_cli.main(["--model", str(folder), "--data", str(samples[0]), "--cache-dir", "", "--no-progress",
+                   "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "results.json").is_file() and not marker.exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = AutoConfig.from_pretrained(minilm_path).to_dict() | {
+        "model_type": "evil", "auto_map": {"AutoConfig": "evil_config.EvilConfig", "AutoModel": "evil_config.Evil"}}
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (other / "evil_config.py").write_text(SIDE_EFFECT.format(marker=str(marker)))
+    with pytest.raises(SystemExit, match="ships its own code.*--trust-remote-code"):
+        eval_cli.main(["--model", str(other), "--data", str(samples[0]), "--cache-dir", "", "--no-progress",
+                       "--out", str(tmp_path / "out-other")])
+    assert not marker.exists()
+
+
+def test_a_mistyped_model_folder_is_named(eval_cli, samples, tmp_path):
+    with pytest.raises(SystemExit, match="--model ./outputs/nope/final: no such folder"):
+        eval_cli.main(["--model", "./outputs/nope/final", "--data", str(samples[0]), "--out", str(tmp_path / "o")])
