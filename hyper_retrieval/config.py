@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -160,13 +161,14 @@ class LossSettings:
 class TrainSettings:
     """Run control: seed, batch, output, checkpoint/eval/log cadence."""
 
-    seed: int = 42
+    seed: int = field(default=42, metadata=_at_least(0))
     batch_size: int = field(default=24, metadata=_at_least(1))  # queries per process (paper: 8 GPUs x 24)
     output_dir: str = "outputs/run"
     save_every: int = field(default=1000, metadata=_at_least(1))
     eval_every: int = field(default=1000, metadata=_at_least(1))
     log_every: int = field(default=50, metadata=_at_least(1))
-    keep_best_metric: str = "ndcg@10"  # dev metric that selects the best checkpoint
+    # dev metric that selects the best checkpoint (the metrics every dev evaluation computes)
+    keep_best_metric: Literal["ndcg@10", "r_precision", "recall@20", "recall@100", "mrr@10"] = "ndcg@10"
     # A frozen separate passage encoder's corpus vectors are computed once and cached here (shared with eval.py's
     # --cache-dir); training then looks passages up. None: no disk cache (still computed once per run).
     embedding_cache_dir: str | None = "outputs/embedding_cache"
@@ -223,6 +225,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return raw
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expected the path of another config file, got {base!r}")
+    if not (path.parent / base).is_file():
+        raise ConfigError(f"{path}: base: {base!r} not found (looked for {(path.parent / base).resolve()})")
     merged = _read_yaml(path.parent / base, (*seen, path.resolve()))
     for section, values in raw.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
@@ -312,9 +316,9 @@ def _coerce(value: Any, hint: Any, dotted: str, source: Path) -> Any:
     if hint is float:
         # YAML 1.1 reads 1e-3 (no dot) as a string: accept numeric text for floats.
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-            return float(value)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok else _wrong(value, "a number", dotted, source)
+            value = float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else _wrong(value, "a finite number", dotted, source)
     if hint is str:
         return value if isinstance(value, str) else _wrong(value, "a string", dotted, source)
     raise TypeError(f"config field {dotted} has an unsupported type {hint!r}")
@@ -337,14 +341,15 @@ def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, so
 def looks_local(name: str) -> bool:
     """True when a backbone or collection `name` is meant as a folder, not a Hub id ('org/name' or 'name').
 
-    Local: starts with '/', '.', '~', has two or more '/', a backslash, or exists. Write relative folders as
-    './data/x' to have them checked.
+    Local: starts with '/', '.', '~', has two or more '/', a backslash, exists, or is 'a/b' where a folder 'a'
+    exists here (so data/qasc_missing is a missing folder, not a Hub id).
     """
     return (
         name.startswith(("/", ".", "~"))
         or name.count("/") > 1
         or "\\" in name
         or Path(name).expanduser().exists()
+        or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir())  # data/x where ./data exists
     )
 
 

@@ -83,6 +83,10 @@ def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Pat
         "model:\n  prompt_length: 2\n": r"model\.prompt_length was renamed model\.num_virtual_tokens",
         "data:\n  collections: qasc\n": r"data\.collections: expected a list",
         "train: 3\n": r"train: expected a mapping",
+        "train:\n  keep_best_metric: ndcg@100\n": r"train\.keep_best_metric: expected one of 'ndcg@10', 'r_precision'",
+        "train:\n  seed: -1\n": r"train\.seed: expected a value >= 0, got -1",
+        "optim:\n  backbone_lr: .inf\n": r"optim\.backbone_lr: expected a finite number, got inf",
+        "optim:\n  prompt_lr: .nan\n": r"optim\.prompt_lr: expected a finite number, got nan",
     }
     for body, message in cases.items():
         text = body if body.startswith("data") else coll + body
@@ -90,7 +94,7 @@ def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Pat
             load_config(write(tmp_path, text))
 
 
-def test_missing_paths_fail_before_training(tmp_path: Path, bbir: Path) -> None:
+def test_missing_paths_fail_before_training(tmp_path: Path, bbir: Path, monkeypatch) -> None:
     path = write(tmp_path, f"data:\n  collections: [{{path: {tmp_path / 'nowhere'}}}]\n")
     with pytest.raises(ConfigError, match=r"run\.yaml: data\.collections\[0\]\.path: .*nowhere/corpus\.jsonl"):
         load_config(path)
@@ -99,6 +103,11 @@ def test_missing_paths_fail_before_training(tmp_path: Path, bbir: Path) -> None:
         load_config(path)
     path = write(tmp_path, f"model:\n  backbone: ./models/minilm\ndata:\n  collections: [{{path: {bbir / 'qasc'}}}]\n")
     with pytest.raises(ConfigError, match=r"run\.yaml: model\.backbone: .*models/minilm does not exist"):
+        load_config(path)
+    (tmp_path / "data").mkdir()
+    path = write(tmp_path, "data:\n  collections: [{path: data/qasc_missing}]\n")
+    monkeypatch.chdir(tmp_path)  # data/qasc_missing is a missing folder under ./data, not the Hub id data/...
+    with pytest.raises(ConfigError, match=r"data\.collections\[0\]\.path: .*data/qasc_missing/corpus\.jsonl"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"data\.collections: expected at least one collection"):
         load_config(write(tmp_path, "train:\n  seed: 1\n"))
@@ -127,7 +136,7 @@ def test_base_config_is_merged_section_by_section(tmp_path, bbir):
     with pytest.raises(ConfigError, match="include each other"):
         load_config(tmp_path / "loop.yaml")
     (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
-    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"orphan\.yaml: base: 'missing\.yaml' not found \(looked for .*missing"):
         load_config(tmp_path / "orphan.yaml")
 
 
