@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hyper_retrieval.beir import load_collection, load_split, pooled_collection, split_pooled
+from hyper_retrieval.beir import DataError, load_collection, load_split, pooled_collection, split_pooled
 from hyper_retrieval.config import looks_local
 from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, passage_encoder_fingerprint, path_fingerprint
 from hyper_retrieval.evaluation import evaluate_collections, score_run
@@ -220,6 +220,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     # What is evaluated: --data entries are in-domain; --zero-shot names some of them or adds collections.
+    names = [Path(s).name for s in [*args.data, *(z for z in args.zero_shot if z not in args.data)]]
+    clashing = sorted({n for n in names if names.count(n) > 1})
+    if clashing:
+        raise SystemExit(f"--data/--zero-shot: several collections are named {clashing} (folder names tell them "
+                         "apart in the results)")
     data_names = {Path(d).name: d for d in args.data}
     sources = list(args.data) + [z for z in args.zero_shot if Path(z).name not in data_names]
     zero_shot = {Path(z).name for z in args.zero_shot}
@@ -276,4 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DataError as e:  # bad data: one line naming the file, not a traceback
+        sys.exit(f"data error: {e}")

@@ -44,6 +44,8 @@ def _iter_jsonl(path: Path, required: Sequence[str]) -> Iterator[tuple[int, int,
                 continue
             try:
                 row = json.loads(raw)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
@@ -51,7 +53,18 @@ def _iter_jsonl(path: Path, required: Sequence[str]) -> Iterator[tuple[int, int,
             for key in required:
                 if key not in row:
                     raise DataError(f"{path}:{lineno}: row has no {key!r} field (fields: {sorted(row)})")
+            _check_fields(row, f"{path}:{lineno}")
             yield lineno, start, row
+
+
+def _check_fields(row: Mapping[str, Any], where: str) -> None:
+    """A row's "_id" is a string or an integer, its "text" a string, its "title" (if any) a string or null."""
+    if "_id" in row and (isinstance(row["_id"], bool) or not isinstance(row["_id"], str | int)):
+        raise DataError(f"{where}: _id must be a string, got {row['_id']!r}")
+    if "text" in row and not isinstance(row["text"], str):
+        raise DataError(f"{where}: text must be a string, got {row['text']!r} ({type(row['text']).__name__})")
+    if row.get("title") is not None and not isinstance(row["title"], str):
+        raise DataError(f"{where}: title must be a string or null, got {row['title']!r}")
 
 
 def _check_unique(ids: Sequence[str], where: Sequence[str], source: str) -> None:
@@ -152,6 +165,7 @@ class Corpus(Mapping[str, Document]):
                 for key in ("_id", "text"):
                     if key not in row:
                         raise DataError(f"{source}: row {i} has no {key!r} field (fields: {sorted(row)})")
+                _check_fields(row, f"{source} row {i}")
                 digest.update(json.dumps([row["_id"], row.get("title"), row["text"]]).encode())
             ids = [str(row["_id"]) for row in records]
             fingerprint = f"records:{digest.hexdigest()}"
@@ -217,7 +231,8 @@ class Corpus(Mapping[str, Document]):
 
 
 def load_queries(path: str | os.PathLike) -> dict[str, str]:
-    """Reads queries.jsonl into {query id: text}; raises DataError naming file:line for a bad or duplicate row."""
+    """Reads queries.jsonl into {query id: text}; raises DataError naming file:line for a bad, duplicate or empty
+    row."""
     path = Path(path)
     queries: dict[str, str] = {}
     first_line: dict[str, int] = {}
@@ -225,6 +240,8 @@ def load_queries(path: str | os.PathLike) -> dict[str, str]:
         qid = str(row["_id"])
         if qid in queries:
             raise DataError(f"{path}:{lineno}: duplicate _id {qid!r} (first at line {first_line[qid]})")
+        if not row["text"].strip():  # an error in training and evaluation alike: nothing to retrieve with
+            raise DataError(f"{path}:{lineno}: query {qid!r} is empty")
         queries[qid] = row["text"]
         first_line[qid] = lineno
     return queries
@@ -238,9 +255,12 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
     """
     path = Path(path)
     qrels: Qrels = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             columns = line.split("\t")
@@ -286,7 +306,8 @@ def check_qrels(qrels: Qrels, queries: Mapping[str, str], corpus: Corpus, source
                    f"the queries (e.g. {unknown_queries[:3]}), {len(unknown_docs)} doc id(s) not in the corpus "
                    f"(e.g. {sorted(unknown_docs)[:3]})")
         if on_unknown == "raise":
-            raise DataError(message + "; pass on_unknown='skip' to drop them")
+            raise DataError(message + "; fix the files, or drop them with on_unknown='skip' "
+                            "(eval.py --on-unknown skip)")
         kept = {q: {d: s for d, s in docs.items() if d not in unknown_docs}
                 for q, docs in qrels.items() if q in queries}
         emptied = [q for q, docs in kept.items() if not docs]

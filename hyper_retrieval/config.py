@@ -377,6 +377,14 @@ def _check_paths(config: TrainConfig, source: Path) -> None:
             f"{source}: model.backbone: expected a Hub id (org/name) or an existing folder, "
             f"but folder {Path(backbone).expanduser().resolve()} does not exist"
         )
+    names: dict[str, int] = {}
+    for i, coll in enumerate(config.data.collections):
+        name = Path(coll.path).name
+        if name in names:
+            raise ConfigError(f"{source}: data.collections[{i}].path: {coll.path} has the folder name {name!r} of "
+                              f"data.collections[{names[name]}] ({config.data.collections[names[name]].path}); "
+                              "collections are told apart by that name")
+        names[name] = i
     splits = [s for s in (config.data.train_split, config.data.dev_split) if s is not None]
     for i, coll in enumerate(config.data.collections):
         if not looks_local(coll.path):

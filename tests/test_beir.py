@@ -171,3 +171,49 @@ def test_another_split_reuses_the_loaded_corpus(bbir):
     assert dev.queries == fresh.queries and dev.qrels == fresh.qrels
     with pytest.raises(DataError, match=r"no split 'validation' .*available splits: \['dev', 'test', 'train'\]"):
         load_split(bbir / "ropes", "validation", train.corpus)
+
+
+@pytest.mark.parametrize("file", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
+def test_bytes_that_are_not_utf8_are_named_with_file_and_line(toy, file):
+    path = toy / file
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"d", b"\xff\xfed", 1) if b"d" in lines[1] else b"\xff" + lines[1]
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(DataError, match=rf"{file.split('/')[-1].replace('.', '[.]')}:2: not UTF-8 text"):
+        load_collection(toy, "test")
+
+
+@pytest.mark.parametrize(("file", "row", "message"), [
+    ("corpus.jsonl", {"_id": "d9", "text": None}, "text must be a string, got None"),
+    ("corpus.jsonl", {"_id": "d9", "text": 12345}, "text must be a string, got 12345 \\(int\\)"),
+    ("corpus.jsonl", {"_id": "d9", "title": ["x"], "text": "t"}, "title must be a string or null"),
+    ("queries.jsonl", {"_id": "q9", "text": None}, "text must be a string, got None"),
+    ("queries.jsonl", {"_id": "q9", "text": "   "}, "query 'q9' is empty"),
+])
+def test_null_non_string_and_empty_fields_are_named(toy, file, row, message):
+    with open(toy / file, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"{file.replace('.', '[.]')}:4: {message}"):
+        load_collection(toy, "test")
+    if file == "corpus.jsonl":  # the same check for in-memory records
+        with pytest.raises(DataError, match=rf"records row 0: {message}"):
+            Corpus.from_records([row])
+
+
+def test_the_command_lines_print_one_line_for_bad_data(toy, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    with open(toy / "corpus.jsonl", "a") as f:
+        f.write('{"_id": "d9", "text": null}\n')
+    result = subprocess.run([sys.executable, str(repo / "eval.py"), "--model", "bm25", "--data", str(toy),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=repo)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"data error: {toy / 'corpus.jsonl'}:4: text must be")
+    clash = tmp_path / "other" / "toy"
+    write_collection(clash, DOCS, QUERIES, {"test": [("q2", "d2", 1)]})
+    result = subprocess.run([sys.executable, str(repo / "eval.py"), "--model", "bm25", "--data", str(toy), str(clash),
+                             "--out", str(tmp_path / "out2")], capture_output=True, text=True, cwd=repo)
+    assert result.returncode != 0 and "several collections are named ['toy']" in result.stderr

@@ -178,3 +178,15 @@ def test_prompt_settings_keep_their_names_from_yaml_to_the_model() -> None:
     prompt = {f.name for f in fields(HyperPromptConfig)} - filled_or_informational
     assert prompt == {*PROMPT_SETTINGS, "pool_size"}
     assert prompt <= {f.name for f in fields(ModelSettings)}
+
+
+def test_two_collections_with_one_folder_name_are_refused(tmp_path: Path, bbir: Path) -> None:
+    copy = tmp_path / "copy" / "qasc"
+    copy.mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (copy / name).symlink_to(bbir / "qasc" / name)
+    (copy / "qrels").symlink_to(bbir / "qasc" / "qrels")
+    path = write(tmp_path, f"data:\n  collections: [{{path: {bbir / 'qasc'}}}, {{path: {copy}}}]\n")
+    with pytest.raises(ConfigError, match=r"data\.collections\[1\]\.path: .* has the folder name 'qasc' of "
+                                          r"data\.collections\[0\]"):
+        load_config(path)
