@@ -80,3 +80,12 @@ def test_prompt_attention(handler, hub_run):
 def test_malformed_payloads_get_an_error_message(handler, payload, message):
     result = answer(handler, payload)
     assert list(result) == ["error"] and message in result["error"], result
+
+
+def test_invalid_unicode_and_oversized_batches_get_an_error(handler):
+    assert "error" in handler({"inputs": {"source_sentence": "\ud800 query", "sentences": ["a b"]}})
+    answer = handler({"inputs": {"source_sentence": SOURCE, "sentences": ["ok", "bad \udfff"]}})
+    assert answer == {"error": answer["error"]} and '"sentences"[1] is not valid Unicode' in answer["error"]
+    answer = handler({"inputs": ["a text"] * 257})
+    assert "send at most 256" in answer["error"]
+    assert "at most 100000 are read" in handler({"inputs": "x" * 100_001})["error"]

@@ -101,3 +101,47 @@ def test_page_renders_scores_and_attention_in_headless_chromium(widget_url, tmp_
 def _attribute_values(html: str, name: str) -> list[str]:
     marker = f'{name}="'
     return [part.split('"', 1)[0] for part in html.split(marker)[1:]]
+
+
+def raw_request(url: str, data: bytes, timeout: float = 30) -> tuple[int, dict]:
+    """Sends bytes as they are (headers included) and reads the status and JSON body of the answer."""
+    import socket
+
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "message"), [
+    (b"Content-Length: abc\r\n\r\n{}", 400, "Content-Length must be a byte count"),
+    (b"Content-Length: -5\r\n\r\n{}", 400, "Content-Length must be a byte count"),
+    (b"\r\n{}", 411, "Content-Length must be a byte count"),
+    (b"Content-Length: 9999999\r\n\r\n{}", 413, "request body over"),
+    (b"Content-Length: 10\r\n\r\n\xff\xfe{}\xff\xfe{}\xff\xfe", 400, "not UTF-8"),
+    (b"Content-Length: 40000\r\n\r\n" + b"[" * 20000 + b"]" * 20000, 400, "not JSON"),
+    (b'Content-Length: 40\r\n\r\n{"query": "\\ud800", "passages": ["a b"]}', 400, "not valid Unicode"),
+])
+def test_malformed_requests_get_a_4xx_and_a_json_error(widget_url, request_bytes, status, message):
+    got_status, answer = raw_request(widget_url, b"POST /api/score HTTP/1.1\r\nHost: x\r\n" + request_bytes)
+    assert got_status == status and message in answer["error"]
+
+
+def test_an_idle_connection_blocks_no_one(widget_url):
+    import socket
+    import time
+
+    parsed = urllib.parse.urlsplit(widget_url)
+    with socket.create_connection((parsed.hostname, parsed.port)) as idle:
+        idle.sendall(b"POST /api/score HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # half a request, then nothing
+        start = time.perf_counter()
+        status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": PASSAGES}).encode())
+        assert status == 200 and len(answer["scores"]) == 3
+        assert time.perf_counter() - start < 8  # answered while the other connection still waits (10 s timeout)
+        idle.settimeout(30)
+        head = idle.recv(65536)
+    assert b" 408 " in head.split(b"\r\n")[0]  # the half-sent request timed out, with an answer

@@ -7,7 +7,8 @@ JSON payloads:
   passage's being that of its best window (MaxP).
 - feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document"}} -> one embedding
   (a list of floats) for a string, a list of them for a list; "task" defaults to "query".
-A malformed payload is answered with {"error": message}, not an exception.
+A malformed payload (not these forms, a blank or invalid-Unicode text, more than 256 texts or 100,000 characters in
+one) is answered with {"error": message}, not an exception.
 """
 
 from __future__ import annotations
@@ -19,20 +20,34 @@ from transformers import AutoModel
 
 TASKS = ("query", "document")
 PARAMETERS = ("task",)
+MAX_TEXTS = 256  # texts per request
+MAX_CHARS = 100_000  # characters per text
 
 
 class PayloadError(ValueError):
     """The request does not follow one of the payload forms above."""
 
 
+def _text(text: Any, where: str) -> str:
+    """A non-blank string of valid Unicode (no lone surrogates), at most MAX_CHARS long, or PayloadError."""
+    if not isinstance(text, str) or not text.strip():
+        raise PayloadError(f"{where} must be a non-blank string, got {text!r}")
+    if len(text) > MAX_CHARS:
+        raise PayloadError(f"{where} has {len(text)} characters; at most {MAX_CHARS} are read")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PayloadError(f"{where} is not valid Unicode text ({e.reason} at character {e.start})") from None
+    return text
+
+
 def _texts(value: Any, where: str) -> list[str]:
-    """A non-empty list of non-blank strings, or PayloadError naming `where`."""
+    """A non-empty list of at most MAX_TEXTS valid texts, or PayloadError naming `where`."""
     if not isinstance(value, list) or not value:
         raise PayloadError(f"{where} must be a non-empty list of strings, got {type(value).__name__}")
-    for i, text in enumerate(value):
-        if not isinstance(text, str) or not text.strip():
-            raise PayloadError(f"{where}[{i}] must be a non-blank string, got {text!r}")
-    return value
+    if len(value) > MAX_TEXTS:
+        raise PayloadError(f"{where} has {len(value)} texts; send at most {MAX_TEXTS} per request")
+    return [_text(text, f"{where}[{i}]") for i, text in enumerate(value)]
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -65,9 +80,7 @@ class EndpointHandler:
         expected = {"source_sentence", "sentences"}
         if set(inputs) != expected:
             raise PayloadError(f'"inputs" as an object needs exactly the keys {sorted(expected)}, got {sorted(inputs)}')
-        source = inputs["source_sentence"]
-        if not isinstance(source, str) or not source.strip():
-            raise PayloadError(f'"source_sentence" must be a non-blank string, got {source!r}')
+        source = _text(inputs["source_sentence"], '"source_sentence"')
         return self.similarity(source, _texts(inputs["sentences"], '"sentences"'))
 
     def embed(self, texts: list[str], task: str = "query") -> np.ndarray:

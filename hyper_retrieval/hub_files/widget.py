@@ -5,27 +5,34 @@
 Type a query and candidate passages (one per line): the page shows each passage's score and the query's attention
 over the prompt pool as a bar chart. The page can be filled from its address: /?query=...&passage=...&passage=...
 GET / serves widget.html; POST /api/score takes {"query": str, "passages": [str, ...]} and answers
-{"scores": [...], "attention": [...] or null}, or {"error": message} with status 400. Scoring is handler.py's.
+{"scores": [...], "attention": [...] or null}, or {"error": message} with a 4xx status (bad JSON or text 400, no
+length 411, over 1 MiB 413, too slow 408). Connections are served in threads, each dropped after 10 s idle; the model
+answers one request at a time. Scoring is handler.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from handler import EndpointHandler
 
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 1 << 20
+TIMEOUT_S = 10  # seconds a connection may sit idle or take to send its request
 
 
 def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to one loaded model."""
+    """A request handler class bound to one loaded model (the model answers one request at a time)."""
     page = (HERE / "widget.html").read_bytes()
+    model_lock = threading.Lock()
 
     class WidgetRequestHandler(BaseHTTPRequestHandler):
+        timeout = TIMEOUT_S  # an idle or half-sent connection is dropped, and blocks no one meanwhile
+
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -46,26 +53,53 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
             if self.path != "/api/score":
                 self._send_json(404, {"error": f"no endpoint at {self.path}"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send_json(413, {"error": f"request body over {MAX_BODY} bytes"})
-                return
             try:
-                request = json.loads(self.rfile.read(length) or b"null")
-            except json.JSONDecodeError as e:
-                self._send_json(400, {"error": f"the body is not JSON ({e})"})
-                return
-            if not isinstance(request, dict):
-                self._send_json(400, {"error": 'expected a JSON object {"query": ..., "passages": [...]}'})
+                request = self._read_json()
+            except RequestError as e:
+                self._send_json(e.status, {"error": str(e)})
                 return
             query, passages = request.get("query"), request.get("passages")
-            scores = endpoint({"inputs": {"source_sentence": query, "sentences": passages}})
+            with model_lock:
+                scores = endpoint({"inputs": {"source_sentence": query, "sentences": passages}})
+                attention = endpoint.prompt_attention(query) if not isinstance(scores, dict) else None
             if isinstance(scores, dict):
                 self._send_json(400, scores)
                 return
-            self._send_json(200, {"scores": scores, "attention": endpoint.prompt_attention(query)})
+            self._send_json(200, {"scores": scores, "attention": attention})
+
+        def _read_json(self) -> dict:
+            """The body as a JSON object, or RequestError with the status to answer."""
+            text = self.headers.get("Content-Length")
+            if text is None or not text.strip().isdigit():
+                raise RequestError(411 if text is None else 400, f"Content-Length must be a byte count, got {text!r}")
+            length = int(text)
+            if length > MAX_BODY:
+                raise RequestError(413, f"request body over {MAX_BODY} bytes")
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                raise RequestError(408, f"the body did not arrive within {TIMEOUT_S} s") from None
+            if len(body) < length:
+                raise RequestError(400, f"the body ended after {len(body)} of {length} bytes")
+            try:
+                request = json.loads(body.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise RequestError(400, f"the body is not UTF-8 ({e.reason} at byte {e.start})") from None
+            except (ValueError, RecursionError) as e:
+                raise RequestError(400, f"the body is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
+            if not isinstance(request, dict):
+                raise RequestError(400, 'expected a JSON object {"query": ..., "passages": [...]}')
+            return request
 
     return WidgetRequestHandler
+
+
+class RequestError(ValueError):
+    """A request the server answers with `status` and a JSON error."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     args = parser.parse_args(argv)
-    server = HTTPServer((args.host, args.port), make_request_handler(EndpointHandler(str(HERE))))
+    server = ThreadingHTTPServer((args.host, args.port), make_request_handler(EndpointHandler(str(HERE))))
     print(f"serving on http://{args.host}:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever()
