@@ -21,29 +21,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
-from hyper_retrieval.beir import DataError, load_collection, load_split, pooled_collection, split_pooled
-from hyper_retrieval.config import looks_local
-from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS, passage_encoder_fingerprint, path_fingerprint
-from hyper_retrieval.evaluation import evaluate_collections, score_run
-from hyper_retrieval.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
-from hyper_retrieval.metrics import compute_metrics
-from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
-from hyper_retrieval.results import (
-    build_results,
-    check_output_dir,
-    compare_markdown,
-    load_results,
-    metric_by_collection,
-    run_label,
-    write_results,
-)
-from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindows
-from hyper_retrieval.routing import routing_by_collection
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hyper_retrieval.fusion import HybridSearcher
+
+# The rest is imported where it is used: `eval.py --help` loads neither torch nor faiss.
 
 
 def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False,
@@ -55,6 +42,8 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
     import torch
     from transformers import AutoModel, PretrainedConfig
 
+    from hyper_retrieval.config import looks_local
+    from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS
     from modeling_hyper import HyperConfig, HyperRetrieverModel
 
     folder = Path(name_or_path)
@@ -86,6 +75,11 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
 def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
     """Every collection's queries' attention over the prompt pool (n, N), in collection order; None without a pool
     of more than one prompt."""
+    import numpy as np
+
+    from hyper_retrieval.retrieval import ModelSearcher
+
+
     if not isinstance(searcher, ModelSearcher):
         return None
     attention = [searcher.prompt_attention(list(c.queries.values())) for c in collections]
@@ -98,6 +92,11 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
                   zero_shot: set[str]) -> tuple[float, dict[str, Any]]:
     """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
     (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
+    from hyper_retrieval.beir import load_collection, load_split
+    from hyper_retrieval.fusion import choose_weight
+    from hyper_retrieval.metrics import compute_metrics
+
+
     if args.fusion != "convex":
         return hybrid.weight, {}
     if args.fusion_weight is not None:
@@ -120,6 +119,12 @@ def fusion_variants(hybrid: HybridSearcher, collections: list, zero_shot: set[st
                     pooled: bool) -> dict[str, Any]:
     """The metrics (collections and averages, as in results.json) of the model alone, BM25 alone and both fusions,
     from the runs the hybrid searches made: no search is repeated."""
+    from hyper_retrieval.beir import pooled_collection, split_pooled
+    from hyper_retrieval.evaluation import score_run
+    from hyper_retrieval.fusion import convex_fusion, reciprocal_rank_fusion
+    from hyper_retrieval.results import build_results
+
+
     pool = pooled_collection(collections) if pooled else None
     runs = hybrid.history[-1:] * len(collections) if pooled else hybrid.history[-len(collections):]
     fusions = {"model": lambda m, lex: m, "bm25": lambda m, lex: lex,
@@ -204,6 +209,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def compare(runs: list[str], out: Path, metric: str) -> None:
     """Side-by-side Markdown table and bar chart of saved evaluations."""
+    from hyper_retrieval.plots import plot_collection_bars
+    from hyper_retrieval.results import compare_markdown, load_results, metric_by_collection, run_label
+
+
     results = {run_label(r): load_results(r) for r in runs}
     out.mkdir(parents=True, exist_ok=True)
     table = compare_markdown(results, metric)
@@ -215,18 +224,29 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import numpy as np
+
+    from hyper_retrieval.beir import load_collection
+    from hyper_retrieval.embedding_cache import passage_encoder_fingerprint, path_fingerprint
+    from hyper_retrieval.evaluation import evaluate_collections
+    from hyper_retrieval.fusion import HybridSearcher
+    from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
+    from hyper_retrieval.results import build_results, check_output_dir, metric_by_collection, write_results
+    from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindows
+    from hyper_retrieval.routing import routing_by_collection
+
     if args.compare:
         compare(args.compare, Path(args.out or "outputs/eval/compare"), args.metric)
         return
 
     # What is evaluated: --data entries are in-domain; --zero-shot names some of them or adds collections.
-    names = [Path(s).name for s in [*args.data, *(z for z in args.zero_shot if z not in args.data)]]
+    data_names = {Path(d).name: d for d in args.data}
+    sources = list(args.data) + [z for z in args.zero_shot if Path(z).name not in data_names]
+    names = [Path(s).name for s in sources]
     clashing = sorted({n for n in names if names.count(n) > 1})
     if clashing:
         raise SystemExit(f"--data/--zero-shot: several collections are named {clashing} (folder names tell them "
                          "apart in the results)")
-    data_names = {Path(d).name: d for d in args.data}
-    sources = list(args.data) + [z for z in args.zero_shot if Path(z).name not in data_names]
     zero_shot = {Path(z).name for z in args.zero_shot}
     is_bm25 = args.model == "bm25"
     settings = {"model": args.model, "data": [str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
@@ -283,5 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except DataError as e:  # bad data: one line naming the file, not a traceback
+    except ValueError as e:  # bad data (beir.DataError): one line naming the file, not a traceback
+        if type(e).__name__ != "DataError":
+            raise
         sys.exit(f"data error: {e}")

@@ -440,3 +440,15 @@ def test_no_code_from_a_model_folder_runs_unless_asked(eval_cli, samples, minilm
 def test_a_mistyped_model_folder_is_named(eval_cli, samples, tmp_path):
     with pytest.raises(SystemExit, match="--model ./outputs/nope/final: no such folder"):
         eval_cli.main(["--model", "./outputs/nope/final", "--data", str(samples[0]), "--out", str(tmp_path / "o")])
+
+
+def test_help_loads_neither_torch_nor_faiss():
+    """`eval.py --help` answers at once: the heavy libraries are imported only on the path that needs them."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\nsys.argv = ['eval.py', '--help']\ntry:\n"
+            "    runpy.run_path('eval.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'faiss', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "--hybrid" in result.stdout and result.stdout.strip().endswith("[]")
