@@ -2,6 +2,10 @@
 
     python train.py --config configs/quickstart.yaml [section.key=value ...] [--resume]
     accelerate launch train.py --config configs/bbir-hyper.yaml
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml train.py --config configs/bbir-hyper.yaml
+
+Mixed precision comes from the launcher (`accelerate launch --mixed_precision bf16`, `accelerate config`) unless the
+YAML sets optim.mixed_precision, which then wins.
 
 Writes to train.output_dir: checkpoints/step_N (resumable; the newest two kept), best/ (by the dev metric),
 final/ (save_pretrained: loads with AutoModel.from_pretrained(dir, trust_remote_code=True)), adapter/ (the
@@ -69,6 +73,9 @@ def main() -> int:
         log_with="tensorboard",
         project_dir=str(out),
     )
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, mixed precision "
+                      f"{accelerator.mixed_precision}" + (" (from the launcher)" if cfg.optim.mixed_precision is None
+                                                         else " (from the config)"))
     set_seed(cfg.train.seed)
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)

@@ -129,7 +129,8 @@ class OptimSettings:
     max_steps: int | None = field(default=None, metadata=_at_least(1))
     grad_clip: float = field(default=1.0, metadata=_at_least(0))  # 0 disables clipping
     grad_accum: int = field(default=1, metadata=_at_least(1))
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # None: the launcher's (`accelerate launch --mixed_precision`, `accelerate config`), else no; set, it wins
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     gradient_checkpointing: bool = False
 
     def warmup_for(self, total_steps: int) -> int:

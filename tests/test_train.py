@@ -146,6 +146,20 @@ def test_maxp_training_scores_passages_by_their_best_window(tiny_backbones, tmp_
     assert result.returncode != 0 and "model.passage_windows: 'max' needs model.freeze_passage_encoder" in result.stderr
 
 
+@pytest.mark.parametrize(("yaml_precision", "expected"), [(None, "bf16 (from the launcher)"),
+                                                         ("no", "no (from the config)")])
+def test_the_launchers_mixed_precision_wins_unless_the_yaml_sets_it(tiny_backbones, tmp_path, yaml_precision,
+                                                                      expected):
+    config = write_config(tmp_path, tiny_backbones["dense"], optim={"max_steps": 2, "mixed_precision": yaml_precision})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines",
+              "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", str(REPO / "train.py"), "--config",
+              str(config)]
+    result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"mixed precision {expected}" in result.stdout + result.stderr
+
+
 def test_dense_negatives_mined_with_the_initial_model(tiny_backbones, tmp_path):
     config = write_config(tmp_path, tiny_backbones["dense"], data={"negatives": "dense", "num_negatives": 2},
                           optim={"max_steps": 3})
