@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.beir import load_collection  # noqa: E402
 from hyper_retrieval.index import DenseIndex, top_documents  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = HyperRetrieverModel.from_backbone(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2"),
+    model = HyperRetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2",
                                               max_seq_length=256).eval()
     rng = np.random.default_rng(0)
     rows = {}

