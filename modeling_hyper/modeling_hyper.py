@@ -221,9 +221,11 @@ class HyperRetrieverModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then the tokenizer saved beside the weights (if any)."""
+        """`PreTrainedModel.from_pretrained`, the config's freezing applied again (loading makes every parameter
+        trainable), then the tokenizer saved beside the weights (if any)."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.apply_freezing()
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         try:
             # The caller's choice: a tokenizer whose config points at code beside it runs that code only if asked.

@@ -45,7 +45,12 @@ class HyperSentenceEncoder(InputModule):
         return dict(tokens)
 
     def forward(self, features: dict[str, Any], task: str | None = None, **kwargs) -> dict[str, Any]:
-        """Adds "sentence_embedding" (B, d) or (B, V), "token_embeddings" (dense) and "prompt_attention" (queries)."""
+        """Adds "sentence_embedding" (B, d) or (B, V), "token_embeddings" (dense) and "prompt_attention" (queries).
+
+        The side is `task`, else `features["task"]` (what sentence-transformers' collator stamps from the trainer's
+        `router_mapping`, as its Router reads it), else the query side."""
+        if task is None:
+            task = features.get("task")
         if task not in (None, *TASKS):
             raise ValueError(f"task={task!r}: this model knows {TASKS} (None means 'query')")
         out = self.model(

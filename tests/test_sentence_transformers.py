@@ -1,0 +1,57 @@
+"""Training a HypeR model through sentence-transformers' own trainer: the task switch and the frozen parts hold."""
+
+import pytest
+import torch
+
+from hyper_retrieval.hub import export_for_hub
+from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+QUERIES = ["who wrote moby dick", "what causes the seasons", "where do tides come from",
+           "what is the capital of france", "how do bees make honey", "when did the titanic sink",
+           "why is the sky blue", "what do pandas eat"]
+PASSAGES = ["Moby-Dick is a novel by Herman Melville.", "The tilt of Earth's axis causes the seasons.",
+            "Tides are raised by the Moon's gravity.", "Paris is the capital of France.",
+            "Bees make honey from flower nectar.", "The Titanic sank in April 1912.",
+            "Rayleigh scattering makes the sky look blue.", "Giant pandas eat mostly bamboo."]
+
+
+@pytest.fixture(scope="module")
+def exported(minilm_path, tmp_path_factory):
+    """A HypeR model with a separate, frozen passage encoder, exported as for the Hub."""
+    root = tmp_path_factory.mktemp("st")
+    torch.manual_seed(0)
+    model = HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(pool_size=3),
+                                              share_encoders=False, freeze_passage_encoder=True, max_seq_length=64)
+    model.calibrate_synthesizer(QUERIES)
+    model.save_pretrained(root / "final")
+    return export_for_hub(root / "final", root / "hub")
+
+
+def test_the_trainer_with_a_router_mapping_trains_the_query_side_only(exported, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    st = SentenceTransformer(str(exported), trust_remote_code=True, device="cpu")
+    model = st[0].model
+    assert not any(p.requires_grad for p in model.passage_encoder.parameters())  # frozen after loading too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sides = []
+    forward = model.forward
+    model.forward = lambda *args, **kwargs: sides.append(kwargs["is_query"]) or forward(*args, **kwargs)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, use_cpu=True,
+        report_to=[], save_strategy="no", router_mapping={"anchor": "query", "positive": "document"})
+    data = Dataset.from_dict({"anchor": QUERIES, "positive": PASSAGES})
+    SentenceTransformerTrainer(model=st, args=args, train_dataset=data,
+                               loss=MultipleNegativesRankingLoss(st)).train()
+    assert True in sides and False in sides  # anchors through the query side, positives through the passage side
+    after = model.state_dict()
+    passage = [k for k in after if k.startswith("passage_encoder.")]
+    query = [k for k in after if k.startswith(("query_encoder.", "hyper_prompt."))]
+    assert passage and all(torch.equal(after[k], before[k]) for k in passage)  # bit-identical
+    assert any(not torch.equal(after[k], before[k]) for k in query)
