@@ -363,10 +363,13 @@ class HyperRetrieverModel(PreTrainedModel):
         batch_size: int = 32,
         show_progress_bar: bool = False,
         return_prompt_attention: bool = False,
-        **kwargs,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = False,
     ):
         """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix; with
         `return_prompt_attention`, the pair (vectors, (n, N) attention over the pool or None), from one pass.
+        `convert_to_tensor` gives a torch tensor (sparse: a CSR tensor), `normalize_embeddings` unit-length rows;
+        any other keyword is an error.
 
         An empty list gives an empty (0, dim) result; an empty or blank query is an error; texts longer than
         `config.max_seq_length` tokens are truncated.
@@ -375,16 +378,35 @@ class HyperRetrieverModel(PreTrainedModel):
             if not query.strip():
                 raise ValueError(f"queries[{i}] is empty: an empty query has nothing to retrieve with")
         vectors, attention = self._encode(queries, True, batch_size, show_progress_bar)
+        vectors = self._finish(vectors, convert_to_tensor, normalize_embeddings)
         return (vectors, attention) if return_prompt_attention else vectors
 
     def encode_corpus(
-        self, corpus: list[dict] | list[str], batch_size: int = 32, show_progress_bar: bool = False, **kwargs
+        self, corpus: list[dict] | list[str], batch_size: int = 32, show_progress_bar: bool = False,
+        convert_to_tensor: bool = False, normalize_embeddings: bool = False,
     ) -> np.ndarray:
-        """Passages ({"title", "text"} dicts or strings) -> (n, d) or (n, V) CSR, without prompt.
+        """Passages ({"title", "text"} dicts or strings) -> (n, d) or (n, V) CSR, without prompt; the keywords as
+        in `encode_queries`.
 
         A title is joined to its text with a space (BEIR's convention); an empty passage is encoded as is.
         """
-        return self._encode(self.passage_texts(corpus), False, batch_size, show_progress_bar)[0]
+        vectors = self._encode(self.passage_texts(corpus), False, batch_size, show_progress_bar)[0]
+        return self._finish(vectors, convert_to_tensor, normalize_embeddings)
+
+    @staticmethod
+    def _finish(vectors, convert_to_tensor: bool, normalize: bool):
+        """Encoded vectors (array or CSR), scaled to unit length if asked, as a torch tensor if asked."""
+        sparse = hasattr(vectors, "tocsr")
+        if normalize:
+            norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).reshape(-1)) if sparse else (
+                np.linalg.norm(vectors, axis=1))
+            scale = 1.0 / np.maximum(norms, 1e-12)
+            vectors = vectors.multiply(scale[:, None]).tocsr() if sparse else vectors * scale[:, None]
+        if not convert_to_tensor:
+            return vectors
+        if sparse:
+            return torch.sparse_csr_tensor(vectors.indptr, vectors.indices, vectors.data, size=vectors.shape)
+        return torch.from_numpy(np.ascontiguousarray(vectors))
 
     def passage_texts(self, corpus: list[dict] | list[str]) -> list[str]:
         """What `encode_corpus` encodes: a dict's title and text joined by a space, or the string itself."""

@@ -89,3 +89,14 @@ def test_invalid_unicode_and_oversized_batches_get_an_error(handler):
     answer = handler({"inputs": ["a text"] * 257})
     assert "send at most 256" in answer["error"]
     assert "at most 100000 are read" in handler({"inputs": "x" * 100_001})["error"]
+
+
+def test_standard_parameters_truncate_and_normalize(handler, hub_run):
+    long = " ".join(["seasons"] * 200)  # over the model's 64 tokens
+    raw = np.array(answer(handler, {"inputs": [SOURCE, long], "parameters": {"task": "document"}}))
+    unit = np.array(answer(handler, {"inputs": [SOURCE, long], "parameters": {"task": "document", "normalize": True}}))
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    refused = answer(handler, {"inputs": [SOURCE, long], "parameters": {"truncate": False}})
+    assert '"inputs"[1] has' in refused["error"] and "over the 64" in refused["error"]
+    assert answer(handler, {"inputs": SOURCE, "parameters": {"truncate": False}}) == answer(handler, {"inputs": SOURCE})
+    assert "must be true or false" in answer(handler, {"inputs": SOURCE, "parameters": {"normalize": "yes"}})["error"]

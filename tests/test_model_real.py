@@ -144,3 +144,15 @@ def test_from_backbone_with_the_hub_id_works_offline_and_saves_no_local_path(tmp
     code = "import modeling_hyper, hyper_retrieval.retrieval; print(modeling_hyper.__file__)"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_encode_keywords_of_beir_and_sentence_transformers(hyper_minilm):
+    texts = ["who wrote moby dick", "what causes the seasons"]
+    arrays = hyper_minilm.encode_queries(texts)
+    tensors = hyper_minilm.encode_queries(texts, convert_to_tensor=True, normalize_embeddings=True)
+    assert isinstance(tensors, torch.Tensor)
+    np.testing.assert_allclose(tensors.numpy(), arrays / np.linalg.norm(arrays, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(TypeError, match="devise"):
+        hyper_minilm.encode_queries(texts, devise="cpu")  # a misspelt keyword is an error, not ignored
+    with pytest.raises(TypeError, match="normalise"):
+        hyper_minilm.encode_corpus(texts, normalise=True)

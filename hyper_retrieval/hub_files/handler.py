@@ -5,8 +5,10 @@ JSON payloads:
   -> [score, ...]: the source sentence is encoded as a query (with its hyper-prompt), each sentence as a passage
   (without prompt); the score is their dot product (the cosine for the L2-normalised dense models), a long
   passage's being that of its best window (MaxP).
-- feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document"}} -> one embedding
-  (a list of floats) for a string, a list of them for a list; "task" defaults to "query".
+- feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document", "truncate": bool,
+  "normalize": bool}} -> one embedding (a list of floats) for a string, a list of them for a list; "task" defaults to
+  "query", "truncate" to true (false: a text over the model's max_seq_length is an error), "normalize" to false
+  (true: unit-length vectors).
 A malformed payload (not these forms, a blank or invalid-Unicode text, more than 256 texts or 100,000 characters in
 one) is answered with {"error": message}, not an exception.
 """
@@ -19,7 +21,7 @@ import numpy as np
 from transformers import AutoModel
 
 TASKS = ("query", "document")
-PARAMETERS = ("task",)
+PARAMETERS = ("task", "truncate", "normalize")  # truncate: true (default) cuts at max_seq_length, false refuses
 MAX_TEXTS = 256  # texts per request
 MAX_CHARS = 100_000  # characters per text
 
@@ -70,9 +72,16 @@ class EndpointHandler:
             inputs = data["inputs"]
             if isinstance(inputs, dict):
                 return self._similarity_payload(inputs)
-            if isinstance(inputs, str):
-                return self.embed(_texts([inputs], '"inputs"'), parameters.get("task", "query"))[0].tolist()
-            return self.embed(_texts(inputs, '"inputs"'), parameters.get("task", "query")).tolist()
+            texts = _texts([inputs] if isinstance(inputs, str) else inputs, '"inputs"')
+            for key in ("truncate", "normalize"):
+                if not isinstance(parameters.get(key, False), bool):
+                    raise PayloadError(f'"{key}" must be true or false, got {parameters[key]!r}')
+            if parameters.get("truncate", True) is False:
+                self._check_lengths(texts)
+            vectors = self.embed(texts, parameters.get("task", "query"))
+            if parameters.get("normalize", False):
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            return vectors[0].tolist() if isinstance(inputs, str) else vectors.tolist()
         except PayloadError as e:
             return {"error": str(e)}
 
@@ -82,6 +91,14 @@ class EndpointHandler:
             raise PayloadError(f'"inputs" as an object needs exactly the keys {sorted(expected)}, got {sorted(inputs)}')
         source = _text(inputs["source_sentence"], '"source_sentence"')
         return self.similarity(source, _texts(inputs["sentences"], '"sentences"'))
+
+    def _check_lengths(self, texts: list[str]) -> None:
+        """With "truncate": false, a text longer than the model reads is an error rather than cut."""
+        limit = self.model.config.max_seq_length
+        for i, ids in enumerate(self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]):
+            if len(ids) > limit:
+                raise PayloadError(f'"inputs"[{i}] has {len(ids)} tokens, over the {limit} the model reads '
+                                   '(send "truncate": true to cut it)')
 
     def embed(self, texts: list[str], task: str = "query") -> np.ndarray:
         """(n, d) embeddings (dense arrays also for the sparse kind): queries with the prompt, documents without."""
