@@ -241,7 +241,10 @@ class HyperRetrieverModel(PreTrainedModel):
         kwargs["safe_serialization"] = True
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(save_directory)
+            # the tokenizer's limit is the model's: pipeline(..., truncation=True) then cuts where encode_* do
+            tokenizer = copy.copy(self.tokenizer)
+            tokenizer.model_max_length = self.config.max_seq_length
+            tokenizer.save_pretrained(save_directory)
 
     def apply_freezing(self) -> None:
         """Sets requires_grad from the config: frozen query backbone and/or frozen separate passage encoder."""

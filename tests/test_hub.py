@@ -36,7 +36,8 @@ THREE_WAYS = textwrap.dedent(
     import sys, numpy as np
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, pipeline
-    folder, out, queries, passages = sys.argv[1], sys.argv[2], sys.argv[3].split("|"), sys.argv[4].split("|")
+    folder, out, long = sys.argv[1], sys.argv[2], sys.argv[5]
+    queries, passages = sys.argv[3].split("|"), sys.argv[4].split("|")
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     st = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
     extractor = pipeline("feature-extraction", model=folder, trust_remote_code=True)
@@ -44,9 +45,13 @@ THREE_WAYS = textwrap.dedent(
     assert all(m.startswith("transformers_modules.") for m in modules), modules
     np.savez(out, auto_q=model.encode_queries(queries), auto_p=model.encode_corpus(passages),
              st_q=st.encode_query(queries), st_p=st.encode_document(passages), st_plain=st.encode(queries),
-             pipe_q=np.array([extractor(q)[0] for q in queries]))
+             pipe_q=np.array([extractor(q)[0] for q in queries]),
+             pipe_long=np.array(extractor(long, truncation=True)[0]))
     """
 )
+
+
+LONG = " ".join(["why do the seasons change on earth"] * 40)  # far over the model's 64 tokens
 
 
 def test_exported_folder_loads_three_ways_in_a_fresh_offline_process(hub_run, tmp_path):
@@ -55,7 +60,7 @@ def test_exported_folder_loads_three_ways_in_a_fresh_offline_process(hub_run, tm
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
     out = tmp_path / "three_ways.npz"
     result = subprocess.run([sys.executable, "-c", THREE_WAYS, str(folder), str(out), "|".join(QUERIES),
-                             "|".join(PASSAGES)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             "|".join(PASSAGES), LONG], cwd=tmp_path, env=env, capture_output=True, text=True,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     found = dict(np.load(out))
@@ -65,6 +70,8 @@ def test_exported_folder_loads_three_ways_in_a_fresh_offline_process(hub_run, tm
         np.testing.assert_allclose(found[name], hub_run.model.encode_queries(QUERIES), rtol=0, atol=1e-6, err_msg=name)
     for name in ("auto_p", "st_p"):
         np.testing.assert_allclose(found[name], hub_run.model.encode_corpus(PASSAGES), rtol=0, atol=1e-6, err_msg=name)
+    # pipeline(..., truncation=True) cuts a long text where encode_queries does (the model's max_seq_length)
+    np.testing.assert_allclose(found["pipe_long"], hub_run.model.encode_queries([LONG])[0], rtol=0, atol=1e-6)
     # encode_query uses the hyper-prompt and encode_document does not: the same text gets different vectors.
     st_p_of_queries = hub_run.model.encode_corpus(QUERIES)
     assert np.abs(found["st_q"] - st_p_of_queries).max(axis=1).min() > 1e-3
