@@ -105,6 +105,9 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
         out = root / mode / run.name
         if (out / "results.json").exists():
             continue
+        chosen = root / "eval-bm25" / run.name / "results.json"
+        if mode == "eval-pooled-bm25" and chosen.exists():  # the weight the per-collection run chose on dev
+            args = [*args, "--fusion-weight", str(json.loads(chosen.read_text())["hybrid"]["weight"])]
         seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, *windows,
                       "--split", "test", "--out", str(out), "--no-progress"])
         record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
