@@ -40,6 +40,11 @@ RENAMED_KEYS = {"temperature": "synthesizer_temperature", "init": "prompt_init",
 class HyperPromptConfig:
     """PEFT-style settings of the prompt pool; field names follow peft's PromptLearningConfig where they apply.
 
+    PEFT-style in layout only: the hyper-prompt is not one of PEFT's adapter types, so PEFT's loaders
+    (`PeftConfig.from_pretrained`, `PeftModel.from_pretrained`) do not read it, and it is saved as
+    hyper_prompt_config.json (not adapter_config.json, which would send AutoModel looking for a PEFT adapter).
+    `HyperRetrieverModel.save_adapter` / `attach_adapter` are the way to save and attach it.
+
     Each setting has one name from train.py's YAML (`model.<name>`) to here.
     """
 
