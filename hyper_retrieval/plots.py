@@ -31,20 +31,30 @@ def plot_collection_bars(scores: Mapping[str, Mapping[str, float]], path: str | 
                          figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
     """Grouped bars: one group per collection, one bar per run. ``scores`` is {run name: {collection: value}};
     a collection missing from a run gets no bar."""
-    runs = list(scores)
-    collections = list(dict.fromkeys(c for run in scores.values() for c in run))
+    groups, values = bar_values(scores)
+    runs = list(values)
     width = 0.8 / max(len(runs), 1)
-    x = np.arange(len(collections))
+    x = np.arange(len(groups))
     fig, ax = plt.subplots(figsize=figsize)
     for i, run in enumerate(runs):
-        values = [scores[run].get(c, np.nan) for c in collections]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=run)
-    ax.set_xticks(x, collections, rotation=30, ha="right")
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, values[run], width, label=run)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.axvline(len(groups) - 1.5, color="grey", linewidth=0.8)  # the average bars stand apart
+    ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
     ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def bar_values(scores: Mapping[str, Mapping[str, float]]) -> tuple[list[str], dict[str, list[float]]]:
+    """The bar chart's groups (collections in first-seen order, then "average") and each run's values (nan where a
+    run lacks a collection; its average is over the collections it has)."""
+    collections = list(dict.fromkeys(c for run in scores.values() for c in run))
+    values = {run: [by_collection.get(c, np.nan) for c in collections] + [float(np.mean(list(by_collection.values())))]
+              for run, by_collection in scores.items()}
+    return [*collections, "average"], values
 
 
 def mean_attention_by_task(attention: np.ndarray, task_labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -79,18 +89,32 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
 
 
+COLLAPSED_SPREAD = 1e-6  # attention whose coordinates vary less than this across queries is one point
+
+
+def is_collapsed(attention: np.ndarray) -> bool:
+    """True when all queries' attention vectors (n, N) are the same up to rounding (a collapsed pool)."""
+    attention = np.asarray(attention, dtype=np.float64)
+    return bool(np.ptp(attention, axis=0).max(initial=0.0) < COLLAPSED_SPREAD)
+
+
 def plot_attention_projection(attention: np.ndarray, task_labels: Sequence[str], path: str | os.PathLike,
                               figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
     """Scatter of per-query attention vectors (n_queries, N) projected by PCA to 2-D, coloured by task."""
     tasks, _ = mean_attention_by_task(attention, task_labels)
-    points = pca_2d(attention)
+    collapsed = is_collapsed(attention)
+    points = np.zeros((len(attention), 2)) if collapsed else pca_2d(attention)  # no rounding noise drawn as shape
     labels = np.asarray(task_labels)
     fig, ax = plt.subplots(figsize=figsize)
     for task in tasks:
         ax.scatter(*points[labels == task].T, s=8, alpha=0.7, label=task)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title("per-query prompt attention (PCA)")
+    if collapsed:
+        ax.set(xlim=(-1, 1), ylim=(-1, 1))
+        ax.set_title(f"collapsed: every query has the same attention (spread < {COLLAPSED_SPREAD:g})")
+    else:
+        ax.set_title("per-query prompt attention (PCA)")
     ax.legend(fontsize="small", markerscale=2)
     fig.tight_layout()
     return _save(fig, path, dpi)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from hyper_retrieval.plots import (
+    bar_values,
+    is_collapsed,
     mean_attention_by_task,
     pca_2d,
     plot_attention_heatmap,
@@ -68,3 +70,18 @@ def test_pca_2d_matches_covariance_eigenvectors(attention):
     top = eigenvectors[:, np.argsort(eigenvalues)[::-1][:2]]
     np.testing.assert_allclose(np.abs(projected), np.abs(centred @ top), atol=1e-8)
     assert pca_2d(np.ones((4, 1))).shape == (4, 2)
+
+
+def test_bars_carry_an_average_group():
+    scores = {"bm25": {"ropes": 0.74, "multirc": 0.94}, "hyper": {"ropes": 0.8, "qasc": 0.9}}
+    groups, values = bar_values(scores)
+    assert groups == ["ropes", "multirc", "qasc", "average"]
+    assert values["bm25"][:2] == [0.74, 0.94] and np.isnan(values["bm25"][2])
+    assert values["bm25"][3] == pytest.approx(0.84) and values["hyper"][3] == pytest.approx(0.85)
+
+
+def test_a_collapsed_pool_is_drawn_as_one_point_not_as_rounding_noise(tmp_path, attention):
+    weights, labels = attention
+    collapsed = np.tile([0.2, 0.8], (len(labels), 1)) + np.random.default_rng(0).normal(0, 1e-13, (len(labels), 2))
+    assert is_collapsed(collapsed) and not is_collapsed(weights)
+    assert png_size(plot_attention_projection(collapsed, labels, tmp_path / "collapsed.png", dpi=80)) == (640, 400)
