@@ -1,7 +1,8 @@
 """Export a trained retriever as a Hub-ready folder (weights, code, tokenizer, adapter, model card,
 sentence-transformers files, inference handler, widget page), and optionally push it to the Hub.
 
-    python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub
+    python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub \
+        [--baseline outputs/quickstart/eval-bm25]
     python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub \
         --push-to-hub your-name/hyper-minilm [--private]
 
@@ -27,7 +28,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repo-id", help="the model's Hub id in the card's examples (default: --push-to-hub)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
-    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--license", help="the card's licence (default: apache-2.0, or 'other' when a training "
+                        "collection's meta.json gives a ShareAlike or research-only licence)")
+    parser.add_argument("--baseline", help="another system's eval.py output on the same collections (e.g. BM25 in "
+                        "the same run), compared with in the card")
     parser.add_argument("--base-model", help="the backbone's Hub id (default: from train_config.yaml)")
     parser.add_argument("--dataset", action="append", dest="datasets", metavar="HUB_ID",
                         help="a training data set's Hub id, repeatable (default: Hub ids in train_config.yaml)")
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
                          license=args.license, base_model=args.base_model, datasets=args.datasets,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, baseline_dir=args.baseline)
     print(f"exported to {out}")
     if args.push_to_hub:
         commit = push_to_hub(out, args.push_to_hub, token=args.token, private=args.private)

@@ -10,6 +10,7 @@ verbatim from hub_files/ beside this module.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
 from modeling_hyper import HyperRetrieverModel
 
+from .embedding_cache import path_fingerprint
 from .model_card import build_model_card
 from .results import load_results
 
@@ -37,23 +39,46 @@ def find_train_config(model_dir: Path) -> Path | None:
     return next((p for p in (model_dir / TRAIN_CONFIG, model_dir.parent / TRAIN_CONFIG) if p.is_file()), None)
 
 
+def check_results_are_of(results: Mapping[str, Any], model_dir: Path, results_dir: str | os.PathLike) -> None:
+    """Refuses results that eval.py computed for another model (by the content fingerprint it recorded)."""
+    settings = results.get("settings", {})
+    recorded, actual = settings.get("model_fingerprint"), path_fingerprint(model_dir)
+    if recorded != actual:
+        raise ValueError(f"{results_dir} holds results of {settings.get('model')!r} (fingerprint {recorded}), not of "
+                         f"{model_dir} (fingerprint {actual}); evaluate this model with eval.py and export those")
+
+
+def training_licences(train_config: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """{collection: {"source", "licence"}} from the meta.json of each local training collection that has one."""
+    found = {}
+    for c in (train_config or {}).get("data", {}).get("collections", []):
+        meta = Path(c["path"]) / "meta.json"
+        if meta.is_file():
+            facts = json.loads(meta.read_text())
+            found[Path(c["path"]).name] = {"source": str(facts.get("source", "")),
+                                           "licence": str(facts.get("licence", "unknown"))}
+    return found
+
+
 def export_for_hub(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     results_dir: str | os.PathLike | None = None,
     *,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     base_model: str | None = None,
     datasets: Sequence[str] | None = None,
     widget: Sequence[Mapping[str, Any]] | None = None,
     overwrite: bool = False,
+    baseline_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Writes the Hub-ready folder `out_dir` for the saved model in `model_dir`; returns its path.
 
-    `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results.
-    `repo_id` names the model in the card's code examples. An existing non-empty `out_dir` is refused unless
-    `overwrite` (which replaces it).
+    `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results; it must
+    have been computed by this model (its fingerprint). `baseline_dir` is another system's eval.py output on the same
+    collections (BM25 in the same run), compared with in the card. `repo_id` names the model in the card's code
+    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it).
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -62,6 +87,9 @@ def export_for_hub(
     if model.tokenizer is None:
         raise ValueError(f"{model_dir}: no tokenizer beside the weights; the exported model could not encode text")
     results = load_results(results_dir) if results_dir is not None else None
+    if results is not None:
+        check_results_are_of(results, model_dir, results_dir)
+    baseline = load_results(baseline_dir) if baseline_dir is not None else None
     train_config_path = find_train_config(model_dir)
     train_config = yaml.safe_load(train_config_path.read_text()) if train_config_path else None
 
@@ -78,7 +106,8 @@ def export_for_hub(
         heatmap = HEATMAP_IN_REPO
     card = build_model_card(
         model.config, results=results, train_config=train_config, heatmap=heatmap, repo_id=repo_id, license=license,
-        base_model=base_model, datasets=datasets, widget=widget,
+        base_model=base_model, datasets=datasets, widget=widget, baseline=baseline,
+        licences=training_licences(train_config),
     )
     card.save(out / "README.md")
     return out

@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import looks_local
-from .results import METRICS, results_table
+from .results import METRICS, group_averages, results_table
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "retrieval", "hyper-prompt", "hyper",
         "custom_code"]
@@ -71,10 +71,24 @@ def default_base_model(config: Any, train_config: Mapping[str, Any] | None) -> s
     return next((c for c in candidates if c and not looks_local(c)), None)
 
 
-def default_datasets(train_config: Mapping[str, Any] | None) -> list[str]:
-    """Training collections given as Hub ids (local folders cannot be linked from the Hub)."""
+def default_datasets(train_config: Mapping[str, Any] | None,
+                     licences: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Training collections given as Hub ids, and the Hub home of local ones' sources (BIG-bench for bbir)."""
     collections = (train_config or {}).get("data", {}).get("collections", [])
-    return [c["path"] for c in collections if not looks_local(c["path"])]
+    hub = [c["path"] for c in collections if not looks_local(c["path"])]
+    sources = {SOURCE_DATASETS[prefix] for meta in (licences or {}).values() for prefix in SOURCE_DATASETS
+               if str(meta.get("source", "")).startswith(prefix)}
+    return hub + sorted(sources - set(hub))
+
+
+SOURCE_DATASETS = {"bigbench": "google/bigbench"}  # meta.json "source" prefix -> the data set's Hub id
+
+
+def default_license(licences: Mapping[str, Mapping[str, str]]) -> str:
+    """apache-2.0 (the code's), or "other" when a training collection is ShareAlike or research-only."""
+    restrictive = any(("SA" in m.get("licence", "")) or ("research" in m.get("licence", "").lower())
+                      for m in licences.values())
+    return "other" if restrictive else "apache-2.0"
 
 
 def _model_summary(config: Any) -> str:
@@ -102,7 +116,7 @@ def _model_summary(config: Any) -> str:
     ])
 
 
-def _usage(model_id: str, config: Any) -> str:
+def _usage(model_id: str, config: Any, base_model: str) -> str:
     sparse = config.representation == "sparse"
     scores = "(q @ p.T).toarray()  # scipy CSR matrices" if sparse else "q @ p.T"
     adapter_note = (
@@ -153,10 +167,14 @@ truncate unless called with `truncation=True`. Passages go through `encode_corpu
 **The hyper-prompt adapter alone** (`adapter/`: `hyper_prompt_config.json`, `hyper_prompt.safetensors`)
 
 ```python
-from huggingface_hub import snapshot_download
+from pathlib import Path
 
-folder = snapshot_download("{model_id}", allow_patterns=["adapter/*"])
-base.attach_adapter(f"{{folder}}/adapter")  # base: a HyperRetrieverModel built on the same backbone
+from huggingface_hub import snapshot_download
+from modeling_hyper import HyperRetrieverModel  # pip install hyper-retrieval, or this repository's modeling_hyper.py
+
+folder = "{model_id}" if Path("{model_id}").is_dir() else snapshot_download("{model_id}", allow_patterns=["adapter/*"])
+base = HyperRetrieverModel.from_backbone("{base_model}")  # the backbone it was trained on
+base.attach_adapter(f"{{folder}}/adapter")
 ```
 
 {adapter_note}
@@ -168,18 +186,54 @@ download of this repository, `python widget.py` serves a page at http://127.0.0.
 passages and see the scores and the query's prompt attention."""
 
 
-def _training(train_config: Mapping[str, Any] | None) -> str:
+SHORT_RUN = 1000  # optimizer steps under which the card calls the run a demonstration
+
+
+def _training(train_config: Mapping[str, Any] | None, licences: Mapping[str, Mapping[str, str]]) -> str:
     if not train_config:
         return "No training configuration was exported with this model."
     collections = [c.get("path") for c in train_config.get("data", {}).get("collections", [])]
+    optim, train = train_config.get("optim", {}), train_config.get("train", {})
+    steps = optim.get("max_steps")
+    length = (f"{steps} optimizer steps" if steps else f"{optim.get('epochs', '?')} epochs") + (
+        f" of {train['batch_size']} queries" if train.get("batch_size") else "")
     lines = ["Trained with this project's `train.py`"
              + (f" on {len(collections)} collections: " + ", ".join(f"`{c}`" for c in collections) if collections
-                else "") + ". The full configuration:", "",
-             "```yaml", yaml.safe_dump(dict(train_config), sort_keys=False).rstrip(), "```"]
+                else "") + f", for {length}."]
+    if steps and steps < SHORT_RUN:
+        lines += ["", f"**This is a short run ({steps} steps): a demonstration of the pipeline, not a converged "
+                  "model.**"]
+    if licences:
+        lines += ["", "Training data and their licences (the weights are derived from them; check ShareAlike and "
+                  "research-only terms before you redistribute):", "", "| collection | source | licence |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {m.get('source', '')} | {m.get('licence', 'unknown')} |" for name, m in licences.items()]
+    config_yaml = yaml.safe_dump(dict(train_config), sort_keys=False).rstrip()
+    lines += ["", "The full configuration:", "", "```yaml", config_yaml, "```"]
     return "\n".join(lines)
 
 
-def _results(results: Mapping[str, Any] | None, heatmap: str | None) -> str:
+def trained_on(train_config: Mapping[str, Any] | None) -> set[str] | None:
+    """The names (last path part) of the collections the model was trained on; None without a training config."""
+    if not train_config:
+        return None
+    return {str(c["path"]).rstrip("/").rsplit("/", 1)[-1] for c in train_config.get("data", {}).get("collections", [])}
+
+
+def relabelled(results: Mapping[str, Any], trained: set[str] | None) -> dict[str, Any]:
+    """results.json with each collection zero-shot exactly when the model was not trained on it (eval.py's flags
+    say what the evaluation was told), and the averages recomputed."""
+    if trained is None:
+        return dict(results)
+    collections = {name: {**c, "zero_shot": name not in trained} for name, c in results["collections"].items()}
+    return {**results, "collections": collections, "averages": group_averages(collections)}
+
+
+COLLAPSED_TOP_SHARE = 0.9  # over this share of queries on one prompt, the card says the pool collapsed
+
+
+def _results(results: Mapping[str, Any] | None, heatmap: str | None,
+             baseline: Mapping[str, Any] | None = None) -> str:
     if results is None:
         return "No evaluation results were exported with this model."
     settings = results["settings"]
@@ -187,13 +241,46 @@ def _results(results: Mapping[str, Any] | None, heatmap: str | None) -> str:
     parts = [f"Measured with this project's `eval.py` on the {settings.get('split')} split, "
              f"top {settings.get('k')} passages per query"
              + (f"; zero-shot (never trained on): {', '.join(zero_shot)}" if zero_shot else "") + ".", "",
-             results_table(results)]
+             "| collection | trained on | test queries | documents searched |", "|---|---|---|---|"]
+    parts += [f"| {name} | {'no' if c['zero_shot'] else 'yes'} | {c.get('info', {}).get('num_queries', '?')} | "
+              f"{c.get('info', {}).get('num_docs', '?')} |" for name, c in results["collections"].items()]
+    parts += ["", results_table(results)]
+    if baseline is not None:
+        parts += ["", baseline_comparison(results, baseline)]
     if "routing" in results:
+        top = results["routing"].get("all", {}).get("top_share", 0.0)
+        if top >= COLLAPSED_TOP_SHARE:
+            parts += ["", f"**The prompt pool collapsed in this model: {100 * top:.0f}% of queries weigh one prompt "
+                      "most, so it behaves as a single shared prefix rather than mixing prompts per query.**"]
         parts += ["", routing_table(results["routing"])]
     if heatmap:
         parts += ["", "Mean prompt attention of the queries of each collection (rows) over the prompt pool (columns):",
                   "", f"![mean prompt attention per collection]({heatmap})"]
     return "\n".join(parts)
+
+
+def baseline_comparison(results: Mapping[str, Any], baseline: Mapping[str, Any], metric: str = "ndcg@10") -> str:
+    """This model against a baseline evaluated on the same collections (e.g. BM25 in the same run): a table, and
+    plainly where the baseline wins."""
+    name = str(baseline["settings"].get("model", "baseline"))
+    label = METRICS.get(metric, metric)
+    lines = [f"Against {name} on the same collections ({label}):", "", f"| collection | this model | {name} |",
+             "|---|---|---|"]
+    wins = []
+    for collection, entry in results["collections"].items():
+        theirs = baseline["collections"].get(collection, {}).get("metrics", {}).get(metric)
+        ours = entry["metrics"].get(metric)
+        if theirs is None or ours is None:
+            continue
+        lines.append(f"| {collection} | {ours:.4f} | {theirs:.4f} |")
+        if theirs > ours:
+            wins.append(f"{collection} ({theirs:.4f} vs {ours:.4f})")
+    if wins:
+        lines += ["", f"**{name} beats this model on {len(wins)} of {len(lines) - 4} collections: "
+                  + ", ".join(wins) + ".**"]
+    else:
+        lines += ["", f"This model scores at least as well as {name} on every collection."]
+    return "\n".join(lines)
 
 
 def routing_table(routing: Mapping[str, Any]) -> str:
@@ -222,7 +309,9 @@ LIMITATIONS = """- Custom code: loading runs this repository's Python files (`tr
 
 
 def card_body(config: Any, model_name: str, model_id: str, results: Mapping[str, Any] | None,
-              train_config: Mapping[str, Any] | None, heatmap: str | None) -> str:
+              train_config: Mapping[str, Any] | None, heatmap: str | None,
+              baseline: Mapping[str, Any] | None = None, licences: Mapping[str, Mapping[str, str]] | None = None,
+              base_model: str | None = None) -> str:
     """The Markdown below the metadata."""
     return "\n\n".join([
         f"# {model_name}",
@@ -230,9 +319,9 @@ def card_body(config: Any, model_name: str, model_id: str, results: Mapping[str,
         "Hub-native implementation of the ICLR 2023 paper).",
         _model_summary(config),
         "## Method", METHOD,
-        "## How to use", _usage(model_id, config),
-        "## Training", _training(train_config),
-        "## Results", _results(results, heatmap),
+        "## How to use", _usage(model_id, config, base_model or "sentence-transformers/all-MiniLM-L6-v2"),
+        "## Training", _training(train_config, licences or {}),
+        "## Results", _results(results, heatmap, baseline),
         "## Limitations", LIMITATIONS,
         "## Citation", f"```bibtex\n{CITATION}\n```",
     ]) + "\n"
@@ -244,21 +333,29 @@ def build_model_card(
     train_config: Mapping[str, Any] | None = None,
     heatmap: str | None = None,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     base_model: str | None = None,
     datasets: Sequence[str] | None = None,
     widget: Sequence[Mapping[str, Any]] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    licences: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ModelCard:
     """The card of a model with `config` (a HyperConfig): metadata from the arguments and the run, body as above.
 
     `heatmap` is the heat map's path inside the repository; `base_model` and `datasets` default to the Hub ids
-    found in the training config.
+    found in the training config (and the source of local collections, from their meta.json in `licences`).
+    Collections are labelled in-domain or zero-shot by the training config. `baseline` is another system's
+    results.json on the same collections (BM25 in the same run). `license` defaults to apache-2.0, or "other" when
+    a training collection's licence is ShareAlike or research-only.
     """
     model_name = repo_id.split("/")[-1] if repo_id else "hyper-retriever"
+    results = relabelled(results, trained_on(train_config)) if results is not None else None
+    licences = dict(licences or {})
+    base_model = base_model or default_base_model(config, train_config)
     data = ModelCardData(
-        license=license,
-        base_model=base_model or default_base_model(config, train_config),
-        datasets=list(datasets) if datasets is not None else default_datasets(train_config) or None,
+        license=license or default_license(licences),
+        base_model=base_model,
+        datasets=list(datasets) if datasets is not None else default_datasets(train_config, licences) or None,
         tags=TAGS,
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
@@ -266,5 +363,6 @@ def build_model_card(
         eval_results=eval_results(results) if results else None,
         widget=[dict(example) for example in (widget or DEFAULT_WIDGET)],
     )
-    body = card_body(config, model_name, repo_id or "path/to/this/folder", results, train_config, heatmap)
+    body = card_body(config, model_name, repo_id or "path/to/this/folder", results, train_config, heatmap, baseline,
+                     licences, base_model)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -43,14 +43,20 @@ def _mean_metrics(entries: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {m: float(np.mean([e[m] for e in entries])) for m in METRICS if all(m in e for e in entries)}
 
 
+def group_averages(collections: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """{"in_domain", "zero_shot", "all"}: unweighted means of the metrics of results.json's collections (a group
+    without collections is left out)."""
+    entries = list(collections.values())
+    groups = {"in_domain": [c["metrics"] for c in entries if not c["zero_shot"]],
+              "zero_shot": [c["metrics"] for c in entries if c["zero_shot"]],
+              "all": [c["metrics"] for c in entries]}
+    return {group: _mean_metrics(metrics) for group, metrics in groups.items() if metrics}
+
+
 def build_results(settings: Mapping[str, Any], results: Sequence[CollectionResult]) -> dict[str, Any]:
     """The results.json document: settings, per-collection metrics and info, and the group averages."""
     collections = {r.name: {"zero_shot": r.zero_shot, "metrics": r.metrics, "info": r.info} for r in results}
-    groups = {"in_domain": [r.metrics for r in results if not r.zero_shot],
-              "zero_shot": [r.metrics for r in results if r.zero_shot],
-              "all": [r.metrics for r in results]}
-    averages = {group: _mean_metrics(entries) for group, entries in groups.items() if entries}
-    return {"settings": dict(settings), "collections": collections, "averages": averages}
+    return {"settings": dict(settings), "collections": collections, "averages": group_averages(collections)}
 
 
 def _row(label: str, metrics: Mapping[str, float]) -> str:

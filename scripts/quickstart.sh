@@ -15,5 +15,5 @@ python eval.py --model bm25 --data $S/qasc $S/vitaminc $S/cosmosqa --zero-shot $
 python eval.py --model "$OUT/final" --data $S/qasc $S/vitaminc $S/cosmosqa --zero-shot $S/ropes \
   --split test --out "$OUT/eval" --cache-dir '' --no-progress
 python eval.py --compare "$OUT/eval-bm25" "$OUT/eval" --out "$OUT/compare"
-python export.py --model "$OUT/final" --results "$OUT/eval" --out "$OUT/hub"
+python export.py --model "$OUT/final" --results "$OUT/eval" --baseline "$OUT/eval-bm25" --out "$OUT/hub"
 echo "Hub-ready folder (model card, weights, code, adapter, sentence-transformers files, handler, widget): $OUT/hub"

@@ -74,7 +74,8 @@ def test_prompt_attention(handler, hub_run):
     ({"inputs": {"source_sentence": SOURCE, "sentences": [SOURCE, None]}}, '"sentences"[1] must be a non-blank'),
     ({"inputs": {"source_sentence": 5, "sentences": SENTENCES}}, '"source_sentence" must be a non-blank string'),
     ({"inputs": SOURCE, "parameters": {"task": "passage"}}, '"task" must be one of [\'query\', \'document\']'),
-    ({"inputs": SOURCE, "parameters": {"top_k": 3}}, '"parameters" must be an object with keys among [\'task\']'),
+    ({"inputs": SOURCE, "parameters": {"top_k": 3}},
+     '"parameters" must be an object with keys among [\'task\', \'truncate\', \'normalize\']'),
     ({"inputs": SOURCE, "parameters": "query"}, '"parameters" must be an object'),
 ])
 def test_malformed_payloads_get_an_error_message(handler, payload, message):

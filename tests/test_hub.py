@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hub_run import POOL_SIZE, REPO_ID
 from huggingface_hub import HfApi, ModelCard
+from test_eval_cli import load_eval_module
 from tiny import tiny_model
 
 from hyper_retrieval.hub import export_for_hub, push_to_hub
@@ -108,7 +109,7 @@ def test_model_card_round_trips_the_eval_results(hub_run):
     assert (data.pipeline_tag, data.library_name, data.license) == ("sentence-similarity", "sentence-transformers",
                                                                     "apache-2.0")
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # from train_config.yaml beside the model
-    assert data.datasets == ["BeIR/scifact"]  # its Hub-id collections; local folders cannot be linked
+    assert data.datasets == ["BeIR/scifact", "google/bigbench"]  # Hub ids, and the source of the local qasc sample
     assert data.widget == DEFAULT_WIDGET and "custom_code" in data.tags
 
     found = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
@@ -120,7 +121,10 @@ def test_model_card_round_trips_the_eval_results(hub_run):
     text = card.text
     ropes = results["collections"]["ropes"]["metrics"]
     assert f"| ropes | {ropes['ndcg@10']:.4f} | {ropes['r_precision']:.4f} |" in text
-    assert "zero-shot (never trained on): multirc" in text
+    assert "zero-shot (never trained on): multirc, ropes" in text  # by the training config: ropes was evaluated as
+    assert "| ropes | no | " in text  # in-domain (--data) but the model never saw it
+    assert "**This is a short run (40 steps)" in text
+    assert "| qasc | bigbench==1.0.0" in text and "| CC BY 4.0 |" in text  # the training data's licence
     assert "![mean prompt attention per collection](assets/attention_heatmap.png)" in text
     assert (hub_run.export_dir / "assets/attention_heatmap.png").read_bytes() == \
         (hub_run.eval_dir / "attention_heatmap.png").read_bytes()
@@ -197,3 +201,37 @@ def test_export_refusals(hub_run, tmp_path):
     with pytest.raises(ValueError, match="no tokenizer beside the weights"):
         export_for_hub(tmp_path / "no_tokenizer", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_results_of_another_model(hub_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(hub_run.model_dir, other)
+    weights = other / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # another model: different weights
+    with pytest.raises(ValueError, match=rf"holds results of .*{hub_run.model_dir.name}.* not of {other}"):
+        export_for_hub(other, tmp_path / "out", hub_run.eval_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_card_says_where_the_baseline_wins(hub_run, tmp_path):
+    """Exported with BM25's results on the same collections, the card names every collection where BM25 is better."""
+    root = hub_run.eval_dir.parent
+    load_eval_module().main(["--model", "bm25", "--data", str(root / "ropes"), "--zero-shot", str(root / "multirc"),
+                             "--out", str(tmp_path / "bm25"), "--no-progress"])
+    out = export_for_hub(hub_run.model_dir, tmp_path / "hub", hub_run.eval_dir, baseline_dir=tmp_path / "bm25")
+    text = (out / "README.md").read_text()
+    ours, theirs = (json.loads((d / "results.json").read_text())["collections"]
+                    for d in (hub_run.eval_dir, tmp_path / "bm25"))
+    losses = [c for c in ours if theirs[c]["metrics"]["ndcg@10"] > ours[c]["metrics"]["ndcg@10"]]
+    assert losses, "the untrained-like test model should lose somewhere to BM25"
+    assert f"**bm25 beats this model on {len(losses)} of 2 collections: " in text
+    for c in losses:
+        assert f"{c} ({theirs[c]['metrics']['ndcg@10']:.4f} vs {ours[c]['metrics']['ndcg@10']:.4f})" in text
+
+
+def test_share_alike_training_data_makes_the_licence_other(tmp_path):
+    config = tiny_model().config
+    licences = {"vitaminc": {"source": "bigbench==1.0.0 x", "licence": "CC BY-SA 3.0 (Wikipedia-derived)"}}
+    assert build_model_card(config, licences=licences).data.license == "other"
+    assert build_model_card(config, licences={"qasc": {"licence": "CC BY 4.0"}}).data.license == "apache-2.0"
+    assert build_model_card(config, licences=licences, license="mit").data.license == "mit"
