@@ -3,9 +3,9 @@
 
 The folder holds: the weights, remote code, config with auto_map and tokenizer (save_pretrained); the hyper-prompt
 adapter alone under adapter/; the model card README.md (eval results, attention heat map under assets/); the
-sentence-transformers files (modules.json, config_sentence_transformers.json, sentence_hyper.py); the Inference
-Endpoints handler (handler.py); and the local widget page (widget.py, widget.html). Those last six files ship
-verbatim from hub_files/ beside this module.
+sentence-transformers files (modules.json, config_sentence_transformers.json, sentence_hyper.py: every
+save_pretrained writes them); the Inference Endpoints handler (handler.py); and the local widget page (widget.py,
+widget.html). Those last three files ship verbatim from hub_files/ beside this module.
 """
 
 from __future__ import annotations

@@ -16,11 +16,14 @@ import copy
 import importlib
 import importlib.util
 import itertools
+import json
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +44,9 @@ from .configuration_hyper import HyperConfig
 from .hyper_prompt import ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, PrefixKV
 
 PREFIX_KWARG = "hyper_prefix"
+SENTENCE_MODULE = "sentence_hyper.py"  # the sentence-transformers module, beside this file
+# what an exported folder holds beyond a save (hyper_retrieval.hub): kept when a model loaded from it is saved again
+CARRIED_OVER = ("README.md", "assets", "adapter", "handler.py", "widget.py", "widget.html")
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call in `tokenize`
 
 
@@ -237,9 +243,31 @@ class HyperRetrieverModel(PreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Weights (safetensors only), config with auto_map, the code files and the tokenizer."""
+        """Weights (safetensors only), config with auto_map, the code files, the tokenizer, and what
+        sentence-transformers needs (modules.json, config_sentence_transformers.json, sentence_hyper.py): every saved
+        folder loads through AutoModel, sentence-transformers and pipeline alike. Saved from a model loaded from a
+        folder that holds a card, assets, the adapter, the endpoint handler or the widget page, those come along."""
         kwargs["safe_serialization"] = True
         super().save_pretrained(save_directory, *args, **kwargs)
+        target = Path(save_directory)
+        sparse = self.config.representation == "sparse"
+        (target / "modules.json").write_text(json.dumps(
+            [{"idx": 0, "name": "0", "path": "", "type": "sentence_hyper.HyperSentenceEncoder"}], indent=2))
+        (target / "config_sentence_transformers.json").write_text(json.dumps({
+            "model_type": "SparseEncoder" if sparse else "SentenceTransformer",
+            "prompts": {"query": "", "document": ""}, "default_prompt_name": None,
+            "similarity_fn_name": "dot"}, indent=2))
+        source = Path(self.name_or_path) if self.name_or_path else None
+        folders = [Path(__file__).resolve().parent, *([source] if source is not None and source.is_dir() else [])]
+        module = next((f / SENTENCE_MODULE for f in folders if (f / SENTENCE_MODULE).is_file()), None)
+        if module is not None and module.resolve() != (target / SENTENCE_MODULE).resolve():
+            shutil.copyfile(module, target / SENTENCE_MODULE)
+        if source is not None and source.is_dir() and source.resolve() != target.resolve():
+            for name in CARRIED_OVER:
+                if (source / name).is_dir():
+                    shutil.copytree(source / name, target / name, dirs_exist_ok=True)
+                elif (source / name).is_file():
+                    shutil.copyfile(source / name, target / name)
         if self.tokenizer is not None:
             # the tokenizer's limit is the model's: pipeline(..., truncation=True) then cuts where encode_* do
             tokenizer = copy.copy(self.tokenizer)

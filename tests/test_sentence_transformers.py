@@ -55,3 +55,41 @@ def test_the_trainer_with_a_router_mapping_trains_the_query_side_only(exported, 
     query = [k for k in after if k.startswith(("query_encoder.", "hyper_prompt."))]
     assert passage and all(torch.equal(after[k], before[k]) for k in passage)  # bit-identical
     assert any(not torch.equal(after[k], before[k]) for k in query)
+
+
+def test_every_saved_folder_loads_in_sentence_transformers_as_the_model_encodes(exported, splade_path, tmp_path):
+    """final/ (a plain save_pretrained, not an export) loads with the model's own module: dense through
+    SentenceTransformer, SPLADE through SparseEncoder, with the model's own numbers."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer, SparseEncoder
+
+    final = exported.parent / "final"
+    model = HyperRetrieverModel.from_pretrained(final)
+    st = SentenceTransformer(str(final), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(st.encode_query(QUERIES[:3]), model.encode_queries(QUERIES[:3]), atol=1e-6)
+    np.testing.assert_allclose(st.encode_document(PASSAGES[:3]), model.encode_corpus(PASSAGES[:3]), atol=1e-6)
+
+    sparse = HyperRetrieverModel.from_backbone(splade_path, hyper_prompt=HyperPromptConfig(pool_size=2),
+                                               representation="sparse", max_seq_length=64)
+    sparse.save_pretrained(tmp_path / "splade")
+    encoder = SparseEncoder(str(tmp_path / "splade"), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(encoder.encode_query(QUERIES[:3]).to_dense().numpy(),
+                               sparse.encode_queries(QUERIES[:3]).toarray(), atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_document(PASSAGES[:3]).to_dense().numpy(),
+                               sparse.encode_corpus(PASSAGES[:3]).toarray(), atol=1e-6)
+
+
+def test_saving_through_sentence_transformers_keeps_every_file_of_the_hub_folder(exported, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(exported), trust_remote_code=True, device="cpu")
+    st.save(str(tmp_path / "saved"))
+
+    def files(folder):
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    assert files(tmp_path / "saved") == files(exported)
+    for name in ("README.md", "handler.py", "widget.py", "adapter/hyper_prompt.safetensors", "model.safetensors"):
+        assert (tmp_path / "saved" / name).read_bytes() == (exported / name).read_bytes(), name
+    again = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True, device="cpu")
+    assert torch.equal(torch.as_tensor(again.encode_query(QUERIES[:2])), torch.as_tensor(st.encode_query(QUERIES[:2])))
