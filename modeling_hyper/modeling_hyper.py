@@ -336,6 +336,10 @@ class HyperRetrieverModel(PreTrainedModel):
         `prefix_mask` (B, L) bool chooses which prefix slots the query may attend to (default: all); closing all of
         them reproduces the plain backbone, which is how the injection is tested.
         """
+        if input_ids.shape[-1] > self.max_window_length():
+            raise ValueError(f"{input_ids.shape[-1]} tokens exceed the backbone's {self.max_window_length()} "
+                             "positions; truncate the input (tokenizer(..., truncation=True), "
+                             "pipeline(..., truncation=True))")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         encoder = self.query_encoder if is_query or self.passage_encoder is None else self.passage_encoder
@@ -521,12 +525,11 @@ class HyperRetrieverModel(PreTrainedModel):
         return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), offsets.astype(np.int64)
 
     def max_window_length(self) -> int:
-        """The most tokens one passage window may hold: the backbone's position table (and the tokenizer's limit)."""
+        """The most tokens one text (a passage window) may hold: the backbone's position table."""
         limit = self.config.backbone_config.max_position_embeddings
         if self.config.backbone_config.model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= self.config.backbone_config.pad_token_id + 1  # their positions start after the padding index
-        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
-        return min(limit, tokenizer_limit) if isinstance(tokenizer_limit, int) and tokenizer_limit > 0 else limit
+        return limit
 
     def tokenize_windows(
         self, corpus: list[dict] | list[str], window_length: int | None = None, stride: int | None = None,

@@ -156,3 +156,17 @@ def test_encode_keywords_of_beir_and_sentence_transformers(hyper_minilm):
         hyper_minilm.encode_queries(texts, devise="cpu")  # a misspelt keyword is an error, not ignored
     with pytest.raises(TypeError, match="normalise"):
         hyper_minilm.encode_corpus(texts, normalise=True)
+
+
+def test_a_text_over_the_backbones_positions_is_a_clear_error(hyper_minilm, tmp_path):
+    from transformers import pipeline
+
+    hyper_minilm.save_pretrained(tmp_path / "m")
+    extractor = pipeline("feature-extraction", model=str(tmp_path / "m"), trust_remote_code=True)
+    long = " ".join(["season"] * 700)
+    with pytest.raises(ValueError, match="tokens exceed the backbone's 512 positions; truncate"):
+        extractor(long)
+    assert np.asarray(extractor(long, truncation=True)).shape == (1, 384)
+    assert hyper_minilm.max_window_length() == 512  # the tokenizer's saved limit (max_seq_length) is not the ceiling
+    reloaded = HyperRetrieverModel.from_pretrained(tmp_path / "m")
+    assert reloaded.tokenizer.model_max_length == reloaded.config.max_seq_length and reloaded.max_window_length() == 512
