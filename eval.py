@@ -141,19 +141,19 @@ def fusion_variants(hybrid: HybridSearcher, collections: list, zero_shot: set[st
     return variants
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command line, with defaults taken from --config (a YAML mapping of option names) when given."""
+def build_parser() -> argparse.ArgumentParser:
+    """eval.py's options, each with its help."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of options (keys as the long options, '-' or '_')")
     parser.add_argument("--model", help="model folder, Hub id, or 'bm25'")
     parser.add_argument("--data", nargs="+", default=[], help="collection folders or Hub names (in-domain)")
     parser.add_argument("--zero-shot", nargs="*", default=[],
                         help="collections never trained on: names of --data entries, or further folders/Hub names")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="the qrels split evaluated (qrels/<split>.tsv)")
     parser.add_argument("--pooled", action="store_true", help="one index over all corpora (KILT style)")
     parser.add_argument("--out", help="output folder (default outputs/eval/<model name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace results of a different evaluation in --out")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="texts encoded per forward pass")
     parser.add_argument("--max-length", type=int, default=None,
                         help="tokens per passage window (and query), at most the backbone's positions (512 for "
                              "MiniLM); default: the model's max_seq_length")
@@ -162,7 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "window encoded, a document scored by its best")
     parser.add_argument("--window-stride", type=int, default=None,
                         help="MaxP: text tokens between window starts (default: half a window)")
-    parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat")
+    parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
+                        help="dense search: exact (flat) or approximate faiss IVF / HNSW, with its recall reported")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
@@ -179,14 +180,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "in-domain collections (nDCG@10)")
     parser.add_argument("--dev-split", default="dev", help="--hybrid: the split the fusion weight is chosen on")
     parser.add_argument("--prune-query-terms", type=int, default=None, help="sparse models: keep the top-K terms")
-    parser.add_argument("--bm25-k1", type=float, default=0.9)
-    parser.add_argument("--bm25-b", type=float, default=0.4)
+    parser.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 term-frequency saturation (Lucene)")
+    parser.add_argument("--bm25-b", type=float, default=0.4, help="BM25 length normalisation (Lucene)")
     parser.add_argument("--cache-dir", default="outputs/embedding_cache", help="corpus embedding cache ('' for none)")
     parser.add_argument("--on-unknown", choices=["raise", "skip"], default="raise",
                         help="qrels naming unknown ids: fail (default) or skip them with a warning")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="output folders (or results.json) to compare")
     parser.add_argument("--metric", default="ndcg@10", help="metric of the --compare table and chart")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line, with defaults taken from --config (a YAML mapping of option names) when given."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
         options = yaml.safe_load(Path(args.config).read_text()) or {}

@@ -452,3 +452,8 @@ def test_help_loads_neither_torch_nor_faiss():
             "print(sorted(m for m in ('torch', 'faiss', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert "--hybrid" in result.stdout and result.stdout.strip().endswith("[]")
+
+
+def test_every_option_has_help(eval_cli):
+    undocumented = [a.option_strings for a in eval_cli.build_parser()._actions if a.option_strings and not a.help]
+    assert undocumented == []
