@@ -120,8 +120,8 @@ class DataSettings:
 class OptimSettings:
     """AdamW with separate learning rates, linear warm-up and decay, clipping, accumulation, precision."""
 
-    backbone_lr: float = field(default=2e-5, metadata=_at_least(0))
-    prompt_lr: float = field(default=1e-3, metadata=_at_least(0))
+    backbone_lr: float = field(default=2e-5, metadata=_at_least(0, strict=True))
+    prompt_lr: float = field(default=1e-3, metadata=_at_least(0, strict=True))
     weight_decay: float = field(default=0.01, metadata=_at_least(0))
     warmup_ratio: float = field(default=0.1, metadata=_at_least(0))  # our choice; ignored when warmup_steps is set
     warmup_steps: int | None = field(default=None, metadata=_at_least(0))

@@ -87,6 +87,7 @@ def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Pat
         "train:\n  seed: -1\n": r"train\.seed: expected a value >= 0, got -1",
         "optim:\n  backbone_lr: .inf\n": r"optim\.backbone_lr: expected a finite number, got inf",
         "optim:\n  prompt_lr: .nan\n": r"optim\.prompt_lr: expected a finite number, got nan",
+        "optim:\n  backbone_lr: 0\n": r"optim\.backbone_lr: expected a value > 0, got 0",
     }
     for body, message in cases.items():
         text = body if body.startswith("data") else coll + body
