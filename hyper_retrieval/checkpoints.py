@@ -11,7 +11,6 @@ match it, or that fails to load is skipped with the reason, and the next older o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from .embedding_cache import file_digest
 
 PATTERN = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
@@ -60,11 +61,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
-def _digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def verify_checkpoint(folder: Path) -> None:
     """Raises CheckpointError saying what is wrong: no manifest (never finished), a file missing, resized or changed."""
     try:
@@ -75,7 +71,7 @@ def verify_checkpoint(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{name} is missing")
-        if path.stat().st_size != facts["bytes"] or _digest(path) != facts["sha256"]:
+        if path.stat().st_size != facts["bytes"] or file_digest(path) != facts["sha256"]:
             raise CheckpointError(f"{name} does not match its checksum (damaged after it was written)")
 
 
@@ -121,7 +117,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: Mappi
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, partial / TENSORS_FILE)
-        files = {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
+        files = {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
                  for p in sorted(partial.rglob("*")) if p.is_file()}
         (partial / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
         if final.exists():
