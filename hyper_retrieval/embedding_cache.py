@@ -62,7 +62,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Identity of a tokenizer by content (its full serialisation for fast tokenizers), not by where it was loaded
     from, so every model trained from one backbone shares a corpus's cached token ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:  # without the truncation and padding a call leaves set: they change no token id
+        text = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")},
+                          sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return f"{type(tokenizer).__name__}:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -126,12 +130,17 @@ def _load_entry(folder: Path, parts: Mapping[str, Any]) -> dict[str, Embeddings]
     return arrays
 
 
+def entry_folder(cache_dir: str | os.PathLike, kind: str, parts: Mapping[str, Any]) -> Path:
+    """Where the entry of ``kind`` ("vectors", "tokens") for ``parts`` lives."""
+    return Path(cache_dir) / f"{cache_key(parts)}.{kind}"
+
+
 def cached_entry(cache_dir: str | os.PathLike, kind: str, parts: Mapping[str, Any],
                  compute: Callable[[], Mapping[str, Embeddings]]) -> tuple[dict[str, Embeddings], bool]:
     """(arrays, hit): the named arrays cached for ``parts`` in ``<cache_dir>/<key>.<kind>/``, verified (size, sha256,
     shape, dtype), else ``compute()`` saved there. A damaged entry is reported with its path and recomputed, never
     used. Dense arrays come back memory-mapped read-only, sparse ones as CSR."""
-    folder = Path(cache_dir) / f"{cache_key(parts)}.{kind}"
+    folder = entry_folder(cache_dir, kind, parts)
     if folder.is_dir():
         try:
             return _load_entry(folder, parts), True

@@ -6,14 +6,28 @@ index -1 and score -inf. :func:`run_from_topk` turns them into a run {query id: 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
+
+from .shards import ShardStore
+
+try:
+    import faiss
+except ImportError:  # the torch backend searches without it (the GPU image has no faiss)
+    faiss = None
+
+
+def require_faiss() -> None:
+    if faiss is None:
+        raise ImportError("this index needs faiss (pip install faiss-cpu); exact search on the torch backend does not")
 
 Run = dict[str, dict[str, float]]
 
@@ -68,61 +82,118 @@ def top_documents(search: Callable[[Any, int], tuple[np.ndarray, np.ndarray]], q
     return scores, indices
 
 
-class DenseIndex:
-    """Inner-product search over document embeddings (n_docs, dim).
+DenseKind = Literal["flat", "ivf", "hnsw", "ivfpq", "opq"]
+DENSE_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "opq")
 
-    ``kind``: "flat" (exact, the default), "ivf" (IndexIVFFlat with ``nlist`` cells, ``nprobe`` searched) or "hnsw"
-    (IndexHNSWFlat with ``hnsw_m`` links, ``ef_search``). ``backend``: "faiss", "torch" (matmul + topk on the GPU if
-    there is one, exact only) or "auto" (torch for an exact index when CUDA is available, else faiss).
+
+def merge_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row of (scores, indices) (n, m), best first; ties keep the earlier column."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def exact_search(store: ShardStore, queries: np.ndarray, k: int, chunk_rows: int = 65_536,
+                 show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product of queries (n, dim) over a store, read ``chunk_rows`` vectors at a time: the
+    memory it needs is one chunk plus the running top-k, whatever the corpus size. Returns scores float32 and store
+    rows int64, (n, min(k, len(store)))."""
+    require_faiss()
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(store))
+    scores = np.empty((len(queries), 0), dtype=np.float32)
+    indices = np.empty((len(queries), 0), dtype=np.int64)
+    total = -(-len(store) // chunk_rows)
+    for start, block in tqdm(store.chunks(chunk_rows), total=total, desc="exact search", unit="chunk",
+                             disable=not show_progress or total < 2):
+        block_scores, block_rows = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        scores, indices = merge_topk(np.hstack([scores, block_scores]), np.hstack([indices, block_rows + start]), k)
+    return scores, indices
+
+
+class DenseIndex:
+    """Inner-product search over document vectors: an array (n_docs, dim) or a :class:`ShardStore`.
+
+    ``kind``:
+      - "flat": exact. The faiss backend streams the vectors chunk by chunk (:func:`exact_search`), so a memory-mapped
+        store is never loaded whole; the torch backend holds them on the GPU (or CPU) and searches with matmul + topk.
+      - "ivf" (IVF-Flat, ``nlist`` cells, ``nprobe`` searched), "hnsw" (``hnsw_m`` links, ``ef_search``), "ivfpq"
+        (IVF with product-quantised codes of ``pq_m`` bytes) and "opq" (a learnt rotation, then IVF-PQ): faiss
+        indexes, trained on ``train_size`` vectors drawn from the store and filled from it ``chunk_rows`` at a time.
+        With ``refine_factor`` f > 1 a search takes the k * f best candidates and re-scores them exactly with the
+        stored vectors (read from the memory-mapped store, not held by the index).
+    ``backend``: "faiss", "torch" (exact only) or "auto" (torch for flat when CUDA is available, else faiss).
+    Approximate indexes are saved with :meth:`save` and reopened memory-mapped with :meth:`load`.
     """
 
-    def __init__(self, embeddings: np.ndarray, kind: Literal["flat", "ivf", "hnsw"] = "flat",
+    def __init__(self, vectors: np.ndarray | ShardStore, kind: DenseKind = "flat",
                  backend: Literal["auto", "faiss", "torch"] = "auto", nlist: int | None = None, nprobe: int = 32,
-                 hnsw_m: int = 32, ef_search: int = 256, show_progress: bool = False) -> None:
-        if embeddings.ndim != 2 or len(embeddings) == 0:
-            raise ValueError(f"embeddings must be a non-empty (n_docs, dim) array, got shape {embeddings.shape}")
+                 hnsw_m: int = 32, ef_search: int = 256, pq_m: int | None = None, train_size: int | None = None,
+                 refine_factor: int = 1, chunk_rows: int = 65_536, show_progress: bool = False) -> None:
+        if isinstance(vectors, ShardStore):
+            store = vectors
+        elif vectors.ndim != 2 or len(vectors) == 0:
+            raise ValueError(f"embeddings must be a non-empty (n_docs, dim) array, got shape {vectors.shape}")
+        else:
+            store = ShardStore.from_array(vectors)
+        if kind not in DENSE_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; use one of {DENSE_KINDS}")
         if backend == "auto":
             backend = "torch" if kind == "flat" and torch.cuda.is_available() else "faiss"
         if backend == "torch" and kind != "flat":
             raise ValueError(f"the torch backend searches exactly; kind={kind!r} needs backend='faiss'")
-        self.embeddings = embeddings
-        self.kind = kind
-        self.backend = backend
+        if refine_factor < 1:
+            raise ValueError(f"refine_factor={refine_factor}: expected >= 1")
+        self.store: ShardStore | None = store
+        self.kind, self.backend = kind, backend
+        self.refine_factor, self.chunk_rows = refine_factor, chunk_rows
         self.show_progress = show_progress
+        self._size, self._dim = store.shape
+        self._faiss: Any = None  # a faiss.Index for approximate kinds
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if backend == "torch":
             dtype = torch.float16 if self._device.type == "cuda" else torch.float32
-            self._docs = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(self._device, dtype)
-        else:
-            self._faiss = self._build_faiss(np.ascontiguousarray(embeddings, dtype=np.float32), nlist, nprobe, hnsw_m,
-                                            ef_search)
+            self._docs = torch.cat([torch.from_numpy(block).to(self._device, dtype)
+                                    for _, block in store.chunks(chunk_rows)])
+        elif kind != "flat":
+            self._faiss = self._build_faiss(nlist, hnsw_m, pq_m, train_size)
+            self._set_search_parameters(nprobe, ef_search)
 
-    def _build_faiss(self, vectors: np.ndarray, nlist: int | None, nprobe: int, hnsw_m: int,
-                     ef_search: int) -> faiss.Index:
-        n, dim = vectors.shape
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif self.kind == "ivf":
-            nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 points per cell
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(vectors)
-            index.nprobe = min(nprobe, nlist)
-        elif self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = ef_search
-        else:
-            raise ValueError(f"unknown index kind {self.kind!r}; use 'flat', 'ivf' or 'hnsw'")
-        index.add(vectors)
+    def _build_faiss(self, nlist: int | None, hnsw_m: int, pq_m: int | None, train_size: int | None) -> Any:
+        require_faiss()
+        n, dim = self._size, self._dim
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
+        pq_m = pq_m or dim // 8
+        if dim % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
+        pq_bits = int(np.clip(np.log2(max(n, 2) / 39), 1, 8))  # 8-bit codes need >= 39 * 256 training vectors
+        spec = {"ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{hnsw_m},Flat", "ivfpq": f"IVF{nlist},PQ{pq_m}x{pq_bits}",
+                "opq": f"OPQ{pq_m},IVF{nlist},PQ{pq_m}x{pq_bits}"}[self.kind]
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(self.store.sample(train_size or max(64 * nlist, 64 * 2**pq_bits, 16_384)))
+        total = -(-n // self.chunk_rows)
+        for _, block in tqdm(self.store.chunks(self.chunk_rows), total=total, desc=f"fill {self.kind} index",
+                             unit="chunk", disable=not self.show_progress or total < 2):
+            index.add(block)
         return index
 
+    def _set_search_parameters(self, nprobe: int, ef_search: int) -> None:
+        space = faiss.ParameterSpace()
+        if self.kind == "hnsw":
+            space.set_index_parameter(self._faiss, "efSearch", ef_search)
+        else:
+            space.set_index_parameter(self._faiss, "nprobe", min(nprobe, faiss.extract_index_ivf(self._faiss).nlist))
+
     def __len__(self) -> int:
-        return len(self.embeddings)
+        return self._size
 
     def search(self, queries: np.ndarray, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-k documents of each query (n_queries, dim) by inner product: scores float32 and indices int64,
-        both (n_queries, min(k, n_docs))."""
+        both (n_queries, min(k, n_docs)), -1 / -inf where an approximate index found fewer."""
         k = min(k, len(self))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.backend == "faiss" and self.kind == "flat":
+            return exact_search(self.store, queries, k, self.chunk_rows, self.show_progress)
         scores = np.empty((len(queries), k), dtype=np.float32)
         indices = np.empty((len(queries), k), dtype=np.int64)
         if self.backend == "torch":  # bound the (batch, n_docs) score block to about 2^28 entries
@@ -135,17 +206,66 @@ class DenseIndex:
         return scores, indices
 
     def _search_block(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.backend == "faiss":
+        if self.backend == "torch":
+            q = torch.from_numpy(queries).to(self._device, self._docs.dtype)
+            top = torch.topk((q @ self._docs.T).float(), k, dim=1)
+            return top.values.cpu().numpy(), top.indices.cpu().numpy()
+        if self.refine_factor == 1:
             return self._faiss.search(queries, k)
-        q = torch.from_numpy(queries).to(self._device, self._docs.dtype)
-        top = torch.topk((q @ self._docs.T).float(), k, dim=1)
-        return top.values.cpu().numpy(), top.indices.cpu().numpy()
+        if self.store is None:
+            raise ValueError("refine_factor > 1 re-scores with the stored vectors: load the index with its store")
+        _, candidates = self._faiss.search(queries, min(k * self.refine_factor, len(self)))
+        stored = self.store.take(np.maximum(candidates, 0))  # (n, k * f, dim)
+        exact = np.where(candidates >= 0, np.einsum("nd,nkd->nk", queries, stored), -np.inf).astype(np.float32)
+        return merge_topk(exact, candidates, k)
 
     def recall_against_exact(self, queries: np.ndarray, k: int) -> float:
-        """Recall@k of this index's top-k against an exact inner-product search of the same embeddings (1.0 for
-        an exact index)."""
-        exact = DenseIndex(self.embeddings, kind="flat", backend="faiss")
-        return topk_overlap(self.search(queries, k)[1], exact.search(queries, k)[1])
+        """Recall@k of this index's top-k against an exact search of the same vectors (1.0 for an exact index)."""
+        if self.store is None:
+            raise ValueError("recall against exact search needs the stored vectors: load the index with its store")
+        return topk_overlap(self.search(queries, k)[1], exact_search(self.store, queries, k, self.chunk_rows)[1])
+
+    def bytes_per_vector(self) -> float:
+        """Memory the index holds per vector: the serialised faiss index over the vector count; for flat, the
+        vectors themselves (4 bytes a dimension; 2 for float16 on the GPU)."""
+        if self._faiss is None:
+            return float(self._dim * (self._docs.element_size() if self.backend == "torch" else 4))
+        return faiss.serialize_index(self._faiss).nbytes / max(self._faiss.ntotal, 1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes an approximate index: the faiss file at ``path`` and its settings at ``path`` + ".json"."""
+        if self._faiss is None:
+            raise ValueError(f"a {self.kind} index on the {self.backend} backend is the stored vectors themselves; "
+                             "only approximate (faiss) indexes are saved")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self._faiss, str(path))
+        settings = {"kind": self.kind, "refine_factor": self.refine_factor, "ntotal": self._size, "dim": self._dim}
+        Path(f"{path}.json").write_text(json.dumps(settings, indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, vectors: np.ndarray | ShardStore | None = None, mmap: bool = True,
+             show_progress: bool = False) -> DenseIndex:
+        """Reopens a saved index; ``mmap`` maps its inverted lists from the file instead of reading them into
+        memory (IVF kinds). ``vectors`` (the store it was filled from) is needed for refine_factor > 1 and recall."""
+        require_faiss()
+        path = Path(path)
+        try:
+            settings = json.loads(Path(f"{path}.json").read_text())
+            mapped = mmap and settings["kind"] in ("ivf", "ivfpq", "opq")
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{path}: not a readable saved index ({e})") from None
+        store = vectors if vectors is None or isinstance(vectors, ShardStore) else ShardStore.from_array(vectors)
+        if index.ntotal != settings["ntotal"] or (store is not None and len(store) != index.ntotal):
+            raise ValueError(f"{path}: holds {index.ntotal} vectors, its settings say {settings['ntotal']}"
+                             + (f" and the store given has {len(store)}" if store is not None else ""))
+        self = cls.__new__(cls)
+        self.store, self.kind, self.backend = store, settings["kind"], "faiss"
+        self.refine_factor, self.chunk_rows, self.show_progress = settings["refine_factor"], 65_536, show_progress
+        self._size, self._dim, self._faiss = index.ntotal, index.d, index
+        self._device = torch.device("cpu")
+        return self
 
 
 def prune_query_terms(queries: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -166,15 +286,20 @@ class SparseIndex:
 
     The documents are stored as an inverted index (vocab, n_docs) CSR: one posting list per term. A search is one
     sparse product queries @ postings, so only documents sharing a term with the query get a score; the others are
-    never returned.
+    never returned. From a :class:`ShardStore`, each shard's posting lists are built on their own and merged.
     """
 
-    def __init__(self, docs: sp.spmatrix | np.ndarray, show_progress: bool = False) -> None:
-        docs = sp.csr_matrix(docs, dtype=np.float32)
-        if docs.shape[0] == 0:
-            raise ValueError("the sparse index needs at least one document")
-        self.shape = docs.shape
-        self.postings = docs.T.tocsr()  # (vocab, n_docs)
+    def __init__(self, docs: sp.spmatrix | np.ndarray | ShardStore, show_progress: bool = False,
+                 chunk_rows: int = 65_536) -> None:
+        store = docs if isinstance(docs, ShardStore) else None
+        if store is None:
+            docs = sp.csr_matrix(docs, dtype=np.float32)
+            if docs.shape[0] == 0:
+                raise ValueError("the sparse index needs at least one document")
+            store = ShardStore.from_array(docs)
+        self.shape = store.shape
+        self.postings = sp.hstack([sp.csr_matrix(block, dtype=np.float32).T.tocsr()  # (vocab, n_docs)
+                                   for _, block in store.chunks(chunk_rows)], format="csr")
         self.show_progress = show_progress
 
     def __len__(self) -> int:

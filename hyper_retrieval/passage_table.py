@@ -17,7 +17,8 @@ import torch
 
 from .beir import Corpus
 from .embedding_cache import passage_encoder_fingerprint
-from .retrieval import FIRST_WINDOW, ModelSearcher, PassageVectors, PassageWindows
+from .retrieval import FIRST_WINDOW, ModelSearcher, PassageWindows
+from .shards import ShardStore
 
 
 def has_frozen_passage_encoder(model) -> bool:
@@ -41,7 +42,7 @@ class PassageTable:
         searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size,
                                  cache_dir=cache_dir, show_progress=show_progress, windows=windows)
         self.corpora = dict(corpora)
-        self.vectors: dict[str, PassageVectors] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        self.vectors: dict[str, ShardStore] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
         # a passage's windows are rows first[row]:first[row + 1] of its collection's vectors
         self.first_window = {name: np.searchsorted(v.doc, np.arange(len(corpora[name]) + 1))
                              for name, v in self.vectors.items()}
@@ -63,7 +64,7 @@ class PassageTable:
             rows = self.corpora[name].rows_of([split[p][1] for p in positions])
             starts, ends = self.first_window[name][rows], self.first_window[name][rows + 1]
             windows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
-            vectors = self.vectors[name].vectors[windows]
+            vectors = self.vectors[name].take(windows)
             vectors = vectors.toarray() if sp.issparse(vectors) else np.asarray(vectors)
             if out is None:
                 out = np.zeros((len(keys), self.max_windows, vectors.shape[1]), dtype=np.float32)

@@ -10,13 +10,17 @@ setting). A model whose ``config.hyper_prompt`` is set also gives ``prompt_atten
 Long passages (:class:`PassageWindows`): FirstP reads a passage's first window only (truncation); MaxP reads
 every window (``HyperRetrieverModel.tokenize_windows``) and scores a document by its best window. Window vectors
 are cached like passage vectors, keyed by the window settings.
+
+Past one machine: a corpus is encoded in shards (``shards.py``), each cached as an entry of its own, so that several
+processes split the work (:meth:`ModelSearcher.encode_shards`) and a killed run resumes shard by shard; search reads
+the shards back as one store, chunk by chunk.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -27,8 +31,9 @@ from tqdm.auto import tqdm
 
 from .beir import Corpus
 from .bm25 import BM25
-from .embedding_cache import Embeddings, cached_arrays, cached_embeddings, tokenizer_fingerprint
-from .index import DenseIndex, Run, SparseIndex, run_from_topk, top_documents
+from .embedding_cache import Embeddings, cached_arrays, cached_entry, entry_folder, tokenizer_fingerprint
+from .index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
+from .shards import Shard, ShardStore, shard_ranges
 
 RECALL_SAMPLE = 1000  # queries used to measure an approximate index against the exact one
 WINDOW_MODES = ("first", "max")
@@ -60,29 +65,6 @@ FIRST_WINDOW = PassageWindows()  # FirstP, the default
 
 
 @dataclass
-class PassageVectors:
-    """A corpus's vectors: one per window, (n_windows, dim) or CSR (n_windows, vocab), and ``doc`` (n_windows,),
-    each window's row in the corpus (non-decreasing; with FirstP, 0..n_docs-1)."""
-
-    vectors: Embeddings
-    doc: np.ndarray
-
-    @property
-    def windows_per_doc(self) -> float:
-        return len(self.doc) / max(int(self.doc[-1]) + 1 if len(self.doc) else 0, 1)
-
-    @classmethod
-    def concatenate(cls, parts: Sequence[PassageVectors], doc_counts: Sequence[int]) -> PassageVectors:
-        """The vectors of corpora laid end to end (a pooled corpus), their document rows shifted accordingly."""
-        starts = np.concatenate([[0], np.cumsum(doc_counts)[:-1]])
-        docs = np.concatenate([np.asarray(p.doc) + s for p, s in zip(parts, starts, strict=True)])
-        vectors = [p.vectors for p in parts]
-        merged = (sp.vstack(vectors, format="csr") if sp.issparse(vectors[0])
-                  else np.concatenate([np.asarray(v) for v in vectors]))
-        return cls(merged, docs)
-
-
-@dataclass
 class BM25Searcher:
     """BM25 (bm25s, Lucene variant) built over the corpus at each search; it reads passages whole."""
 
@@ -110,11 +92,12 @@ class ModelSearcher:
     model_fingerprint: str
     batch_size: int = 64
     max_length: int | None = None  # None: the model's own setting; the window length
-    index_kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    index_kind: DenseKind = "flat"
     prune_query_terms: int | None = None
     cache_dir: Path | None = None
     show_progress: bool = True
-    corpus_chunk: int = 50_000  # documents materialised at a time while encoding
+    shard_docs: int = 50_000  # documents per shard: read, encoded and cached one shard at a time
+    index_options: dict[str, Any] = field(default_factory=dict)  # DenseIndex settings (nprobe, pq_m, ...)
     windows: PassageWindows = FIRST_WINDOW
     representation: str = field(init=False)  # "dense" or "sparse", from the model's config
     encode_kwargs: dict[str, Any] = field(init=False)
@@ -143,72 +126,78 @@ class ModelSearcher:
                 raise ValueError(f"max_length={self.max_length} (the window length) exceeds the backbone's limit "
                                  f"of {limit} positions; use at most that")
 
-    def encode_corpus(self, corpus: Corpus) -> tuple[PassageVectors, bool]:
-        """The corpus's window vectors in id order and whether the cache had them. A pooled corpus is encoded (and
-        cached) component by component, so it reuses the per-collection entries and adds none of its own."""
+    def encode_corpus(self, corpus: Corpus) -> tuple[ShardStore, bool]:
+        """The corpus's window vectors as a store of shards (document order) and whether the cache held every shard.
+        A pooled corpus is its components' shards end to end: it reuses their entries and adds none of its own."""
         if corpus.components:
             parts, hits = zip(*(self.encode_corpus(c) for c in corpus.components), strict=True)
-            return PassageVectors.concatenate(parts, [len(c) for c in corpus.components]), all(hits)
-        if not hasattr(self.model, "tokenize_windows"):  # a plain BEIR model: one vector per passage
-            settings = {"model": self.model_fingerprint, "corpus": corpus.fingerprint, "n_docs": len(corpus),
-                        "max_length": self.max_length, "representation": self.representation}
-            compute = self._encode_texts(corpus)
-            vectors, hit = cached_embeddings(self.cache_dir, settings, compute) if self.cache_dir else (compute(),
-                                                                                                        False)
-            return PassageVectors(vectors, np.arange(len(corpus))), hit
-        store = self.window_store(corpus)
+            return ShardStore.concatenate(parts, [len(c) for c in corpus.components]), all(hits)
+        ranges = shard_ranges(len(corpus), self.shard_docs)
+        shards, hits = zip(*(self._shard(corpus, start, end) for start, end in
+                             tqdm(ranges, desc="corpus shards", unit="shard",
+                                  disable=not self.show_progress or len(ranges) < 2)), strict=True)
+        return ShardStore(shards), all(hits)
+
+    def encode_shards(self, corpus: Corpus, rank: int = 0, world: int = 1) -> list[bool]:
+        """Encodes the shards process ``rank`` of ``world`` owns (shards rank, rank + world, ...; a pool's components
+        each split so), skipping those the cache holds; returns each owned shard's cache hit. Under several
+        processes, call it on every process, wait for all, then :meth:`encode_corpus` finds every shard cached."""
+        if corpus.components:
+            return [hit for c in corpus.components for hit in self.encode_shards(c, rank, world)]
+        if world > 1 and self.cache_dir is None:
+            raise ValueError("encoding a corpus over several processes writes its shards to the cache: set cache_dir")
+        ranges = shard_ranges(len(corpus), self.shard_docs)[rank::world]
+        return [self._shard(corpus, start, end)[1] for start, end in
+                tqdm(ranges, desc=f"corpus shards (process {rank})", unit="shard", disable=not self.show_progress)]
+
+    def _shard(self, corpus: Corpus, start: int, end: int) -> tuple[Shard, bool]:
+        """Rows [start, end) of the corpus: their window vectors and each one's document row, from the cache when
+        it holds them (verified), else encoded (token-length-sorted batches) and cached as one entry."""
         settings = {"model": self.model_fingerprint, "corpus": corpus.fingerprint, "n_docs": len(corpus),
-                    "max_length": self.max_length, "representation": self.representation, **self._window_key()}
+                    "rows": [start, end], "max_length": self.max_length, "representation": self.representation,
+                    **self._window_key()}
 
-        def compute() -> Embeddings:
-            return self.model.encode_tokenized(store["ids"], store["offsets"], False, self.batch_size,
-                                               self.show_progress)[0]
+        def compute() -> dict[str, Embeddings]:
+            if not hasattr(self.model, "tokenize_windows"):  # a plain BEIR model: one vector per passage
+                vectors = self.model.encode_corpus(corpus.read_rows(np.arange(start, end)),
+                                                   batch_size=self.batch_size, show_progress_bar=self.show_progress,
+                                                   **self.encode_kwargs)
+                vectors = sp.csr_matrix(vectors) if self.representation == "sparse" else np.asarray(vectors,
+                                                                                                     np.float32)
+                return {"vectors": vectors, "docs": np.arange(start, end)}
+            store = self.window_store(corpus, start, end)
+            vectors = self.model.encode_tokenized(store["ids"], store["offsets"], False, self.batch_size,
+                                                  self.show_progress)[0]
+            return {"vectors": vectors, "docs": np.asarray(store["docs"])}
 
-        vectors, hit = cached_embeddings(self.cache_dir, settings, compute) if self.cache_dir else (compute(), False)
-        return PassageVectors(vectors, np.asarray(store["docs"])), hit
+        if self.cache_dir is None:
+            arrays = compute()
+            return Shard(arrays["vectors"], arrays["docs"]), False
+        arrays, hit = cached_entry(self.cache_dir, "vectors", settings, compute)
+        return Shard(entry_folder(self.cache_dir, "vectors", settings), np.array(arrays["docs"])), hit
 
     def _window_key(self) -> dict[str, Any]:
         """The cache key's window part: none for FirstP, whose entries are those of one vector per passage."""
         return {} if self.windows.mode == "first" else {"windows": {"mode": "max", "stride": self.windows.stride}}
 
-    def _encode_texts(self, corpus: Corpus) -> Callable[[], Embeddings]:
-        def encode() -> Embeddings:
-            chunks = []
-            with tqdm(total=len(corpus), desc="encode corpus", unit="doc",
-                      disable=not self.show_progress or len(corpus) <= self.corpus_chunk) as bar:
-                for docs in corpus.batches(self.corpus_chunk):
-                    chunks.append(self.model.encode_corpus(docs, batch_size=self.batch_size,
-                                                           show_progress_bar=self.show_progress,
-                                                           **self.encode_kwargs))
-                    bar.update(len(docs))
-            if self.representation == "sparse":
-                return sp.vstack([sp.csr_matrix(c) for c in chunks], format="csr")
-            return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
-        return encode
-
-    def window_store(self, corpus: Corpus) -> dict[str, np.ndarray]:
-        """The corpus's windows as a token store {"ids", "offsets", "docs"} (see tokenize_windows), cached on disk
-        (when there is a cache) by tokenizer content, window settings and corpus: re-encoding a corpus after each
-        training run skips tokenization. FirstP's has one window per passage (its docs are not stored)."""
+    def window_store(self, corpus: Corpus, start: int = 0, end: int | None = None) -> dict[str, np.ndarray]:
+        """Rows [start, end) of the corpus as a token store of windows {"ids", "offsets", "docs"} (see
+        tokenize_windows; docs are corpus rows), cached on disk (when there is a cache) by tokenizer content, window
+        settings, corpus and rows: re-encoding a corpus after each training run skips tokenization. FirstP's has
+        one window per passage (its docs are not stored)."""
+        end = len(corpus) if end is None else end
         parts = {"tokenizer": tokenizer_fingerprint(self.model.tokenizer), "corpus": corpus.fingerprint,
-                 "n_docs": len(corpus), "max_seq_length": self.model.config.max_seq_length, **self._window_key()}
+                 "n_docs": len(corpus), "rows": [start, end], "max_seq_length": self.model.config.max_seq_length,
+                 **self._window_key()}
         first_only = self.windows.mode == "first"
 
         def tokenize() -> dict[str, np.ndarray]:
-            ids, offsets, docs, total = [], [np.zeros(1, np.int64)], [], 0
-            for start, batch in zip(range(0, len(corpus), self.corpus_chunk), corpus.batches(self.corpus_chunk),
-                                    strict=True):
-                chunk_ids, chunk_offsets, chunk_docs = self.model.tokenize_windows(
-                    batch, self.max_length, self.windows.stride, first_only)
-                ids.append(chunk_ids)
-                offsets.append(chunk_offsets[1:] + total)
-                docs.append(chunk_docs + start)
-                total += len(chunk_ids)
-            store = {"ids": np.concatenate(ids), "offsets": np.concatenate(offsets)}
-            return store if first_only else store | {"docs": np.concatenate(docs)}
+            ids, offsets, docs = self.model.tokenize_windows(corpus.read_rows(np.arange(start, end)), self.max_length,
+                                                             self.windows.stride, first_only)
+            return {"ids": ids, "offsets": offsets} | ({} if first_only else {"docs": docs + start})
 
         store = cached_arrays(self.cache_dir, parts, tokenize)[0] if self.cache_dir else tokenize()
-        return store if "docs" in store else store | {"docs": np.arange(len(store["offsets"]) - 1)}
+        return store if "docs" in store else store | {"docs": np.arange(start, end)}
 
     def encode_queries(self, queries: Sequence[str]) -> Embeddings:
         """Query vectors (n, dim), or CSR (n, vocab) for a sparse model. A model with a prompt pool gives its
@@ -224,19 +213,23 @@ class ModelSearcher:
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
         start = time.perf_counter()
-        passages, cache_hit = self.encode_corpus(corpus)
+        store, cache_hit = self.encode_corpus(corpus)
         encoded = time.perf_counter()
         query_vectors = self.encode_queries(list(queries.values()))
         info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
-                                "windows_per_doc": passages.windows_per_doc}
+                                "windows_per_doc": len(store) / len(corpus)}
         search_start = time.perf_counter()
         if self.representation == "sparse":
-            sparse_index = SparseIndex(passages.vectors, self.show_progress)
+            sparse_index = SparseIndex(store, self.show_progress)
             scores, indices = top_documents(
-                lambda q, m: sparse_index.search(q, m, self.prune_query_terms), query_vectors, k, passages.doc)
+                lambda q, m: sparse_index.search(q, m, self.prune_query_terms), query_vectors, k, store.doc)
         else:
-            index = DenseIndex(passages.vectors, kind=self.index_kind, show_progress=self.show_progress)
-            scores, indices = top_documents(index.search, query_vectors, k, passages.doc)
+            index = DenseIndex(store, kind=self.index_kind, show_progress=self.show_progress, **self.index_options)
+            index_built = time.perf_counter()
+            scores, indices = top_documents(index.search, query_vectors, k, store.doc)
+            info["index_build_s"] = index_built - search_start
+            info["index_queries_per_s"] = len(queries) / max(time.perf_counter() - index_built, 1e-9)
+            info["index_bytes_per_vector"] = index.bytes_per_vector()
             if self.index_kind != "flat":
                 info[f"index_recall@{k}"] = index.recall_against_exact(query_vectors[:RECALL_SAMPLE], k)
         info["search_s"] = time.perf_counter() - search_start

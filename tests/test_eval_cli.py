@@ -333,7 +333,7 @@ def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp
     model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
     pooled, hit = searcher.encode_corpus(pooled_collection(collections).corpus)
     assert hit and sorted(tmp_path.glob("*.vectors")) == entries  # no entry of its own
-    np.testing.assert_array_equal(pooled.vectors, np.concatenate([np.asarray(e.vectors) for e, _ in separate]))
+    np.testing.assert_array_equal(pooled.load(), np.concatenate([e.load() for e, _ in separate]))
     np.testing.assert_array_equal(pooled.doc, np.arange(sum(len(c.corpus) for c in collections)))
 
 
@@ -354,15 +354,16 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     second.tokenize_windows = lambda *a, **k: pytest.fail("the second model tokenized the corpus again")
     for model in (first, second):
         searcher = ModelSearcher(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
-                                 corpus_chunk=7)  # several chunks, to check the offsets are joined right
+                                 shard_docs=7)  # several shards, to check the offsets are joined right
         embeddings, hit = searcher.encode_corpus(corpus)
         assert not hit  # a different model: its embeddings are computed, from the first model's token store
-        np.testing.assert_allclose(embeddings.vectors, expected[model], atol=1e-5)
-    stores = list(cache.glob("*.tokens"))
-    assert len(stores) == 1
-    ids, offsets = np.load(stores[0] / "ids.npy"), np.load(stores[0] / "offsets.npy")
+        np.testing.assert_allclose(embeddings.load(), expected[model], atol=1e-5)
+    stores = sorted(cache.glob("*.tokens"), key=lambda e: json.loads((e / "manifest.json").read_text())["key"]["rows"])
+    assert len(stores) == -(-len(corpus) // 7)  # one token store per shard, shared by both models
+    ids = np.concatenate([np.load(e / "ids.npy") for e in stores])
+    lengths = np.concatenate([np.diff(np.load(e / "offsets.npy")) for e in stores])
     expected_ids, expected_offsets = first.tokenize(first.passage_texts(corpus.get_many(corpus.ids)))
-    np.testing.assert_array_equal(offsets, expected_offsets)
+    np.testing.assert_array_equal(lengths, np.diff(expected_offsets))
     np.testing.assert_array_equal(ids, expected_ids)
 
 
