@@ -6,10 +6,15 @@
     python eval.py --model outputs/hyper --data ../shared/data/bbir/quoref --windows max --hybrid bm25
     python eval.py --config configs/eval.yaml [--any-option value]
     python eval.py --compare outputs/eval/bm25 outputs/eval/hyper --out outputs/eval/compare
+    accelerate launch --num_processes 2 eval.py --model outputs/hyper --data ... --index ivfpq --refine-factor 4
 
 Long passages: --windows max reads every window of a passage (MaxP, --window-stride apart) and scores a document
 by its best; --windows first (the default) reads the first --max-length tokens. --hybrid bm25 fuses the model's run
 with BM25's (--fusion convex, its weight chosen on the in-domain collections' dev split, or rrf).
+
+Large corpora: a corpus is encoded in shards of --shard-docs documents, each cached under --cache-dir as it
+finishes (a killed run resumes there). Under `accelerate launch` every process encodes its share of the shards and
+the main process searches and scores. --index ivfpq / opq keep product-quantised codes instead of the vectors.
 
 Writes results.json, results.md, per_query.json and runs/<collection>.trec to --out (plus attention.npy,
 attention_tasks.json and the attention plots for a hyper-prompt model).
@@ -25,51 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options
+from hyper_retrieval.loading import launched_processes, load_retriever
+
 if TYPE_CHECKING:
     import numpy as np
 
     from hyper_retrieval.fusion import HybridSearcher
 
 # The rest is imported where it is used: `eval.py --help` loads neither torch nor faiss.
-
-
-def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False,
-                   trust_remote_code: bool = False) -> Any:
-    """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, on the GPU when there is
-    one; dtype "auto" is bfloat16 there and float32 on the CPU. A HypeR model (config model_type hyper_retriever)
-    loads with this repository's own classes, so none of its files' code runs; any other model through AutoModel,
-    running code it ships only with ``trust_remote_code``."""
-    import torch
-    from transformers import AutoModel, PretrainedConfig
-
-    from hyper_retrieval.config import looks_local
-    from hyper_retrieval.embedding_cache import WEIGHT_PATTERNS
-    from modeling_hyper import HyperConfig, HyperRetrieverModel
-
-    folder = Path(name_or_path)
-    if looks_local(name_or_path) and not folder.exists():
-        raise SystemExit(f"--model {name_or_path}: no such folder (a Hub id reads org/name)")
-    if folder.is_dir() and not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
-        raise FileNotFoundError(f"model folder {folder} has no weights (no {', '.join(WEIGHT_PATTERNS)} file; "
-                                f"found: {sorted(p.name for p in folder.iterdir())})")
-    model_type = PretrainedConfig.get_config_dict(name_or_path)[0].get("model_type")
-    if model_type == HyperConfig.model_type:
-        model = HyperRetrieverModel.from_pretrained(name_or_path)
-    else:
-        try:
-            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        except ValueError as e:
-            if "trust_remote_code" not in str(e):
-                raise
-            raise SystemExit(f"--model {name_or_path}: the model ships its own code; read it, then pass "
-                             "--trust-remote-code to run it") from None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    model = model.to(device, getattr(torch, dtype)).eval()
-    if compile_model:
-        model.compile(dynamic=True)
-    return model
 
 
 def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
@@ -154,18 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output folder (default outputs/eval/<model name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace results of a different evaluation in --out")
     parser.add_argument("--batch-size", type=int, default=64, help="texts encoded per forward pass")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="tokens per passage window (and query), at most the backbone's positions (512 for "
-                             "MiniLM); default: the model's max_seq_length")
-    parser.add_argument("--windows", choices=["first", "max"], default="first",
-                        help="long passages: first = FirstP, the first window only (truncated); max = MaxP, every "
-                             "window encoded, a document scored by its best")
-    parser.add_argument("--window-stride", type=int, default=None,
-                        help="MaxP: text tokens between window starts (default: half a window)")
-    parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
-                        help="dense search: exact (flat) or approximate faiss IVF / HNSW, with its recall reported")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
+    add_encoding_options(parser)
+    parser.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq", "opq"], default="flat",
+                        help="dense search: exact (flat, streamed over the corpus shards) or approximate faiss "
+                             "IVF-Flat, HNSW, IVF-PQ or OPQ + IVF-PQ, with its recall against exact search, bytes "
+                             "per vector and queries/s in results.json")
+    add_index_options(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run code a non-HypeR model ships (HypeR models load with this repository's classes)")
@@ -262,23 +225,37 @@ def main(argv: list[str] | None = None) -> None:
                  {"model_fingerprint": path_fingerprint(args.model), "index": args.index, "dtype": args.dtype,
                   "max_length": args.max_length, "prune_query_terms": args.prune_query_terms,
                   "windows": args.windows, "window_stride": args.window_stride})
+    if not is_bm25 and args.index != "flat":
+        settings |= index_options(args)
     if args.hybrid:
         settings |= {"hybrid": args.hybrid, "fusion": args.fusion, "fusion_weight": args.fusion_weight,
                      "dev_split": args.dev_split, "bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b}
     out = Path(args.out or Path("outputs/eval") / Path(args.model).name)
     check_output_dir(out, settings, args.overwrite)
 
+    processes = launched_processes()  # one, or those of `accelerate launch` / torchrun
+    if processes.num_processes > 1 and (is_bm25 or not args.cache_dir):
+        raise SystemExit("several processes split a model's corpus encoding into shards under --cache-dir; "
+                         f"{'bm25 runs on one process' if is_bm25 else '--cache-dir is empty'}")
     collections = [load_collection(s, args.split, on_unknown=args.on_unknown) for s in sources]
-    progress = not args.no_progress
+    progress = not args.no_progress and processes.is_main_process
     if is_bm25:
         searcher = BM25Searcher(args.bm25_k1, args.bm25_b, progress)
     else:
-        model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code)
+        model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code, processes.device)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
+        options = index_options(args) if args.index != "flat" else {}
         searcher = ModelSearcher(model, cache_fingerprint, args.batch_size, args.max_length, args.index,
                                  args.prune_query_terms, Path(args.cache_dir) if args.cache_dir else None, progress,
-                                 windows=PassageWindows(args.windows, args.window_stride))
+                                 windows=PassageWindows(args.windows, args.window_stride), shard_docs=args.shard_docs,
+                                 index_options=options)
+    if processes.num_processes > 1:  # every process encodes its shards; the main one then searches and scores
+        for c in collections:
+            searcher.encode_shards(c.corpus, processes.process_index, processes.num_processes)
+        processes.wait_for_everyone()
+        if not processes.is_main_process:
+            return
 
     hybrid = None
     if args.hybrid:

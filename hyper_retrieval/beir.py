@@ -318,6 +318,21 @@ def check_qrels(qrels: Qrels, queries: Mapping[str, str], corpus: Corpus, source
     return qrels
 
 
+def load_corpus(path_or_hub_name: str | os.PathLike) -> Corpus:
+    """A corpus alone: a corpus.jsonl file, a BEIR folder holding one, or a Hub name (its "corpus" config)."""
+    path = Path(path_or_hub_name)
+    if path.is_dir():
+        if not (path / "corpus.jsonl").is_file():
+            raise DataError(f"{path}: no corpus.jsonl (found: {sorted(p.name for p in path.iterdir())})")
+        path = path / "corpus.jsonl"
+    if path.is_file():
+        return Corpus.from_jsonl(path)
+    from datasets import load_dataset
+
+    name = str(path_or_hub_name)
+    return Corpus.from_records(load_dataset(name, "corpus", split="corpus"), source=name)
+
+
 def load_collection(path_or_hub_name: str | os.PathLike, split: str,
                     on_unknown: Literal["raise", "skip"] = "raise") -> Collection:
     """Loads one split of a collection from a local BEIR folder or, if no such folder exists, from the Hub.

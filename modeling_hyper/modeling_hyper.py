@@ -235,8 +235,13 @@ class HyperRetrieverModel(PreTrainedModel):
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         try:
             # The caller's choice: a tokenizer whose config points at code beside it runs that code only if asked.
+            # config=: the tokenizer's class is in tokenizer_config.json; without it AutoTokenizer rereads
+            # config.json through a class that does not know model_type hyper_retriever, and warns.
             model.tokenizer = AutoTokenizer.from_pretrained(
-                pretrained_model_name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False), **hub_kwargs
+                pretrained_model_name_or_path,
+                config=model.config,
+                trust_remote_code=kwargs.get("trust_remote_code", False),
+                **hub_kwargs,
             )
         except (OSError, ValueError):
             model.tokenizer = None  # encode_* then asks for one
