@@ -162,13 +162,15 @@ class DenseIndex:
         require_faiss()
         n, dim = self._size, self._dim
         nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
-        pq_m = pq_m or dim // 8
-        if dim % pq_m:
+        pq_m = pq_m or max(1, dim // 8)
+        if self.kind in ("ivfpq", "opq") and dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
         pq_bits = int(np.clip(np.log2(max(n, 2) / 39), 1, 8))  # 8-bit codes need >= 39 * 256 training vectors
         spec = {"ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{hnsw_m},Flat", "ivfpq": f"IVF{nlist},PQ{pq_m}x{pq_bits}",
                 "opq": f"OPQ{pq_m},IVF{nlist},PQ{pq_m}x{pq_bits}"}[self.kind]
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        if self.kind in ("ivfpq", "opq"):  # polysemous codes serve Hamming pre-filtering, unused here: 10x training
+            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
         if not index.is_trained:
             index.train(self.store.sample(train_size or max(64 * nlist, 64 * 2**pq_bits, 16_384)))
         total = -(-n // self.chunk_rows)
