@@ -59,10 +59,10 @@ def index_settings(kind: str, n: int, dim: int) -> dict:
             "opq": {"kind": "opq", "pq_m": dim // 4, **ivf}}[kind]
 
 
-def real_vectors(model, names: list[str], queries_wanted: int, rng) -> tuple[ShardStore, np.ndarray]:
+def real_vectors(model, names: list[str], cache_dir: Path, queries_wanted: int, rng) -> tuple[ShardStore, np.ndarray]:
     """Every bbir passage's vector (one store, from the cache) and ``queries_wanted`` real test queries' vectors."""
-    searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size=64,
-                             cache_dir=REPO / "outputs" / "embedding_cache", show_progress=True, shard_docs=SHARD_DOCS)
+    searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size=64, cache_dir=cache_dir,
+                             show_progress=True, shard_docs=SHARD_DOCS)
     stores, counts, queries = [], [], []
     for name in names:
         collection = load_collection(BBIR / name, "test")
@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--encode-docs", type=int, default=800, help="passages for the sharded encoding (0: skip)")
     parser.add_argument("--extrapolate", type=int, nargs="*", default=[10**7, 10**8])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "scale")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "embedding_cache",
+                        help="the corpus-vector cache holding (or receiving) the real bbir vectors")
     parser.add_argument("--work", type=Path, default=None, help="where synthetic stores are written (default: a "
                                                                "temporary folder, removed after)")
     args = parser.parse_args()
@@ -213,7 +215,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = HyperRetrieverModel.from_backbone(BACKBONE).eval()
     print("real bbir vectors:", flush=True)
-    real, queries = real_vectors(model, args.collections, args.queries, rng)
+    real, queries = real_vectors(model, args.collections, args.cache_dir, args.queries, rng)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} "
                          f"threads, torch {torch.__version__}, faiss {faiss.__version__}",
               "queries": len(queries), "dim": real.dim, "noise": args.noise, "rows": [], "sharded_encoding": [],
