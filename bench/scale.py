@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.beir import load_collection  # noqa: E402
 from hyper_retrieval.embedding_cache import _save_entry, passage_encoder_fingerprint  # noqa: E402
 from hyper_retrieval.index import DenseIndex, exact_search, topk_overlap  # noqa: E402
@@ -48,10 +49,12 @@ SHARD_DOCS = 10_000  # encode.py's --shard-docs for the cached real vectors
 
 def index_settings(kind: str, n: int, dim: int) -> dict:
     """The settings each kind is measured with: IVF cells sqrt(n) (k-means stays affordable on 2 cores), an eighth
-    of them probed (at least 16); PQ codes of dim / 4 bytes; HNSW with 32 links and efSearch 128."""
+    of them probed (at least 16); PQ codes of dim / 4 bytes; HNSW with 32 links and efSearch 128. flat streams the
+    vectors through the CPU; flat-torch holds them on the GPU (float16) where there is one, else in memory."""
     nlist = max(1, int(np.sqrt(n)))
     ivf = {"nlist": nlist, "nprobe": max(16, nlist // 8)}
     return {"flat": {"kind": "flat", "backend": "faiss"},
+            "flat-torch": {"kind": "flat", "backend": "torch"},
             "ivf": {"kind": "ivf", **ivf},
             "hnsw": {"kind": "hnsw", "hnsw_m": 32, "ef_search": 128},
             "ivfpq": {"kind": "ivfpq", "pq_m": dim // 4, **ivf},
@@ -200,24 +203,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--encode-docs", type=int, default=800, help="passages for the sharded encoding (0: skip)")
     parser.add_argument("--extrapolate", type=int, nargs="*", default=[10**7, 10**8])
+    parser.add_argument("--backbone", default=resolve_backbone(BACKBONE), help="MiniLM weights (folder or Hub id)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "scale")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "embedding_cache",
                         help="the corpus-vector cache holding (or receiving) the real bbir vectors")
     parser.add_argument("--work", type=Path, default=None, help="where synthetic stores are written (default: a "
                                                                "temporary folder, removed after)")
     args = parser.parse_args()
-    import faiss
+    from hyper_retrieval.index import faiss
 
     torch.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
+    if faiss is not None:  # the GPU image has none: flat and flat-torch need none
+        faiss.omp_set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=args.work))
     args.out.mkdir(parents=True, exist_ok=True)
-    model = HyperRetrieverModel.from_backbone(BACKBONE).eval()
+    model = HyperRetrieverModel.from_backbone(args.backbone).to(device).eval()
     print("real bbir vectors:", flush=True)
     real, queries = real_vectors(model, args.collections, args.cache_dir, args.queries, rng)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} "
-                         f"threads, torch {torch.__version__}, faiss {faiss.__version__}",
+                         f"threads, torch {torch.__version__}, faiss {faiss.__version__ if faiss else 'none'}"
+                         + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),
               "queries": len(queries), "dim": real.dim, "noise": args.noise, "rows": [], "sharded_encoding": [],
               "encode_docs": args.encode_docs}
     centres = real.load()
@@ -227,7 +234,7 @@ def main() -> None:
         if store is None:
             store = synthetic_store(n, centres, args.noise, work / label, rng)
         start = time.perf_counter()
-        exact = exact_search(store, queries, 100)[1]
+        exact = exact_search(store, queries, 100, device=device)[1]
         print(f"{data} {n:,} vectors (exact top-100 of {len(queries)} queries in {time.perf_counter() - start:.1f} s)"
               f"\n  {'index':<13}{'build':>11}{'bytes':>15}{'R@10':>9}{'R@100':>9}{'queries/s':>15}", flush=True)
         for kind in args.kinds:

