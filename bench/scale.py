@@ -15,6 +15,7 @@ sharded encoding of --encode-docs bbir passages by encode.py on 1 process (all t
 
     python bench/scale.py [--sizes 10000 100000 1000000] [--kinds flat ivf hnsw ivfpq ivfpq-refine opq]
                           [--queries 1000] [--threads 2] [--out docs/results/scale]
+    python bench/scale.py --render docs/results/scale/scale.json     # the tables again from saved numbers
 """
 
 import argparse
@@ -142,20 +143,25 @@ def sharded_encoding(model, docs: int, threads: int, folder: Path) -> list[dict]
 
 
 def extrapolate(rows: list[dict], sizes: list[int]) -> list[dict]:
-    """Per kind, from the two largest measured sizes n1 < n2: build and search time ~ t2 * (n / n2)^b with b the
-    log-log slope between them; memory = bytes per vector at n2 * n."""
+    """Per kind, with the settings of the largest measured size n2 kept (IVF cells, probes): build seconds and
+    seconds per query as a + c n, the line through the two largest measured sizes (a training sample of fixed size
+    plus a cost per vector; c >= 0); memory = bytes per vector at n2 times n."""
     out = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         by_n = {r["n"]: r for r in rows if r["kind"] == kind and r["data"] == "synthetic"}
         if len(by_n) < 2:
             continue
         n1, n2 = sorted(by_n)[-2:]
-        slope = {m: np.log(by_n[n2][m] / by_n[n1][m]) / np.log(n2 / n1) for m in ("build_s", "queries_per_s")}
+        lines = {}
+        for name, value in (("build_s", lambda r: r["build_s"]), ("s_per_query", lambda r: 1 / r["queries_per_s"])):
+            c = max(0.0, (value(by_n[n2]) - value(by_n[n1])) / (n2 - n1))
+            lines[name] = (value(by_n[n2]) - c * n2, c)
         for n in sizes:
-            out.append({"kind": kind, "n": n, "from": [n1, n2], "slopes": slope,
-                        "memory_gb": by_n[n2]["bytes_per_vector"] * n / 1e9,
-                        "build_s": by_n[n2]["build_s"] * (n / n2) ** slope["build_s"],
-                        "queries_per_s": by_n[n2]["queries_per_s"] * (n / n2) ** slope["queries_per_s"]})
+            a, c = lines["build_s"]
+            a_q, c_q = lines["s_per_query"]
+            out.append({"kind": kind, "n": n, "from": [n1, n2], "lines": lines,
+                        "memory_gb": by_n[n2]["bytes_per_vector"] * n / 1e9, "build_s": a + c * n,
+                        "queries_per_s": 1 / (a_q + c_q * n)})
     return out
 
 
@@ -171,14 +177,16 @@ def markdown(report: dict) -> str:
                      f"{r['bytes_per_vector']:.0f} | {r['bytes_per_vector'] / flat:.3f} | {r['recall@10']:.3f} | "
                      f"{r['recall@100']:.3f} | {r['queries_per_s']:.0f} |")
     if report["extrapolation"]:
-        lines += ["", "Extrapolation (synthetic): t(n) = t(n2) (n / n2)^b, b the log-log slope between the two largest "
-                  "measured sizes; memory = bytes/vector(n2) x n.", "",
-                  "| index | n | memory GB | build s | queries/s | b (build, search) |",
-                  "|---|---:|---:|---:|---:|---|"]
+        n1, n2 = report["extrapolation"][0]["from"]
+        lines += ["", f"Extrapolation from the synthetic rows at {n1:,} and {n2:,} vectors, the {n2:,} settings kept: "
+                  "build seconds and seconds per query as a + c n, the line through those two sizes (c >= 0); "
+                  "memory = bytes per vector x n.", "",
+                  "| index | n | memory GB | build s | queries/s | build: a s + c s/vector | query: a s + c s/vector |",
+                  "|---|---:|---:|---:|---:|---|---|"]
         for e in report["extrapolation"]:
+            (a, c), (a_q, c_q) = e["lines"]["build_s"], e["lines"]["s_per_query"]
             lines.append(f"| {e['kind']} | {e['n']:.0e} | {e['memory_gb']:.1f} | {e['build_s']:.0f} | "
-                         f"{e['queries_per_s']:.1f} | {e['slopes']['build_s']:.2f}, "
-                         f"{e['slopes']['queries_per_s']:.2f} |")
+                         f"{e['queries_per_s']:.2f} | {a:.1f} + {c:.2e} | {a_q:.2e} + {c_q:.2e} |")
     if report["sharded_encoding"]:
         lines += ["", f"Sharded encoding (encode.py, {report['encode_docs']} nq_ckc passages, 256 tokens):", "",
                   "| processes | threads each | encode s | passages/s | wall s (with start-up) |",
@@ -209,7 +217,16 @@ def main() -> None:
                         help="the corpus-vector cache holding (or receiving) the real bbir vectors")
     parser.add_argument("--work", type=Path, default=None, help="where synthetic stores are written (default: a "
                                                                "temporary folder, removed after)")
+    parser.add_argument("--render", type=Path, metavar="SCALE_JSON",
+                        help="only write scale.md (and the extrapolation) again from a saved scale.json")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.render.read_text())
+        report["extrapolation"] = extrapolate(report["rows"], args.extrapolate)
+        args.render.write_text(json.dumps(report, indent=1))
+        (args.render.parent / "scale.md").write_text(markdown(report))
+        print(markdown(report))
+        return
     from hyper_retrieval.index import faiss
 
     torch.set_num_threads(args.threads)

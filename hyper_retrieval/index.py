@@ -226,8 +226,13 @@ class DenseIndex:
         if self.store is None:
             raise ValueError("refine_factor > 1 re-scores with the stored vectors: load the index with its store")
         _, candidates = self._faiss.search(queries, min(k * self.refine_factor, len(self)))
-        stored = self.store.take(np.maximum(candidates, 0))  # (n, k * f, dim)
-        exact = np.where(candidates >= 0, np.einsum("nd,nkd->nk", queries, stored), -np.inf).astype(np.float32)
+        exact = np.empty(candidates.shape, dtype=np.float32)
+        step = max(1, 2**24 // (candidates.shape[1] * self._dim))  # gathered vectors: at most 2^24 floats at once
+        for first in range(0, len(queries), step):
+            rows = slice(first, first + step)
+            stored = self.store.take(np.maximum(candidates[rows], 0))  # (step, k * f, dim)
+            exact[rows] = np.einsum("nd,nkd->nk", queries[rows], stored)
+        exact[candidates < 0] = -np.inf
         return merge_topk(exact, candidates, k)
 
     def recall_against_exact(self, queries: np.ndarray, k: int) -> float:
