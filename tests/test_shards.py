@@ -225,3 +225,26 @@ def test_eval_on_two_processes_scores_what_one_process_does(minilm_path, bbir, t
     assert two["collections"]["ropes"]["metrics"] == pytest.approx(one["collections"]["ropes"]["metrics"], abs=1e-6)
     runs = [(tmp_path / run / "runs" / "ropes.trec").read_text().splitlines() for run in ("one", "two")]
     assert [line.split()[:3] for line in runs[0]] == [line.split()[:3] for line in runs[1]]
+
+
+def test_eval_reports_a_compressed_index_recall_memory_and_speed(minilm_path, bbir, tmp_path):
+    from test_eval_cli import load_eval_module
+    from tiny import tiny_model
+    from transformers import AutoTokenizer
+
+    model = tiny_model(pool_size=None, max_seq_length=48)
+    model.tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    model.save_pretrained(tmp_path / "model")
+    collection = sample_of(bbir / "ropes", tmp_path / "ropes", 400)
+    common = ["--model", str(tmp_path / "model"), "--data", str(collection), "--no-progress", "--cache-dir",
+              str(tmp_path / "cache")]
+    eval_cli = load_eval_module()
+    eval_cli.main([*common, "--index", "ivfpq", "--nlist", "8", "--nprobe", "8", "--pq-m", "8",
+                   "--refine-factor", "4", "--out", str(tmp_path / "ivfpq")])
+    eval_cli.main([*common, "--out", str(tmp_path / "flat")])
+    ivfpq, flat = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("ivfpq", "flat"))
+    info = ivfpq["collections"]["ropes"]["info"]
+    assert info["index_recall@100"] == 1.0  # every cell probed, candidates re-scored exactly: exact search again
+    assert info["index_bytes_per_vector"] < flat["collections"]["ropes"]["info"]["index_bytes_per_vector"] == 4 * 32
+    assert info["index_queries_per_s"] > 0 and ivfpq["settings"]["refine_factor"] == 4
+    assert ivfpq["collections"]["ropes"]["metrics"] == pytest.approx(flat["collections"]["ropes"]["metrics"])
