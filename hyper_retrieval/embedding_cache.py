@@ -95,7 +95,7 @@ def _save_entry(folder: Path, parts: Mapping[str, Any], arrays: Mapping[str, Emb
     for name, array in arrays.items():
         if sp.issparse(array):
             path = tmp / f"{name}.npz"
-            sp.save_npz(path, sp.csr_matrix(array))
+            sp.save_npz(path, sp.csr_matrix(array), compressed=False)  # zlib took most of the encoding time
         else:
             path = tmp / f"{name}.npy"
             np.save(path, np.asarray(array))

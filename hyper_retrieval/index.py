@@ -112,7 +112,8 @@ def exact_search(store: ShardStore, queries: np.ndarray, k: int, chunk_rows: int
             top = torch.topk(q[first: first + query_batch] @ docs.T, min(k, len(docs)), dim=1)
             block_scores.append(top.values)
             block_rows.append(top.indices + start)
-        merged = torch.topk(torch.cat([scores, torch.cat(block_scores)], 1), k, dim=1)
+        candidates = torch.cat([scores, torch.cat(block_scores)], 1)  # fewer than k while the first chunks are small
+        merged = torch.topk(candidates, min(k, candidates.shape[1]), dim=1)
         scores = merged.values
         rows = torch.gather(torch.cat([rows, torch.cat(block_rows)], 1), 1, merged.indices)
     return scores.float().cpu().numpy(), rows.cpu().numpy()

@@ -42,10 +42,12 @@ class PassageTable:
         searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size,
                                  cache_dir=cache_dir, show_progress=show_progress, windows=windows)
         self.corpora = dict(corpora)
-        self.vectors: dict[str, ShardStore] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        stores: dict[str, ShardStore] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        # looked up at every step: held whole (dense: memory-mapped when the corpus is one shard; sparse: in memory)
+        self.vectors = {name: store.load() for name, store in stores.items()}
         # a passage's windows are rows first[row]:first[row + 1] of its collection's vectors
-        self.first_window = {name: np.searchsorted(v.doc, np.arange(len(corpora[name]) + 1))
-                             for name, v in self.vectors.items()}
+        self.first_window = {name: np.searchsorted(store.doc, np.arange(len(corpora[name]) + 1))
+                             for name, store in stores.items()}
         # every lookup is padded to the same number of windows, so that all processes gather equal shapes
         self.max_windows = max(int(np.diff(f).max()) for f in self.first_window.values())
         model.train(was_training)
@@ -64,7 +66,7 @@ class PassageTable:
             rows = self.corpora[name].rows_of([split[p][1] for p in positions])
             starts, ends = self.first_window[name][rows], self.first_window[name][rows + 1]
             windows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
-            vectors = self.vectors[name].take(windows)
+            vectors = self.vectors[name][windows]
             vectors = vectors.toarray() if sp.issparse(vectors) else np.asarray(vectors)
             if out is None:
                 out = np.zeros((len(keys), self.max_windows, vectors.shape[1]), dtype=np.float32)
