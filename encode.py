@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options
+from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as e:  # bad data (beir.DataError): one line naming the file, not a traceback
-        if type(e).__name__ != "DataError":
-            raise
-        sys.exit(f"data error: {e}")
+    run_main(main)

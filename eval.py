@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options
+from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options, run_main
 from hyper_retrieval.loading import launched_processes, load_retriever
 
 if TYPE_CHECKING:
@@ -225,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                  {"model_fingerprint": path_fingerprint(args.model), "index": args.index, "dtype": args.dtype,
                   "max_length": args.max_length, "prune_query_terms": args.prune_query_terms,
                   "windows": args.windows, "window_stride": args.window_stride})
-    if not is_bm25 and args.index != "flat":
-        settings |= index_options(args)
+    options = index_options(args) if not is_bm25 and args.index != "flat" else {}
+    settings |= options
     if args.hybrid:
         settings |= {"hybrid": args.hybrid, "fusion": args.fusion, "fusion_weight": args.fusion_weight,
                      "dev_split": args.dev_split, "bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b}
@@ -245,7 +244,6 @@ def main(argv: list[str] | None = None) -> None:
         model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code, processes.device)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
-        options = index_options(args) if args.index != "flat" else {}
         searcher = ModelSearcher(model, cache_fingerprint, args.batch_size, args.max_length, args.index,
                                  args.prune_query_terms, Path(args.cache_dir) if args.cache_dir else None, progress,
                                  windows=PassageWindows(args.windows, args.window_stride), shard_docs=args.shard_docs,
@@ -285,9 +283,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as e:  # bad data (beir.DataError): one line naming the file, not a traceback
-        if type(e).__name__ != "DataError":
-            raise
-        sys.exit(f"data error: {e}")
+    run_main(main)

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hyper_retrieval.batching import BatchBuilder, TaskData
-from hyper_retrieval.beir import DataError
 from hyper_retrieval.checkpoints import latest_checkpoint, resume, save_atomically, save_checkpoint
+from hyper_retrieval.cli import run_main
 from hyper_retrieval.config import ConfigError, load_config
 from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
@@ -252,7 +252,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DataError as e:  # bad data: one line naming the file, not a traceback
-        sys.exit(f"data error: {e}")
+    run_main(main)

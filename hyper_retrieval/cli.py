@@ -1,9 +1,25 @@
-"""Command-line options eval.py and encode.py share (argparse only: a CLI's --help imports nothing heavy)."""
+"""What the command lines share: eval.py and encode.py's options, and how train.py, eval.py and encode.py end on bad
+data. argparse only: a CLI's --help imports nothing heavy."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import Any
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Runs a command line's ``main`` and exits with its status; bad data (beir.DataError) ends in one line naming the
+    file, not a traceback."""
+    try:
+        sys.exit(main())
+    except ValueError as e:
+        from .beir import DataError  # imported here, once it is needed: beir loads numpy
+
+        if not isinstance(e, DataError):
+            raise
+        sys.exit(f"data error: {e}")
 
 
 def add_index_options(parser: argparse.ArgumentParser) -> None:

@@ -154,10 +154,3 @@ def cached_arrays(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
                   compute: Callable[[], Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
     """A corpus's token store (ids, offsets, docs: see retrieval.ModelSearcher.window_store) for ``parts``."""
     return cached_entry(cache_dir, "tokens", parts, compute)
-
-
-def cached_embeddings(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
-                      compute: Callable[[], Embeddings]) -> tuple[Embeddings, bool]:
-    """(embeddings, hit): a corpus's vectors for ``parts``, (n, dim) memory-mapped or CSR (n, vocab)."""
-    arrays, hit = cached_entry(cache_dir, "vectors", parts, lambda: {"vectors": compute()})
-    return arrays["vectors"], hit

@@ -132,10 +132,7 @@ class ModelSearcher:
         if corpus.components:
             parts, hits = zip(*(self.encode_corpus(c) for c in corpus.components), strict=True)
             return ShardStore.concatenate(parts, [len(c) for c in corpus.components]), all(hits)
-        ranges = shard_ranges(len(corpus), self.shard_docs)
-        shards, hits = zip(*(self._shard(corpus, start, end) for start, end in
-                             tqdm(ranges, desc="corpus shards", unit="shard",
-                                  disable=not self.show_progress or len(ranges) < 2)), strict=True)
+        shards, hits = zip(*self._shards(corpus, 0, 1), strict=True)
         return ShardStore(shards), all(hits)
 
     def encode_shards(self, corpus: Corpus, rank: int = 0, world: int = 1) -> list[bool]:
@@ -146,9 +143,14 @@ class ModelSearcher:
             return [hit for c in corpus.components for hit in self.encode_shards(c, rank, world)]
         if world > 1 and self.cache_dir is None:
             raise ValueError("encoding a corpus over several processes writes its shards to the cache: set cache_dir")
+        return [hit for _, hit in self._shards(corpus, rank, world)]
+
+    def _shards(self, corpus: Corpus, rank: int, world: int) -> list[tuple[Shard, bool]]:
+        """Shards rank, rank + world, ... of a corpus (not a pool), each with its cache hit."""
         ranges = shard_ranges(len(corpus), self.shard_docs)[rank::world]
-        return [self._shard(corpus, start, end)[1] for start, end in
-                tqdm(ranges, desc=f"corpus shards (process {rank})", unit="shard", disable=not self.show_progress)]
+        label = "corpus shards" + (f" (process {rank})" if world > 1 else "")
+        return [self._shard(corpus, start, end) for start, end in
+                tqdm(ranges, desc=label, unit="shard", disable=not self.show_progress or len(ranges) < 2)]
 
     def _shard(self, corpus: Corpus, start: int, end: int) -> tuple[Shard, bool]:
         """Rows [start, end) of the corpus: their window vectors and each one's document row, from the cache when

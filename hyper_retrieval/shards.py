@@ -40,6 +40,16 @@ class Shard:
         dense = self.source / "vectors.npy"
         return np.load(dense, mmap_mode="r") if dense.exists() else sp.load_npz(self.source / "vectors.npz").tocsr()
 
+    def shape(self) -> tuple[tuple[int, int], bool]:
+        """((n, dim or vocab), sparse), from the array or the file's header, without reading a shard on disk."""
+        if not isinstance(self.source, Path):
+            return self.source.shape, sp.issparse(self.source)
+        dense = self.source / "vectors.npy"
+        if dense.exists():
+            return np.load(dense, mmap_mode="r").shape, False
+        with np.load(self.source / "vectors.npz") as archive:  # scipy's npz keeps the shape as its own member
+            return tuple(int(d) for d in archive["shape"]), True
+
 
 class ShardStore:
     """Shards laid end to end: row ``r`` of the store is vector ``r - starts[i]`` of shard ``i``.
@@ -54,9 +64,7 @@ class ShardStore:
             raise ValueError("a shard store needs at least one shard")
         self.shards = list(shards)
         self.starts = np.concatenate([[0], np.cumsum([len(s.doc) for s in self.shards])]).astype(np.int64)
-        first = self.shards[0].open()
-        self.dim: int = first.shape[1]
-        self.sparse: bool = sp.issparse(first)
+        (_, self.dim), self.sparse = self.shards[0].shape()
 
     def __len__(self) -> int:
         return int(self.starts[-1])

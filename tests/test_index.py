@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hyper_retrieval.embedding_cache import cached_embeddings, file_digest, path_fingerprint
+from hyper_retrieval.embedding_cache import cached_entry, file_digest, path_fingerprint
 from hyper_retrieval.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
 
 
@@ -96,6 +96,12 @@ def test_run_from_topk_drops_empty_slots():
     run = run_from_topk(["q1", "q2"], ["a", "b", "c"], np.array([[3.0, 1.0], [2.0, -np.inf]]),
                         np.array([[2, 0], [1, -1]]))
     assert run == {"q1": {"c": 3.0, "a": 1.0}, "q2": {"b": 2.0}}
+
+
+def cached_embeddings(cache_dir, parts, compute):
+    """One array cached as a "vectors" entry, as the corpus encoder caches a shard's vectors."""
+    arrays, hit = cached_entry(cache_dir, "vectors", parts, lambda: {"vectors": compute()})
+    return arrays["vectors"], hit
 
 
 def test_embedding_cache_reuses_until_key_changes(tmp_path):
