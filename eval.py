@@ -194,12 +194,14 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import numpy as np
+    import torch
 
     from hyper_retrieval.beir import load_collection
     from hyper_retrieval.embedding_cache import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.evaluation import evaluate_collections
     from hyper_retrieval.fusion import HybridSearcher
     from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
+    from hyper_retrieval.precision import resolve_dtype
     from hyper_retrieval.results import build_results, check_output_dir, metric_by_collection, write_results
     from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindows
     from hyper_retrieval.routing import routing_by_collection
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"model": args.model, "data": [str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
                 "zero_shot": sorted(zero_shot), "split": args.split, "pooled": args.pooled, "k": args.k}
     settings |= ({"bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b} if is_bm25 else
-                 {"model_fingerprint": path_fingerprint(args.model), "index": args.index, "dtype": args.dtype,
+                 {"model_fingerprint": path_fingerprint(args.model), "index": args.index,
+                  "dtype": resolve_dtype(args.dtype, "cuda" if torch.cuda.is_available() else "cpu"),
                   "max_length": args.max_length, "prune_query_terms": args.prune_query_terms,
                   "windows": args.windows, "window_stride": args.window_stride})
     options = index_options(args) if not is_bm25 and args.index != "flat" else {}

@@ -35,6 +35,7 @@ from hyper_retrieval.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.losses import RetrievalLoss
 from hyper_retrieval.memory import keep_freed_memory
 from hyper_retrieval.passage_table import PassageTable, has_frozen_passage_encoder
+from hyper_retrieval.precision import resolve_mixed_precision
 from hyper_retrieval.routing import RoutingWindow
 from hyper_retrieval.sampling import MultiTaskBatchSampler
 from hyper_retrieval.training import (
@@ -67,15 +68,16 @@ def main() -> int:
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     out = Path(cfg.train.output_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     accelerator = Accelerator(
-        mixed_precision=cfg.optim.mixed_precision,
+        mixed_precision=resolve_mixed_precision(cfg.optim.mixed_precision, device),
         gradient_accumulation_steps=cfg.optim.grad_accum,
         log_with="tensorboard",
         project_dir=str(out),
     )
     accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, mixed precision "
                       f"{accelerator.mixed_precision}" + (" (from the launcher)" if cfg.optim.mixed_precision is None
-                                                         else " (from the config)"))
+                                                         else f" (from the config: {cfg.optim.mixed_precision})"))
     set_seed(cfg.train.seed)
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)

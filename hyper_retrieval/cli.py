@@ -50,4 +50,5 @@ def add_encoding_options(parser: argparse.ArgumentParser) -> None:
                         help="documents per corpus shard (encoded, cached and read back one at a time; split "
                              "between processes under accelerate launch)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="model weights: auto is bfloat16 on a GPU, float32 on the CPU")
+                        help="model weights: auto is bfloat16 where it computes faster (a bf16 GPU, a CPU with AMX), "
+                        "else float32")

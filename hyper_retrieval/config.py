@@ -129,8 +129,9 @@ class OptimSettings:
     max_steps: int | None = field(default=None, metadata=_at_least(1))
     grad_clip: float = field(default=1.0, metadata=_at_least(0))  # 0 disables clipping
     grad_accum: int = field(default=1, metadata=_at_least(1))
-    # None: the launcher's (`accelerate launch --mixed_precision`, `accelerate config`), else no; set, it wins
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    # None: the launcher's (`accelerate launch --mixed_precision`, `accelerate config`), else no; set, it wins.
+    # auto: bf16 where the device computes it faster than float32 (a bf16 GPU, a CPU with AMX), else no (precision.py)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     gradient_checkpointing: bool = False
 
     def warmup_for(self, total_steps: int) -> int:

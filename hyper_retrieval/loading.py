@@ -12,7 +12,8 @@ from .config import looks_local
 def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False,
                    trust_remote_code: bool = False, device: str | None = None) -> Any:
     """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, on ``device`` (default:
-    the GPU when there is one, else the CPU); dtype "auto" is bfloat16 on a GPU and float32 on the CPU. A HypeR model
+    the GPU when there is one, else the CPU); dtype "auto" is bfloat16 where the device computes it faster (a bf16 GPU,
+    a CPU with AMX: precision.py), else float32. A HypeR model
     (config model_type hyper_retriever) loads with this repository's own classes, so none of its files' code runs;
     any other model through AutoModel, running code it ships only with ``trust_remote_code``."""
     import torch
@@ -21,6 +22,7 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
     from modeling_hyper import HyperConfig, HyperRetrieverModel
 
     from .embedding_cache import WEIGHT_PATTERNS
+    from .precision import resolve_dtype
 
     folder = Path(name_or_path)
     if looks_local(name_or_path) and not folder.exists():
@@ -40,9 +42,7 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
             raise SystemExit(f"--model {name_or_path}: the model ships its own code; read it, then pass "
                              "--trust-remote-code to run it") from None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
-    model = model.to(device, getattr(torch, dtype)).eval()
+    model = model.to(device, getattr(torch, resolve_dtype(dtype, device))).eval()
     if compile_model:
         model.compile(dynamic=True)
     return model

@@ -1,8 +1,9 @@
 """The paper's comparison on bbir, end to end, from configs/bbir-protocol.yaml.
 
-    python scripts/protocol.py run [--profile cpu|gpu] [--only NAME ...]   # train + evaluate; resumable
+    python scripts/protocol.py run [--profile cpu|cpu-epoch|gpu] [--only NAME ...] [--root DIR]  # resumable
     python scripts/protocol.py cost                                         # queries/s of every query encoder
     python scripts/protocol.py report [--root docs/results/bbir-cpu]       # docs/RESULTS.md tables + docs/results/
+    python scripts/protocol.py collect --root outputs/bbir-epoch --to docs/results/bbir-epoch  # results, no weights
 
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
 test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -86,7 +88,7 @@ def train(run: Run, root: Path, profile: list[str]) -> None:
     record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine())
 
 
-def evaluate(run: Run, protocol: dict, root: Path) -> None:
+def evaluate(run: Run, protocol: dict, root: Path, hybrid: bool = True) -> None:
     """eval.py on the test split: per collection, and pooled for the main table; skipped when already done."""
     data = Path(protocol["data_root"])
     if run.held_out:
@@ -98,7 +100,7 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
         modes = {"eval": per_collection}
         if run.pooled:
             modes["eval-pooled"] = ["--data", *(str(data / c) for c in in_domain), "--pooled"]
-    if run.hybrid and run.primary and run.model != "bm25":  # fused with BM25, the weight chosen on dev
+    if hybrid and run.hybrid and run.primary and run.model != "bm25":  # fused with BM25, the weight chosen on dev
         modes |= {f"{mode}-bm25": [*args, "--hybrid", "bm25"] for mode, args in modes.items()}
     windows = ["--windows", run.windows] if run.model != "bm25" else []
     for mode, args in modes.items():
@@ -113,6 +115,26 @@ def evaluate(run: Run, protocol: dict, root: Path) -> None:
         record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
 
 
+RUN_FILES = ("log.jsonl", "protocol.json", "train_config.yaml")
+EVAL_FILES = ("results.json", "results.md", "per_query.json", "attention.npy", "attention_tasks.json")
+
+
+def collect(runs: list[Run], root: Path, to: Path) -> list[Path]:
+    """Copies what `report` reads of each run (its log, config and wall times; every evaluation's results, per-query
+    metrics and prompt attention), never weights, checkpoints or TREC runs, from root into to; returns the copies."""
+    copied = []
+    for run in runs:
+        sources = [root / run.name / f for f in RUN_FILES]
+        sources += [mode / run.name / f for mode in sorted(root.glob("eval*")) for f in EVAL_FILES]
+        for source in sources:
+            if source.is_file():
+                target = to / source.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                copied.append(target)
+    return copied
+
+
 def cost(runs: list[Run], root: Path) -> None:
     """Queries/s of each system's query encoder on the same queries, in one run (bench/encode.py)."""
     systems = [r for r in runs if r.model is None and r.table in ("main", "sparse") and r.primary]
@@ -122,24 +144,30 @@ def cost(runs: list[Run], root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["run", "cost", "report"])
+    parser.add_argument("step", choices=["run", "cost", "report", "collect"])
     parser.add_argument("--protocol", type=Path, default=REPO / "configs" / "bbir-protocol.yaml")
     parser.add_argument("--profile", default="gpu", help="a profiles entry of the protocol file (overrides)")
-    parser.add_argument("--only", nargs="+", help="run names to do (default: all)")
+    parser.add_argument("--only", nargs="+", help="run names to do, in this order (default: all, in the file's)")
+    parser.add_argument("--no-hybrid", action="store_true",
+                        help="run: leave out the BM25-fused evaluations (slow on CPU); a later run adds them")
+    parser.add_argument("--to", type=Path, help="collect: the folder that receives the results (e.g. "
+                        "docs/results/bbir-epoch)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where report writes RESULTS.md and figures")
-    parser.add_argument("--root", type=Path, help="report: saved results to read (default: the protocol's "
-                        "output_root; docs/results/bbir-cpu holds the committed copy of the CPU run)")
+    parser.add_argument("--root", type=Path, help="run: where runs are written; report: saved results to read "
+                        "(default: the protocol's output_root; docs/results/bbir-cpu holds the committed copy of the "
+                        "CPU run)")
     args = parser.parse_args()
     try:
         protocol, runs = load_protocol(args.protocol)
     except ValueError as e:
         sys.exit(str(e))
-    root = REPO / protocol["output_root"]
+    root = args.root.resolve() if args.root else REPO / protocol["output_root"]
     if args.only:
-        unknown = set(args.only) - {r.name for r in runs}
+        by_name = {r.name: r for r in runs}
+        unknown = set(args.only) - set(by_name)
         if unknown:
             sys.exit(f"--only: no run named {sorted(unknown)} in {args.protocol}")
-        runs = [r for r in runs if r.name in args.only]
+        runs = [by_name[name] for name in dict.fromkeys(args.only)]
     if args.step == "run":
         if args.profile not in protocol["profiles"]:
             sys.exit(f"--profile {args.profile!r}: {args.protocol} has profiles {sorted(protocol['profiles'])}")
@@ -147,11 +175,15 @@ def main() -> None:
             print(f"==== {run.name}", flush=True)
             train(run, root, list(protocol["profiles"][args.profile]))
             record(root / run.name, profile=args.profile)
-            evaluate(run, protocol, root)
+            evaluate(run, protocol, root, hybrid=not args.no_hybrid)
+    elif args.step == "collect":
+        if args.to is None:
+            sys.exit("collect needs --to FOLDER")
+        print(f"collected {len(collect(runs, root, args.to))} files into {args.to}")
     elif args.step == "cost":
         cost(runs, root)
     else:
-        write_report(protocol, runs, args.root or root, args.docs)
+        write_report(protocol, runs, root, args.docs)
 
 
 if __name__ == "__main__":
