@@ -177,14 +177,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def compare(runs: list[str], out: Path, metric: str) -> None:
-    """Side-by-side Markdown table and bar chart of saved evaluations."""
+    """Side-by-side Markdown table and bar chart of saved evaluations; where every run has its per_query.json,
+    each run's paired test against the first (hyper_retrieval/significance.py)."""
     from hyper_retrieval.plots import plot_collection_bars
-    from hyper_retrieval.results import compare_markdown, load_results, metric_by_collection, run_label
+    from hyper_retrieval.results import compare_markdown, load_per_query, load_results, metric_by_collection, run_label
+    from hyper_retrieval.significance import significance_markdown
 
 
     results = {run_label(r): load_results(r) for r in runs}
     out.mkdir(parents=True, exist_ok=True)
     table = compare_markdown(results, metric)
+    per_query = {run_label(r): load_per_query(r) for r in runs}
+    if len(runs) > 1 and all(q is not None for q in per_query.values()):
+        table += "\n" + significance_markdown({n: (results[n], per_query[n]) for n in results}, metric)
     (out / "compare.md").write_text(table)
     plot_collection_bars({name: metric_by_collection(r, metric) for name, r in results.items()},
                          out / f"compare_{metric.replace('@', '_at_')}.png", metric=metric)

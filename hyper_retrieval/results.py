@@ -138,6 +138,13 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def load_per_query(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The per_query.json beside a results.json (given the file or its folder), or None where there is none."""
+    path = Path(path)
+    path = (path.parent if path.name == "results.json" else path) / "per_query.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_label(path: str | os.PathLike) -> str:
     """The name a compared run goes by: its output folder's name."""
     path = Path(path)

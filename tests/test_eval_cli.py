@@ -124,6 +124,13 @@ def test_compare_runs(eval_cli, samples, tmp_path):
         assert f"{results['averages']['zero_shot']['ndcg@10']:.4f}" in table
     assert "multirc (zero-shot)" in table
     assert png_size(tmp_path / "cmp" / "compare_ndcg_at_10.png") == (800, 500)
+    # the paired test over the per-query values, against the first run: its difference is that of the averages
+    base, other = (json.loads((tmp_path / n / "results.json").read_text())["averages"]
+                   for n in ("lucene_default", "robertson_like"))
+    assert "Paired tests against lucene_default" in table
+    for group in ("in_domain", "zero_shot", "all"):
+        difference = 100 * (other[group]["ndcg@10"] - base[group]["ndcg@10"])
+        assert f"| robertson_like | {group.replace('_', '-')} | {difference:+.2f} | [" in table
 
 
 def test_model_folder_without_weights(eval_cli, tmp_path):

@@ -1,0 +1,130 @@
+"""Is a difference between two systems real? A paired test over queries, stratified by collection.
+
+The statistic is what the tables report: the difference of two systems' group averages, where a group average is the
+unweighted mean over collections of each collection's mean per-query metric. Both tests resample queries within their
+collection, so each collection keeps its weight:
+
+- p-value: the paired randomization (sign-flip) test. Under "no difference" each query's difference is as likely
+  negative as positive; p is the share of sign assignments whose statistic is at least as large in size as the one
+  observed (all 2^n assignments when n is small, else ``resamples`` random ones, counted with the observed one).
+- 95% interval: the paired bootstrap: queries drawn with replacement within each collection, the percentile
+  interval of the resampled statistic.
+
+Several seeds of each system are pooled per query: a query's difference is the mean over seeds of system A's value
+minus the mean over seeds of system B's (the seeds matched by position), so the test is over queries and the seed
+noise is averaged, not tested. The per-seed differences of the averages are reported beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PerQuery = Mapping[str, Mapping[str, Mapping[str, float]]]  # collection -> query id -> metric -> value
+EXACT_LIMIT = 16  # at most this many queries in all: every sign assignment is enumerated
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The outcome of :func:`paired_test`: A minus B."""
+
+    difference: float  # the observed difference of the group averages
+    low: float  # 95% bootstrap interval
+    high: float
+    p_value: float  # two-sided, paired randomization test
+    queries: int  # paired queries in the group
+    exact: bool  # p from every sign assignment (else from random ones)
+
+
+def query_differences(a: Sequence[PerQuery], b: Sequence[PerQuery], collections: Sequence[str], metric: str
+                      ) -> dict[str, np.ndarray]:
+    """Per collection, each query's metric in A minus in B, each averaged over the seeds given (A's i-th per-query
+    table paired with B's i-th). Raises ValueError when a collection or a query is missing on one side."""
+    if not a or len(a) != len(b):
+        raise ValueError(f"paired seeds: {len(a)} per-query tables for A, {len(b)} for B (need the same, >= 1)")
+    differences = {}
+    for name in collections:
+        tables = [t.get(name) for t in (*a, *b)]
+        if any(t is None for t in tables):
+            raise ValueError(f"collection {name!r} is missing from a per-query table")
+        ids = sorted(tables[0])
+        for table in tables[1:]:
+            if set(table) != set(ids):
+                missing = sorted(set(ids) ^ set(table))[:3]
+                raise ValueError(f"collection {name!r}: the systems were scored on different queries "
+                                 f"(e.g. {missing})")
+        values = np.array([[t[q][metric] for q in ids] for t in tables], dtype=np.float64)  # (2 * seeds, queries)
+        differences[name] = values[: len(a)].mean(axis=0) - values[len(a) :].mean(axis=0)
+    return differences
+
+
+def paired_test(differences: Mapping[str, np.ndarray], resamples: int = 10_000, seed: int = 0) -> PairedTest:
+    """The randomization p-value and bootstrap interval of the mean over collections of the mean per-query
+    difference (see the module's docstring). ``differences``: collection -> (queries,) differences, A minus B."""
+    parts = [np.asarray(d, dtype=np.float64) for d in differences.values()]
+    if not parts or any(len(d) == 0 for d in parts):
+        raise ValueError("paired_test needs at least one query in every collection")
+    observed = float(np.mean([d.mean() for d in parts]))
+    n = sum(len(d) for d in parts)
+    rng = np.random.default_rng(seed)
+    exact = n <= EXACT_LIMIT
+    if exact:  # every assignment of signs to the n queries
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # (2^n, n)
+        starts = np.cumsum([0, *map(len, parts)])[:-1]
+        flipped = np.mean([(signs[:, start : start + len(d)] * d).mean(axis=1) for start, d in zip(starts, parts,
+                                                                                                  strict=True)], axis=0)
+        p_value = float(np.mean(np.abs(flipped) >= abs(observed) - 1e-12))
+    else:
+        extreme = 0
+        for count in _chunks(resamples):
+            flipped = np.mean([(rng.choice((1.0, -1.0), size=(count, len(d))) * d).mean(axis=1) for d in parts],
+                              axis=0)
+            extreme += int(np.sum(np.abs(flipped) >= abs(observed) - 1e-12))
+        p_value = (extreme + 1) / (resamples + 1)
+    boot = np.concatenate([
+        np.mean([d[rng.integers(0, len(d), size=(count, len(d)))].mean(axis=1) for d in parts], axis=0)
+        for count in _chunks(resamples)
+    ])
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return PairedTest(observed, float(low), float(high), p_value, n, exact)
+
+
+def _chunks(total: int, size: int = 500):
+    """Resample counts in chunks that keep the (count, queries) matrices small."""
+    for start in range(0, total, size):
+        yield min(size, total - start)
+
+
+def group_collections(results: Mapping) -> dict[str, list[str]]:
+    """{"in_domain", "zero_shot", "all"}: the collections of a results.json document in each group (empty groups
+    left out), as its averages are taken."""
+    flags = {name: info["zero_shot"] for name, info in results["collections"].items()}
+    groups = {"in_domain": [c for c, z in flags.items() if not z], "zero_shot": [c for c, z in flags.items() if z],
+              "all": list(flags)}
+    return {group: names for group, names in groups.items() if names}
+
+
+def format_test(test: PairedTest) -> str:
+    """Markdown cells: difference, 95% interval, p-value, queries (values x 100, as the tables' nDCG)."""
+    p = f"{test.p_value:.4f}" if test.p_value >= 1e-4 else "< 0.0001"
+    return (f"{100 * test.difference:+.2f} | [{100 * test.low:+.2f}, {100 * test.high:+.2f}] | {p} | "
+            f"{test.queries}")
+
+
+def significance_markdown(runs: Mapping[str, tuple[Mapping, PerQuery]], metric: str = "ndcg@10") -> str:
+    """Each run against the first (results.json document and its per-query table, by label): per group, the
+    difference of the averages (x 100), its 95% paired bootstrap interval, the randomization p-value and the number
+    of paired queries."""
+    labels = list(runs)
+    base_results, base_queries = runs[labels[0]]
+    lines = [f"# Paired tests against {labels[0]} ({metric}, x 100; queries resampled within collections)", "",
+             "| run | group | difference | 95% interval | p | queries |", "|---|---|---|---|---|---|"]
+    for label in labels[1:]:
+        results, queries = runs[label]
+        for group, names in group_collections(base_results).items():
+            test = paired_test(query_differences([queries], [base_queries], names, metric))
+            lines.append(f"| {label} | {group.replace('_', '-')} | {format_test(test)} |")
+    return "\n".join(lines) + "\n"
