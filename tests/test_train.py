@@ -113,9 +113,13 @@ def test_accumulation_checkpointing_bf16_and_frozen_passages(tiny_backbones, tmp
         model={"share_encoders": False, "freeze_passage_encoder": True},
         optim={"max_steps": 3, "grad_accum": 2, "gradient_checkpointing": True, "mixed_precision": "bf16"},
     )
-    run_train(config)
+    stopped = run_train(config, "--stop-after-steps", "2")  # bf16 autocast on the CPU, through Accelerate
+    assert "mixed precision bf16 (from the config: bf16)" in stopped.stdout + stopped.stderr
+    run_train(config, "--resume")
     log = read_log(tmp_path / "run")
-    assert [r["step"] for r in log] == [1, 2, 3]  # optimizer steps, each over 2 micro-batches
+    assert [r["step"] for r in log] == [1, 2, 3]  # optimizer steps, each over 2 micro-batches; resumed after 2
+    terms = [v for r in log for k, v in r.items() if k.startswith("loss/")]
+    assert len(terms) >= 3 * 3 and all(math.isfinite(v) for v in terms)  # contrastive, CPR, total, ... all finite
     final = load_file(tmp_path / "run" / "final" / "model.safetensors")
     initial = load_file(tiny_backbones["dense"] / "model.safetensors")
     name = "encoder.layer.0.attention.self.query.weight"
@@ -147,7 +151,7 @@ def test_maxp_training_scores_passages_by_their_best_window(tiny_backbones, tmp_
 
 
 @pytest.mark.parametrize(("yaml_precision", "expected"), [(None, "bf16 (from the launcher)"),
-                                                         ("no", "no (from the config)")])
+                                                         ("no", "no (from the config: no)")])
 def test_the_launchers_mixed_precision_wins_unless_the_yaml_sets_it(tiny_backbones, tmp_path, yaml_precision,
                                                                       expected):
     config = write_config(tmp_path, tiny_backbones["dense"], optim={"max_steps": 2, "mixed_precision": yaml_precision})

@@ -1,0 +1,65 @@
+"""Where bf16 is used: only on devices that compute it faster (hyper_retrieval/precision.py), and in training the
+loss terms stay float32 under bf16 autocast."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from tiny import tiny_model
+
+from hyper_retrieval.config import LossSettings, load_config
+from hyper_retrieval.losses import RetrievalLoss
+from hyper_retrieval.precision import cpu_flags, fast_bf16, resolve_dtype, resolve_mixed_precision
+from hyper_retrieval.protocol import load_protocol
+
+REPO = Path(__file__).resolve().parents[1]
+AVX512_BF16_ONLY = {"avx512f", "avx512_bf16", "avx512_fp16"}  # the machines of this project: measured slower in bf16
+AMX = AVX512_BF16_ONLY | {"amx_tile", "amx_bf16"}
+
+
+def test_bf16_only_where_the_cpu_has_amx():
+    assert not fast_bf16("cpu", AVX512_BF16_ONLY)
+    assert fast_bf16("cpu", AMX)
+    assert resolve_mixed_precision("auto", "cpu", AVX512_BF16_ONLY) == "no"
+    assert resolve_mixed_precision("auto", "cpu", AMX) == "bf16"
+    for explicit in ("no", "bf16", "fp16", None):  # an explicit choice (None: the launcher's) is kept
+        assert resolve_mixed_precision(explicit, "cpu", AMX) == explicit
+
+
+def test_this_machines_flags_decide_auto(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
+    assert cpu_flags(tmp_path / "missing") == set()
+    expected = "bfloat16" if fast_bf16("cpu") else "float32"
+    assert resolve_dtype("auto", "cpu") == expected
+    assert (expected == "bfloat16") == ("amx_bf16" in cpu_flags())  # no AMX, no bf16, whatever AVX512-BF16 says
+    assert resolve_dtype("float32", "cpu") == "float32"
+
+
+@pytest.mark.parametrize("flags", [AVX512_BF16_ONLY, AMX])
+def test_the_cpu_epoch_profile_resolves_to_bf16_only_with_amx(flags):
+    protocol, _ = load_protocol(REPO / "configs" / "bbir-protocol.yaml")
+    config = load_config(REPO / "configs" / "bbir-hyper.yaml", protocol["profiles"]["cpu-epoch"])
+    assert config.optim.max_steps is None and config.optim.epochs == 1
+    resolved = resolve_mixed_precision(config.optim.mixed_precision, "cpu", flags)
+    assert resolved == ("bf16" if "amx_bf16" in flags else "no")
+
+
+def test_under_bf16_autocast_the_model_outputs_and_every_loss_term_are_float32():
+    model = tiny_model(pool_size=3)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    prepared = accelerator.prepare(model.train())
+    ids = torch.randint(1000, 2000, (6, 12))
+    out = prepared(ids, torch.ones_like(ids), is_query=True)
+    assert out.embeddings.dtype == torch.float32 and out.prompt_attention.dtype == torch.float32
+    loss = RetrievalLoss(LossSettings(router_z_weight=1e-3, router_balance_weight=0.1, router_mi_weight=0.1), 2, 3, sparse=False)
+    passages = torch.nn.functional.normalize(torch.randn(6, out.embeddings.shape[1]), dim=-1)
+    tasks = torch.tensor([0, 0, 0, 1, 1, 1])
+    terms = loss(out.embeddings, passages, torch.arange(6), 0, out.prompt_attention, tasks,
+                 torch.zeros(6, 6, dtype=torch.bool), out.prompt_logits)
+    for name, value in terms.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+    accelerator.backward(terms["total"])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
