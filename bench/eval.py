@@ -21,7 +21,7 @@ Device auto: CUDA if available, with bf16 weights for every system (SDPA attenti
 
     python bench/eval.py [--passages 2000] [--queries 1000] [--batch-size 32] [--max-length 256] [--rounds 8]
                          [--threads 2] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16]
-                         [--compile] [--k 100]
+                         [--also-dtype bfloat16|float32|none] [--compile] [--k 100]
     python bench/eval.py --passages 40000 --batch-size 256    # on a GPU
 """
 
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.embedding_cache import cached_arrays  # noqa: E402
 from hyper_retrieval.index import DenseIndex  # noqa: E402
+from hyper_retrieval.precision import resolve_dtype  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
@@ -105,7 +106,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="auto: bfloat16 on CUDA, float32 on CPU")
+                        help="our model's and sentence-transformers' weights; auto: bfloat16 where it computes faster "
+                             "(hyper_retrieval/precision.py), else float32")
+    parser.add_argument("--also-dtype", choices=("bfloat16", "float32", "none"), default="bfloat16",
+                        help="also encode with a copy of our model whose weights are in this dtype (eval.py --dtype): "
+                             "its passages/s and cosines beside the others, and its queries' worst cosine")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (dynamic shapes)")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--backbone", default=resolve_backbone(MINILM), help="MiniLM weights (folder or Hub id)")
@@ -116,8 +121,7 @@ def main() -> None:
     from hyper_retrieval.index import faiss
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = getattr(torch, resolve_dtype(args.dtype, device))
     backbone = args.backbone
     if faiss is not None:
         faiss.omp_set_num_threads(args.threads)
@@ -127,6 +131,11 @@ def main() -> None:
     reference.max_seq_length = args.max_length
     reference.to(dtype)
     model = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, dtype).eval()
+    other_dtype = getattr(torch, args.also_dtype) if args.also_dtype != "none" else dtype
+    other = None
+    if other_dtype != dtype:
+        other = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, other_dtype)
+        other.eval()
     if args.compile:
         model.compile(dynamic=True)
     tokenizer = model.tokenizer
@@ -171,6 +180,9 @@ def main() -> None:
         "sentence-transformers encode (cold)": run_reference,
         "encode_corpus (cold)": run_ours,
         "encode_tokenized, cached token ids (memmap)": run_cached,
+        **({f"encode_corpus (cold), {args.also_dtype}": lambda rows: other.encode_corpus([docs[i] for i in rows],
+                                                                                        batch_size=args.batch_size)}
+           if other is not None else {}),
         "tokenize only, per batch (as ST does)": run_tokenize_batches,
         "tokenize only, whole list at once": run_tokenize_all,
     }
@@ -226,6 +238,12 @@ def main() -> None:
     start = time.perf_counter()
     query_emb = model.encode_queries(queries, batch_size=args.batch_size)
     query_rate = len(queries) / (time.perf_counter() - start)
+    if other is not None:
+        ours = f"encode_corpus (cold), {args.also_dtype}"
+        print(f"{args.also_dtype} against {str(dtype).removeprefix('torch.')}, our model: worst cosine "
+              f"{min_cosine(other.encode_queries(queries, batch_size=args.batch_size), query_emb):.6f} over "
+              f"{len(queries)} queries, {min_cosine(outputs[ours], outputs['encode_corpus (cold)']):.6f} over "
+              f"{len(docs)} passages")
     corpus_emb = outputs["encode_corpus (cold)"]
     k = min(args.k, len(docs))
     exact = DenseIndex(corpus_emb, kind="flat", backend="faiss").search(query_emb, k)[1]

@@ -8,13 +8,14 @@ train.py does: forward of the queries (with the prompt prefix) and of the passag
 gold + hard + in-batch negatives with the false-negative mask, plus CPR on the prompt attention for the hyper-prompt
 model), backward, gradient clipping, AdamW step with the backbone / prompt parameter groups.
 
-After --warmup untimed steps per model, --rounds rounds each time --steps steps of every model in rotating order;
-the table gives each model's best and median round and the ratio hyper/plain (target >= 0.85). On CUDA, steps run
-under bf16 autocast (accelerate's mixed_precision=bf16) with SDPA attention.
+Each model trains in every --dtypes (float32, or bfloat16 autocast as accelerate's mixed_precision=bf16 applies it,
+on the CPU as on CUDA), a copy of its own per dtype. After --warmup untimed steps per system, --rounds rounds each
+time --steps steps of every system in rotating order; the table gives each system's best and median round and its
+ratio to the first (plain multi-task in the first dtype): hyper/plain (target >= 0.85) and bf16/float32.
 
     python bench/train.py [--batch-size 8] [--negatives 7] [--passage-length 128] [--prompt-length 1] [--pool-size 5]
                           [--warmup 1] [--steps 2] [--rounds 3] [--threads 2] [--device auto|cpu|cuda]
-                          [--frozen-passages] [--keep-freed-memory]
+                          [--dtypes float32 bfloat16] [--frozen-passages] [--keep-freed-memory]
     python bench/train.py --passage-length 256
     python bench/train.py --prompt-length 100
     python bench/train.py --batch-size 32 --passage-length 256    # on a GPU
@@ -41,6 +42,7 @@ from hyper_retrieval.config import LossSettings  # noqa: E402
 from hyper_retrieval.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
 from hyper_retrieval.losses import RetrievalLoss  # noqa: E402
 from hyper_retrieval.memory import keep_freed_memory  # noqa: E402
+from hyper_retrieval.precision import resolve_dtype  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
@@ -106,8 +108,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="autocast dtype; auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--dtypes", nargs="+", choices=("auto", "float32", "bfloat16"), default=["float32", "bfloat16"],
+                        help="autocast dtypes, each system trained in each; auto: bfloat16 where the device computes "
+                             "it faster (hyper_retrieval/precision.py), else float32")
     parser.add_argument("--frozen-passages", action="store_true",
                         help="separate frozen passage encoder (the bbir configs' setting) instead of a shared one")
     parser.add_argument("--keep-freed-memory", action="store_true",
@@ -120,18 +123,15 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtypes = list(dict.fromkeys(getattr(torch, resolve_dtype(d, device)) for d in args.dtypes))
     backbone = args.backbone
     shape = {"share_encoders": False, "freeze_passage_encoder": True} if args.frozen_passages else {}
     prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.num_virtual_tokens)
     hyper_name = f"hyper-prompt N={args.pool_size} L={args.num_virtual_tokens}"
-    trainers = {
-        "plain multi-task (no prompt)": Trainer(HyperRetrieverModel.from_backbone(backbone, **shape),
-                                                len(TRAINING_COLLECTIONS), device, dtype),
-        hyper_name: Trainer(HyperRetrieverModel.from_backbone(backbone, hyper_prompt=prompt, **shape),
-                            len(TRAINING_COLLECTIONS), device, dtype),
-    }
+    models = {"plain multi-task (no prompt)": None, hyper_name: prompt}
+    trainers = {f"{name} {str(dtype).removeprefix('torch.')}": Trainer(
+        HyperRetrieverModel.from_backbone(backbone, hyper_prompt=pool, **shape), len(TRAINING_COLLECTIONS), device,
+        dtype) for dtype in dtypes for name, pool in models.items()}
     tokenizer = next(iter(trainers.values())).model.tokenizer
     batches, build_seconds = build_batches(tokenizer, args.warmup + args.rounds * args.steps, args)
 
@@ -163,16 +163,16 @@ def main() -> None:
     encoders = "separate frozen passage encoder" if args.frozen_passages else "shared trainable encoder"
     print(f"batch {args.batch_size} queries x (1 + {args.negatives}) passages, passages padded to {p_tokens:.0f} "
           f"tokens (max {args.passage_length}, {p_real:.0f} real on average), queries {q_tokens:.0f} tokens; "
-          f"{encoders}; {device.type} {str(dtype).removeprefix('torch.')}, {args.threads} threads")
+          f"{encoders}; {device.type}, {args.threads} threads")
     malloc = "glibc mallopt: freed memory kept; " if args.keep_freed_memory else ""
     print(f"{malloc}{args.warmup} warm-up + {args.rounds} rounds x {args.steps} steps per model, interleaved; "
           f"load average before {load_before}, after {load_after}; BatchBuilder "
           f"{build_seconds * 1000:.0f} ms per batch (untimed)")
-    print(f"{'model':<30}{'best q/s':>10}{'median q/s':>12}{'best ratio':>12}{'median ratio':>14}")
+    print(f"{'system':<40}{'best q/s':>10}{'median q/s':>12}{'best ratio':>12}{'median ratio':>14}")
     plain = next(iter(rates))
     for name, values in rates.items():
         best, median = max(values), statistics.median(values)
-        print(f"{name:<30}{best:>10.2f}{median:>12.2f}{best / max(rates[plain]):>12.3f}"
+        print(f"{name:<40}{best:>10.2f}{median:>12.2f}{best / max(rates[plain]):>12.3f}"
               f"{median / statistics.median(rates[plain]):>14.3f}")
 
 

@@ -157,3 +157,22 @@ def plot_routing_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path:
     axes[0].legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_gap_curve(lines: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike,
+                   ylabel: str = "HypeR − multi-task, nDCG@10 × 100", figsize: tuple[float, float] = FIGSIZE,
+                   dpi: int = DPI) -> Path:
+    """One line per group ({label: [(steps, difference), ...]}), every point labelled, over training steps on a log
+    axis, with the zero line: where a difference between two systems goes as training gets longer."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for label, points in lines.items():
+        steps, values = zip(*sorted(points), strict=True) if points else ((), ())
+        ax.plot(steps, values, marker="o", label=label)
+        for x, y in zip(steps, values, strict=True):
+            ax.annotate(f"{y:+.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="training steps (batch 32)", ylabel=ylabel)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

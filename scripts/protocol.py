@@ -3,6 +3,8 @@
     python scripts/protocol.py run [--profile cpu|cpu-epoch|gpu] [--only NAME ...] [--root DIR]  # resumable
     python scripts/protocol.py cost                                         # queries/s of every query encoder
     python scripts/protocol.py report [--root docs/results/bbir-cpu]       # docs/RESULTS.md tables + docs/results/
+    python scripts/protocol.py report --section epoch --root docs/results/bbir-epoch \
+        --shorter docs/results/bbir-cpu:hyper:multitask docs/results/bbir-cpu:hyper-1k:multitask-1k
     python scripts/protocol.py collect --root outputs/bbir-epoch --to docs/results/bbir-epoch  # results, no weights
 
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
@@ -28,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from hyper_retrieval.epoch_report import write_epoch_report  # noqa: E402
 from hyper_retrieval.protocol import Run, load_protocol  # noqa: E402
 from hyper_retrieval.protocol_report import write_report  # noqa: E402
 
@@ -152,6 +155,12 @@ def main() -> None:
                         help="run: leave out the BM25-fused evaluations (slow on CPU); a later run adds them")
     parser.add_argument("--to", type=Path, help="collect: the folder that receives the results (e.g. "
                         "docs/results/bbir-epoch)")
+    parser.add_argument("--section", choices=["main", "epoch"], default="main",
+                        help="report: the main generated section, or the one-epoch section (seeds, paired tests, the "
+                             "curve of HypeR − multi-task over training length)")
+    parser.add_argument("--shorter", nargs="*", default=[], metavar="ROOT:HYPER:MULTITASK",
+                        help="report --section epoch: the curve's shorter runs, e.g. "
+                             "docs/results/bbir-cpu:hyper:multitask docs/results/bbir-cpu:hyper-1k:multitask-1k")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where report writes RESULTS.md and figures")
     parser.add_argument("--root", type=Path, help="run: where runs are written; report: saved results to read "
                         "(default: the protocol's output_root; docs/results/bbir-cpu holds the committed copy of the "
@@ -182,6 +191,9 @@ def main() -> None:
         print(f"collected {len(collect(runs, root, args.to))} files into {args.to}")
     elif args.step == "cost":
         cost(runs, root)
+    elif args.section == "epoch":
+        shorter = [(Path(root_), hyper, multitask) for root_, hyper, multitask in (s.split(":") for s in args.shorter)]
+        write_epoch_report(protocol, runs, root, args.docs, shorter)
     else:
         write_report(protocol, runs, root, args.docs)
 

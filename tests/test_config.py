@@ -76,7 +76,8 @@ def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Pat
     cases = {
         "train:\n  batch_size: 2.5\n": r"train\.batch_size: expected an integer, got 2\.5",
         "model:\n  representation: colbert\n": r"model\.representation: expected one of 'dense', 'sparse'",
-        "optim:\n  mixed_precision: no\n": r"optim\.mixed_precision: expected one of 'no', 'bf16', 'fp16', 'auto' \(quote it",
+        "optim:\n  mixed_precision: no\n":
+            r"optim\.mixed_precision: expected one of 'no', 'bf16', 'fp16', 'auto' \(quote it",
         "model:\n  pool_size: 0\n": r"model\.pool_size: expected a value >= 1, got 0",
         "loss:\n  contrastive_temperature: 0\n": r"loss\.contrastive_temperature: expected a value > 0",
         "loss:\n  temperature: 0.05\n": r"loss\.temperature was renamed loss\.contrastive_temperature",

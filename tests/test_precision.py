@@ -54,7 +54,8 @@ def test_under_bf16_autocast_the_model_outputs_and_every_loss_term_are_float32()
     ids = torch.randint(1000, 2000, (6, 12))
     out = prepared(ids, torch.ones_like(ids), is_query=True)
     assert out.embeddings.dtype == torch.float32 and out.prompt_attention.dtype == torch.float32
-    loss = RetrievalLoss(LossSettings(router_z_weight=1e-3, router_balance_weight=0.1, router_mi_weight=0.1), 2, 3, sparse=False)
+    settings = LossSettings(router_z_weight=1e-3, router_balance_weight=0.1, router_mi_weight=0.1)
+    loss = RetrievalLoss(settings, 2, 3, sparse=False)
     passages = torch.nn.functional.normalize(torch.randn(6, out.embeddings.shape[1]), dim=-1)
     tasks = torch.tensor([0, 0, 0, 1, 1, 1])
     terms = loss(out.embeddings, passages, torch.arange(6), 0, out.prompt_attention, tasks,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hyper_retrieval.config import load_config
+from hyper_retrieval.epoch_report import write_epoch_report
 from hyper_retrieval.protocol import load_protocol
 from hyper_retrieval.protocol_report import BEGIN, END, seeds_table, write_report
 
@@ -150,3 +151,47 @@ def test_report_shows_long_passages_and_hybrid_rows_and_their_targets(tmp_path):
     assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, in-domain | +5.00 | yes |" in text
     assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, zero-shot | +2.00 | **no** |" in text
     assert "| hyper-maxp + BM25 beats BM25 by >= 3 nDCG@10 points, pooled | +4.00 | yes |" in text
+
+
+def write_seeded_eval(folder: Path, per_query: dict[str, tuple[bool, list[float]]]) -> None:
+    """results.json and per_query.json of {collection: (zero_shot, per-query nDCG@10)}, averages as eval.py takes
+    them (a collection's metric is its queries' mean)."""
+    write_eval(folder, {name: (z, float(np.mean(v))) for name, (z, v) in per_query.items()})
+    (folder / "per_query.json").write_text(json.dumps(
+        {name: {f"q{i}": {"ndcg@10": x} for i, x in enumerate(v)} for name, (_, v) in per_query.items()}))
+
+
+def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
+    protocol, runs = load_protocol(PROTOCOL)
+    root, shorter, docs = tmp_path / "epoch", tmp_path / "short", tmp_path / "docs"
+    # per seed: in-domain c (3 queries), zero-shot z (2 queries)
+    values = {"hyper": ([0.6, 0.5, 0.4], [0.8, 0.5]), "hyper-seed43": ([0.6, 0.5, 0.4], [0.6, 0.5]),
+              "multitask": ([0.5, 0.5, 0.5], [0.5, 0.4]), "multitask-seed43": ([0.5, 0.5, 0.5], [0.5, 0.4])}
+    for name, (c, z) in values.items():
+        write_seeded_eval(root / "eval" / name, {"c": (False, c), "z": (True, z)})
+        (root / name).mkdir(parents=True)
+        (root / name / "log.jsonl").write_text(json.dumps({"step": 3330, "loss/total": 1.0}) + "\n")
+        (root / name / "protocol.json").write_text(json.dumps({"profile": "cpu-epoch", "train_s": 600}))
+    for name, z in (("hyper", 0.52), ("multitask", 0.50)):  # a shorter run without per-query values
+        write_eval(shorter / "eval" / name, {"c": (False, 0.5), "z": (True, z)})
+        (shorter / name).mkdir(parents=True)
+        (shorter / name / "log.jsonl").write_text(json.dumps({"step": 300}) + "\n")
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text(f"# Results\n{BEGIN}\nmain tables\n{END}\nthe reading\n")
+
+    text = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
+    assert text.startswith(f"# Results\n{BEGIN}\nmain tables\n{END}\nthe reading\n")  # the main section untouched
+    assert "### The main systems over seeds, 3330 steps" in text
+    assert "| **hyper** | mean ± std (2) | 50.00 ± 0.00 | 60.00 ± 7.07 |" in text
+    # zero-shot: per query, hyper (0.7, 0.5) and multitask (0.5, 0.4) over the seeds: differences 0.2 and 0.1; of
+    # the 4 sign assignments, 2 reach |0.15|; the bootstrap's percentile interval spans 0.1 .. 0.2
+    assert ("| hyper − multitask | zero-shot | +15.00 | +20.00 (42) / +10.00 (43) | +15.00 | [+10.00, +20.00] | "
+            "0.5000 | 2 |") in text
+    assert "| hyper − multitask | in-domain | +0.00 |" in text
+    assert "| hyper beats multitask by >= 1.0 nDCG@10 points zero-shot (p < 0.05) | +15.00, p = 0.5000 | **no** |" \
+        in text  # large but not significant on two queries
+    assert "| 300 | hyper − multitask | 1 | +0.00 | +2.00 |" in text
+    assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.000) | +15.00 (p = 0.500) |" in text
+    assert (docs / "results" / "epoch_gap_curve.png").is_file()
+    again = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
+    assert again == text  # the section is replaced, not added twice
