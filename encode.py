@@ -9,7 +9,8 @@ The corpus is cut into shards of --shard-docs documents; process r of w encodes 
 token-length-sorted, in batches) and caches each one under --cache-dir as it finishes: a run killed mid-way resumes
 from the shards it finished. eval.py with the same model, corpus, --cache-dir and window settings finds them all.
 With --index, the main process then trains that index on a sample, fills it from the shards chunk by chunk, saves it
-to --index-out (reopen with hyper_retrieval.index.DenseIndex.load, memory-mapped) and prints its bytes per vector.
+to --index-out (reopen with hyper_retrieval.search.index.DenseIndex.load, memory-mapped) and prints its bytes per
+vector.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options, run_main
+from hyper_retrieval.cli.options import add_encoding_options, add_index_options, index_options, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.index) != bool(args.index_out):
         parser.error("--index and --index-out go together")
 
-    from hyper_retrieval.beir import load_corpus
-    from hyper_retrieval.embedding_cache import passage_encoder_fingerprint, path_fingerprint
-    from hyper_retrieval.index import DenseIndex
-    from hyper_retrieval.loading import launched_processes, load_retriever
-    from hyper_retrieval.retrieval import ModelSearcher, PassageWindows
+    from hyper_retrieval.cli.loading import launched_processes, load_retriever
+    from hyper_retrieval.data.beir import load_corpus
+    from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
+    from hyper_retrieval.search.index import DenseIndex
+    from hyper_retrieval.search.searchers import ModelSearcher, PassageWindows
 
     processes = launched_processes()
     rank, world = processes.process_index, processes.num_processes

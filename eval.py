@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hyper_retrieval.cli import add_encoding_options, add_index_options, index_options, run_main
-from hyper_retrieval.loading import launched_processes, load_retriever
+from hyper_retrieval.cli.loading import launched_processes, load_retriever
+from hyper_retrieval.cli.options import add_encoding_options, add_index_options, index_options, run_main
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from hyper_retrieval.fusion import HybridSearcher
+    from hyper_retrieval.search.fusion import HybridSearcher
 
 # The rest is imported where it is used: `eval.py --help` loads neither torch nor faiss.
 
@@ -45,7 +45,7 @@ def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
     of more than one prompt."""
     import numpy as np
 
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.search.searchers import ModelSearcher
 
 
     if not isinstance(searcher, ModelSearcher):
@@ -60,9 +60,9 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
                   zero_shot: set[str]) -> tuple[float, dict[str, Any]]:
     """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
     (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
-    from hyper_retrieval.beir import load_collection, load_split
-    from hyper_retrieval.fusion import choose_weight
-    from hyper_retrieval.metrics import compute_metrics
+    from hyper_retrieval.data.beir import load_collection, load_split
+    from hyper_retrieval.evaluation.metrics import compute_metrics
+    from hyper_retrieval.search.fusion import choose_weight
 
 
     if args.fusion != "convex":
@@ -87,10 +87,10 @@ def fusion_variants(hybrid: HybridSearcher, collections: list, zero_shot: set[st
                     pooled: bool) -> dict[str, Any]:
     """The metrics (collections and averages, as in results.json) of the model alone, BM25 alone and both fusions,
     from the runs the hybrid searches made: no search is repeated."""
-    from hyper_retrieval.beir import pooled_collection, split_pooled
-    from hyper_retrieval.evaluation import score_run
-    from hyper_retrieval.fusion import convex_fusion, reciprocal_rank_fusion
-    from hyper_retrieval.results import build_results
+    from hyper_retrieval.data.beir import pooled_collection, split_pooled
+    from hyper_retrieval.evaluation.results import build_results
+    from hyper_retrieval.evaluation.scoring import score_run
+    from hyper_retrieval.search.fusion import convex_fusion, reciprocal_rank_fusion
 
 
     pool = pooled_collection(collections) if pooled else None
@@ -178,10 +178,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def compare(runs: list[str], out: Path, metric: str) -> None:
     """Side-by-side Markdown table and bar chart of saved evaluations; where every run has its per_query.json,
-    each run's paired test against the first (hyper_retrieval/significance.py)."""
-    from hyper_retrieval.plots import plot_collection_bars
-    from hyper_retrieval.results import compare_markdown, load_per_query, load_results, metric_by_collection, run_label
-    from hyper_retrieval.significance import significance_markdown
+    each run's paired test against the first (hyper_retrieval/evaluation/significance.py)."""
+    from hyper_retrieval.evaluation.plots import plot_collection_bars
+    from hyper_retrieval.evaluation.results import (
+        compare_markdown,
+        load_per_query,
+        load_results,
+        metric_by_collection,
+        run_label,
+    )
+    from hyper_retrieval.evaluation.significance import significance_markdown
 
 
     results = {run_label(r): load_results(r) for r in runs}
@@ -201,15 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from hyper_retrieval.beir import load_collection
-    from hyper_retrieval.embedding_cache import passage_encoder_fingerprint, path_fingerprint
-    from hyper_retrieval.evaluation import evaluate_collections
-    from hyper_retrieval.fusion import HybridSearcher
-    from hyper_retrieval.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
-    from hyper_retrieval.precision import resolve_dtype
-    from hyper_retrieval.results import build_results, check_output_dir, metric_by_collection, write_results
-    from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher, PassageWindows
-    from hyper_retrieval.routing import routing_by_collection
+    from hyper_retrieval.core.precision import resolve_dtype
+    from hyper_retrieval.data.beir import load_collection
+    from hyper_retrieval.evaluation.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
+    from hyper_retrieval.evaluation.results import build_results, check_output_dir, metric_by_collection, write_results
+    from hyper_retrieval.evaluation.routing import routing_by_collection
+    from hyper_retrieval.evaluation.scoring import evaluate_collections
+    from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
+    from hyper_retrieval.search.fusion import HybridSearcher
+    from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher, PassageWindows
 
     if args.compare:
         compare(args.compare, Path(args.out or "outputs/eval/compare"), args.metric)

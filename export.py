@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hyper_retrieval.hub import export_for_hub, push_to_hub
+from hyper_retrieval.hub.export import export_for_hub, push_to_hub
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,18 +27,18 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from hyper_retrieval.batching import BatchBuilder, TaskData
-from hyper_retrieval.checkpoints import latest_checkpoint, resume, save_atomically, save_checkpoint
-from hyper_retrieval.cli import run_main
-from hyper_retrieval.config import ConfigError, load_config
-from hyper_retrieval.examples import false_negative_mask, load_task_examples
-from hyper_retrieval.losses import RetrievalLoss
-from hyper_retrieval.memory import keep_freed_memory
-from hyper_retrieval.passage_table import PassageTable, has_frozen_passage_encoder
-from hyper_retrieval.precision import resolve_mixed_precision
-from hyper_retrieval.routing import RoutingWindow
-from hyper_retrieval.sampling import MultiTaskBatchSampler
-from hyper_retrieval.training import (
+from hyper_retrieval.cli.options import run_main
+from hyper_retrieval.core.precision import resolve_mixed_precision
+from hyper_retrieval.evaluation.routing import RoutingWindow
+from hyper_retrieval.training.batching import BatchBuilder, TaskData
+from hyper_retrieval.training.checkpoints import latest_checkpoint, resume, save_atomically, save_checkpoint
+from hyper_retrieval.training.config import ConfigError, load_config
+from hyper_retrieval.training.examples import false_negative_mask, load_task_examples
+from hyper_retrieval.training.losses import RetrievalLoss
+from hyper_retrieval.training.memory import keep_freed_memory
+from hyper_retrieval.training.passage_table import PassageTable, has_frozen_passage_encoder
+from hyper_retrieval.training.sampler import MultiTaskBatchSampler
+from hyper_retrieval.training.setup import (
     CALIBRATION_QUERIES,
     TrainState,
     append_jsonl,

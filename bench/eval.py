@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
-from hyper_retrieval.embedding_cache import cached_arrays  # noqa: E402
-from hyper_retrieval.index import DenseIndex  # noqa: E402
-from hyper_retrieval.precision import resolve_dtype  # noqa: E402
+from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
+from hyper_retrieval.core.precision import resolve_dtype  # noqa: E402
+from hyper_retrieval.search.cache import cached_arrays  # noqa: E402
+from hyper_retrieval.search.index import DenseIndex  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="our model's and sentence-transformers' weights; auto: bfloat16 where it computes faster "
-                             "(hyper_retrieval/precision.py), else float32")
+                             "(hyper_retrieval/core/precision.py), else float32")
     parser.add_argument("--also-dtype", choices=("bfloat16", "float32", "none"), default="bfloat16",
                         help="also encode with a copy of our model whose weights are in this dtype (eval.py --dtype): "
                              "its passages/s and cosines beside the others, and its queries' worst cosine")
@@ -118,7 +118,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from sentence_transformers import SentenceTransformer
 
-    from hyper_retrieval.index import faiss
+    from hyper_retrieval.search.index import faiss
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = getattr(torch, resolve_dtype(args.dtype, device))
@@ -255,7 +255,7 @@ def main() -> None:
     if faiss is not None:  # the GPU image has none: the exact kinds above need none
         indexes |= {"hnsw faiss (M 32, ef 256)": {"kind": "hnsw", "backend": "faiss"},
                     "ivf faiss (nprobe 32)": {"kind": "ivf", "backend": "faiss"}}
-    from hyper_retrieval.index import topk_overlap
+    from hyper_retrieval.search.index import topk_overlap
 
     print()
     print(f"search: {len(queries)} bbir test queries (encode_queries {query_rate:.1f} queries/s) over the {len(docs)} "

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
-from hyper_retrieval.beir import load_collection  # noqa: E402
-from hyper_retrieval.embedding_cache import _save_entry, passage_encoder_fingerprint  # noqa: E402
-from hyper_retrieval.index import DenseIndex, exact_search, topk_overlap  # noqa: E402
-from hyper_retrieval.retrieval import ModelSearcher  # noqa: E402
-from hyper_retrieval.shards import Shard, ShardStore, shard_ranges  # noqa: E402
+from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
+from hyper_retrieval.data.beir import load_collection  # noqa: E402
+from hyper_retrieval.search.cache import _save_entry, passage_encoder_fingerprint  # noqa: E402
+from hyper_retrieval.search.index import DenseIndex, exact_search, topk_overlap  # noqa: E402
+from hyper_retrieval.search.searchers import ModelSearcher  # noqa: E402
+from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def main() -> None:
         (args.render.parent / "scale.md").write_text(markdown(report))
         print(markdown(report))
         return
-    from hyper_retrieval.index import faiss
+    from hyper_retrieval.search.index import faiss
 
     torch.set_num_threads(args.threads)
     if faiss is not None:  # the GPU image has none: flat and flat-torch need none

@@ -35,14 +35,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.backbones import resolve_backbone  # noqa: E402
-from hyper_retrieval.batching import BatchBuilder, TaskData, TrainBatch  # noqa: E402
-from hyper_retrieval.beir import load_collection  # noqa: E402
-from hyper_retrieval.config import LossSettings  # noqa: E402
-from hyper_retrieval.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
-from hyper_retrieval.losses import RetrievalLoss  # noqa: E402
-from hyper_retrieval.memory import keep_freed_memory  # noqa: E402
-from hyper_retrieval.precision import resolve_dtype  # noqa: E402
+from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
+from hyper_retrieval.core.precision import resolve_dtype  # noqa: E402
+from hyper_retrieval.data.beir import load_collection  # noqa: E402
+from hyper_retrieval.training.batching import BatchBuilder, TaskData, TrainBatch  # noqa: E402
+from hyper_retrieval.training.config import LossSettings  # noqa: E402
+from hyper_retrieval.training.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
+from hyper_retrieval.training.losses import RetrievalLoss  # noqa: E402
+from hyper_retrieval.training.memory import keep_freed_memory  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtypes", nargs="+", choices=("auto", "float32", "bfloat16"), default=["float32", "bfloat16"],
                         help="autocast dtypes, each system trained in each; auto: bfloat16 where the device computes "
-                             "it faster (hyper_retrieval/precision.py), else float32")
+                             "it faster (hyper_retrieval/core/precision.py), else float32")
     parser.add_argument("--frozen-passages", action="store_true",
                         help="separate frozen passage encoder (the bbir configs' setting) instead of a shared one")
     parser.add_argument("--keep-freed-memory", action="store_true",

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.beir import load_collection  # noqa: E402
-from hyper_retrieval.index import DenseIndex, top_documents  # noqa: E402
+from hyper_retrieval.data.beir import load_collection  # noqa: E402
+from hyper_retrieval.search.index import DenseIndex, top_documents  # noqa: E402
 from modeling_hyper import HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"

@@ -45,7 +45,8 @@ from .hyper_prompt import ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, 
 
 PREFIX_KWARG = "hyper_prefix"
 SENTENCE_MODULE = "sentence_hyper.py"  # the sentence-transformers module, beside this file
-# what an exported folder holds beyond a save (hyper_retrieval.hub): kept when a model loaded from it is saved again
+# what an exported folder holds beyond a save (hyper_retrieval.hub.export): kept when a model loaded from it is saved
+# again
 CARRIED_OVER = ("README.md", "assets", "adapter", "handler.py", "widget.py", "widget.html")
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call in `tokenize`
 
@@ -135,11 +136,11 @@ class HyperRetrieverOutput(ModelOutput):
 
 
 def _installed_copy(name: str) -> str:
-    """The folder of a backbone's pip-shipped weights (hyper_retrieval.backbones) if that package is importable and
+    """The folder of a backbone's pip-shipped weights (hyper_retrieval.core.backbones) if that package is importable and
     knows `name`, else `name`. The Hub's copy of this file has no such package beside it and uses names as given."""
     if importlib.util.find_spec("hyper_retrieval") is None:
         return name
-    return importlib.import_module("hyper_retrieval.backbones").resolve_backbone(name)
+    return importlib.import_module("hyper_retrieval.core.backbones").resolve_backbone(name)
 
 
 class HyperRetrieverModel(PreTrainedModel):
@@ -198,7 +199,7 @@ class HyperRetrieverModel(PreTrainedModel):
 
         `config_kwargs` are `HyperConfig` fields (representation, pooling, share_encoders, ...). The sparse kind loads
         the checkpoint's MLM head and refuses a checkpoint without one. A Hub id whose weights ship in an installed
-        package (hyper_retrieval.backbones, when that package is importable) loads from there, offline; the saved
+        package (hyper_retrieval.core.backbones, when that package is importable) loads from there, offline; the saved
         configs name the Hub id, never the local copy.
         """
         name = str(name_or_path)

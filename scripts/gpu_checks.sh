@@ -38,7 +38,7 @@ if (( DRY )); then  # a tiny random BERT (hidden 32, 2 layers) with MiniLM's tok
   $PY - "$BACKBONE" <<'PYTHON' || exit 2
 import sys
 from transformers import AutoTokenizer, BertConfig, BertModel
-from hyper_retrieval.backbones import resolve_backbone
+from hyper_retrieval.core.backbones import resolve_backbone
 shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=30522)
 BertModel(BertConfig(**shape)).save_pretrained(sys.argv[1])
 AutoTokenizer.from_pretrained(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(sys.argv[1])

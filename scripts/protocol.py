@@ -30,9 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from hyper_retrieval.epoch_report import write_epoch_report  # noqa: E402
-from hyper_retrieval.protocol import Run, load_protocol  # noqa: E402
-from hyper_retrieval.protocol_report import write_report  # noqa: E402
+from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
+from hyper_retrieval.experiments.protocol import Run, load_protocol  # noqa: E402
+from hyper_retrieval.experiments.report import write_report  # noqa: E402
 
 
 def machine() -> str:
@@ -77,8 +77,8 @@ def train(run: Run, root: Path, profile: list[str]) -> None:
     if run.model or (folder / ("final" if run.seed is not None else "model")).is_dir():
         return
     if run.seed is None:
-        from hyper_retrieval.config import load_config
-        from hyper_retrieval.training import build_model
+        from hyper_retrieval.training.config import load_config
+        from hyper_retrieval.training.setup import build_model
 
         build_model(load_config(REPO / run.config).model).save_pretrained(folder / "model")
         return

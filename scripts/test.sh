@@ -11,4 +11,5 @@ fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .
+lint-imports  # the layers of pyproject.toml [tool.importlinter]
 python -m pytest -q "$@"

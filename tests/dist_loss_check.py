@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hyper_retrieval.losses import ContrastivePromptRegularizer, contrastive_loss
+from hyper_retrieval.training.losses import ContrastivePromptRegularizer, contrastive_loss
 
 B, K, D, N = 3, 2, 8, 4  # queries per rank, hard negatives per query, vector size, pool size
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import DataLoader
 
-from hyper_retrieval.sampling import MultiTaskBatchSampler
+from hyper_retrieval.training.sampler import MultiTaskBatchSampler
 
 SIZES = [50, 30, 20]
 

@@ -10,7 +10,7 @@ import yaml
 from sample_collection import sample_of
 from test_eval_cli import load_eval_module
 
-from hyper_retrieval.hub import export_for_hub
+from hyper_retrieval.hub.export import export_for_hub
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 REPO_ID = "someone/hyper-minilm-test"

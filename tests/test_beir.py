@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sample_collection import write_collection
 
-from hyper_retrieval.beir import (
+from hyper_retrieval.data.beir import (
     Corpus,
     DataError,
     load_collection,
@@ -162,7 +162,7 @@ def test_unknown_ids_reported_with_counts(toy, caplog):
 
 
 def test_another_split_reuses_the_loaded_corpus(bbir):
-    from hyper_retrieval.beir import load_split
+    from hyper_retrieval.data.beir import load_split
 
     train = load_collection(bbir / "ropes", "train")
     dev = load_split(bbir / "ropes", "dev", train.corpus)

@@ -9,9 +9,9 @@ import scipy.sparse as sp
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
-from hyper_retrieval.beir import load_collection
-from hyper_retrieval.bm25 import BM25
-from hyper_retrieval.metrics import compute_metrics
+from hyper_retrieval.data.beir import load_collection
+from hyper_retrieval.evaluation.metrics import compute_metrics
+from hyper_retrieval.search.bm25 import BM25
 
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hyper_retrieval.config import ConfigError, TrainConfig, load_config
+from hyper_retrieval.training.config import ConfigError, TrainConfig, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -171,8 +171,8 @@ def test_prompt_settings_keep_their_names_from_yaml_to_the_model() -> None:
     """Every HyperPromptConfig setting is a model.<same name> key of the YAML, so grepping a name finds it all."""
     from dataclasses import fields
 
-    from hyper_retrieval.config import ModelSettings
-    from hyper_retrieval.training import PROMPT_SETTINGS
+    from hyper_retrieval.training.config import ModelSettings
+    from hyper_retrieval.training.setup import PROMPT_SETTINGS
     from modeling_hyper import HyperPromptConfig
 
     filled_or_informational = {"num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path",

@@ -14,10 +14,10 @@ import yaml
 from sample_collection import sample_of
 from test_plots import png_size
 
-from hyper_retrieval.beir import load_collection
-from hyper_retrieval.bm25 import BM25
-from hyper_retrieval.metrics import compute_metrics
-from hyper_retrieval.results import ResultsExistError, read_trec_run
+from hyper_retrieval.data.beir import load_collection
+from hyper_retrieval.evaluation.metrics import compute_metrics
+from hyper_retrieval.evaluation.results import ResultsExistError, read_trec_run
+from hyper_retrieval.search.bm25 import BM25
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_NAMES = ("ndcg@10", "r_precision", "recall@20", "recall@100", "mrr@10")
@@ -236,9 +236,9 @@ class SpladeRetriever:
 
 @pytest.mark.parametrize("prune", [None, 8])
 def test_sparse_model_search_equals_dense_product(samples, splade_path, prune):
-    from hyper_retrieval.evaluation import evaluate_collections
-    from hyper_retrieval.index import prune_query_terms
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.evaluation.scoring import evaluate_collections
+    from hyper_retrieval.search.index import prune_query_terms
+    from hyper_retrieval.search.searchers import ModelSearcher
 
     model = SpladeRetriever(splade_path)
     collection = load_collection(samples[1], "test")
@@ -277,7 +277,7 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
 
 def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
     """Queries are encoded once: their attention over the pool comes with their vectors and is kept per text."""
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
     model = HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(pool_size=3))
@@ -327,8 +327,8 @@ def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_c
 
 def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp_path):
     """A KILT-style pool is encoded component by component: after the per-collection runs it costs no encoding."""
-    from hyper_retrieval.beir import pooled_collection
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.data.beir import pooled_collection
+    from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperRetrieverModel
 
     model = HyperRetrieverModel.from_backbone(minilm_path)
@@ -348,7 +348,7 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     """Re-encoding a corpus with a newly trained model skips tokenization: the token store is keyed by content."""
     import torch
 
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperRetrieverModel
 
     corpus = load_collection(samples[0], "test").corpus

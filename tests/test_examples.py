@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from hyper_retrieval.beir import DataError, load_collection
-from hyper_retrieval.config import CollectionSettings, DataSettings
-from hyper_retrieval.examples import Example, build_examples, false_negative_mask, load_task_examples, sample_passages
+from hyper_retrieval.data.beir import DataError, load_collection
+from hyper_retrieval.training.config import CollectionSettings, DataSettings
+from hyper_retrieval.training.examples import (
+    Example,
+    build_examples,
+    false_negative_mask,
+    load_task_examples,
+    sample_passages,
+)
 
 
 def beir_folder(root: Path, qrels: list[tuple[str, str, int]], docs: int = 6) -> Path:

@@ -6,11 +6,11 @@ import pytest
 from sample_collection import sample_of
 from test_eval_cli import assert_metrics_equal, load_eval_module
 
-from hyper_retrieval.beir import Corpus, load_collection
-from hyper_retrieval.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
-from hyper_retrieval.metrics import compute_metrics
-from hyper_retrieval.results import read_trec_run
-from hyper_retrieval.retrieval import BM25Searcher, ModelSearcher
+from hyper_retrieval.data.beir import Corpus, load_collection
+from hyper_retrieval.evaluation.metrics import compute_metrics
+from hyper_retrieval.evaluation.results import read_trec_run
+from hyper_retrieval.search.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
+from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher
 
 MODEL = {"q": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}
 LEXICAL = {"q": {"d3": 10.0, "d1": 5.0, "d4": 1.0}}

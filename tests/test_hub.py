@@ -18,9 +18,9 @@ from huggingface_hub import HfApi, ModelCard
 from test_eval_cli import load_eval_module
 from tiny import tiny_model
 
-from hyper_retrieval.hub import export_for_hub, push_to_hub
-from hyper_retrieval.model_card import DEFAULT_WIDGET, build_model_card, metric_type
-from hyper_retrieval.results import METRICS
+from hyper_retrieval.evaluation.results import METRICS
+from hyper_retrieval.hub.card import DEFAULT_WIDGET, build_model_card, metric_type
+from hyper_retrieval.hub.export import export_for_hub, push_to_hub
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["what causes the seasons on earth", "who wrote the novel moby dick", "boiling point of water"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hyper_retrieval.embedding_cache import cached_entry, file_digest, path_fingerprint
-from hyper_retrieval.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
+from hyper_retrieval.search.cache import cached_entry, file_digest, path_fingerprint
+from hyper_retrieval.search.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
 
 
 @pytest.fixture(scope="module")

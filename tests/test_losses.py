@@ -10,8 +10,8 @@ from dist_loss_check import B, K, global_batch
 from processes import REPO, torchrun_two
 from scipy.spatial.distance import jensenshannon
 
-from hyper_retrieval.config import LossSettings
-from hyper_retrieval.losses import (
+from hyper_retrieval.training.config import LossSettings
+from hyper_retrieval.training.losses import (
     AttentionMemoryBank,
     ContrastivePromptRegularizer,
     RetrievalLoss,

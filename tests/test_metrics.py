@@ -6,9 +6,9 @@ import evaluate
 import pytest
 import pytrec_eval
 
-from hyper_retrieval.beir import load_collection
-from hyper_retrieval.bm25 import BM25
-from hyper_retrieval.metrics import MODULE_PATH, compute_metrics, load_metric
+from hyper_retrieval.data.beir import load_collection
+from hyper_retrieval.evaluation.metrics import MODULE_PATH, compute_metrics, load_metric
+from hyper_retrieval.search.bm25 import BM25
 
 MEASURES = {"ndcg_cut.10", "recall.20,100", "Rprec", "recip_rank"}
 

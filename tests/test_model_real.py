@@ -141,7 +141,7 @@ def test_from_backbone_with_the_hub_id_works_offline_and_saves_no_local_path(tmp
     assert json.loads((tmp_path / "adapter" / "hyper_prompt_config.json").read_text())[
         "base_model_name_or_path"] == hub_id
     # installed (pip install -e .): importable from any folder
-    code = "import modeling_hyper, hyper_retrieval.retrieval; print(modeling_hyper.__file__)"
+    code = "import modeling_hyper, hyper_retrieval.search.searchers; print(modeling_hyper.__file__)"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 

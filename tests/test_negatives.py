@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyper_retrieval import negatives as neg
-from hyper_retrieval.beir import Collection, load_collection
-from hyper_retrieval.bm25 import BM25
-from hyper_retrieval.examples import first_queries
+from hyper_retrieval.data.beir import Collection, load_collection
+from hyper_retrieval.search.bm25 import BM25
+from hyper_retrieval.training import negatives as neg
+from hyper_retrieval.training.examples import first_queries
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Training passages looked up from a frozen passage encoder's precomputed vectors (hyper_retrieval.passage_table)."""
+"""Training passages looked up from a frozen passage encoder's precomputed vectors
+(hyper_retrieval.training.passage_table)."""
 
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import scipy.sparse as sp
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from hyper_retrieval.beir import Corpus
-from hyper_retrieval.passage_table import PassageTable
+from hyper_retrieval.data.beir import Corpus
+from hyper_retrieval.training.passage_table import PassageTable
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

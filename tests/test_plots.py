@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from hyper_retrieval.plots import (
+from hyper_retrieval.evaluation.plots import (
     bar_values,
     is_collapsed,
     mean_attention_by_task,

@@ -1,4 +1,4 @@
-"""Where bf16 is used: only on devices that compute it faster (hyper_retrieval/precision.py), and in training the
+"""Where bf16 is used: only on devices that compute it faster (hyper_retrieval/core/precision.py), and in training the
 loss terms stay float32 under bf16 autocast."""
 
 from pathlib import Path
@@ -8,10 +8,10 @@ import torch
 from accelerate import Accelerator
 from tiny import tiny_model
 
-from hyper_retrieval.config import LossSettings, load_config
-from hyper_retrieval.losses import RetrievalLoss
-from hyper_retrieval.precision import cpu_flags, fast_bf16, resolve_dtype, resolve_mixed_precision
-from hyper_retrieval.protocol import load_protocol
+from hyper_retrieval.core.precision import cpu_flags, fast_bf16, resolve_dtype, resolve_mixed_precision
+from hyper_retrieval.experiments.protocol import load_protocol
+from hyper_retrieval.training.config import LossSettings, load_config
+from hyper_retrieval.training.losses import RetrievalLoss
 
 REPO = Path(__file__).resolve().parents[1]
 AVX512_BF16_ONLY = {"avx512f", "avx512_bf16", "avx512_fp16"}  # the machines of this project: measured slower in bf16

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyper_retrieval.config import load_config
-from hyper_retrieval.epoch_report import write_epoch_report
-from hyper_retrieval.protocol import load_protocol
-from hyper_retrieval.protocol_report import BEGIN, END, seeds_table, write_report
+from hyper_retrieval.experiments.epoch_report import write_epoch_report
+from hyper_retrieval.experiments.protocol import load_protocol
+from hyper_retrieval.experiments.report import BEGIN, END, seeds_table, write_report
+from hyper_retrieval.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "configs" / "bbir-protocol.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hyper_retrieval.hub import export_for_hub
+from hyper_retrieval.hub.export import export_for_hub
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 REPO = Path(__file__).resolve().parents[1]

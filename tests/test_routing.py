@@ -12,14 +12,14 @@ import pytest
 import torch
 from tiny import random_batch, tiny_model
 
-from hyper_retrieval.config import LossSettings
-from hyper_retrieval.losses import (
+from hyper_retrieval.evaluation.routing import routing_diagnostics
+from hyper_retrieval.training.config import LossSettings
+from hyper_retrieval.training.losses import (
     RetrievalLoss,
     router_balance_loss,
     router_z_loss,
     task_prompt_information,
 )
-from hyper_retrieval.routing import routing_diagnostics
 from modeling_hyper import HyperPromptConfig
 
 VARIANTS = [{"synthesizer": "release"}, {"synthesizer": "standardized"}, {"synthesizer": "cosine"},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from processes import REPO, torchrun_two
 
-from hyper_retrieval.sampling import MultiTaskBatchSampler, task_probabilities
+from hyper_retrieval.training.sampler import MultiTaskBatchSampler, task_probabilities
 
 SIZES = [1000, 300, 50]
 

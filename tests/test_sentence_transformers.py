@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hyper_retrieval.hub import export_for_hub
+from hyper_retrieval.hub.export import export_for_hub
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 QUERIES = ["who wrote moby dick", "what causes the seasons", "where do tides come from",

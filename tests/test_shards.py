@@ -11,10 +11,10 @@ import psutil
 import pytest
 import scipy.sparse as sp
 
-from hyper_retrieval.beir import Corpus
-from hyper_retrieval.embedding_cache import _save_entry
-from hyper_retrieval.index import DenseIndex, SparseIndex, exact_search, topk_overlap
-from hyper_retrieval.shards import Shard, ShardStore, shard_ranges
+from hyper_retrieval.data.beir import Corpus
+from hyper_retrieval.search.cache import _save_entry
+from hyper_retrieval.search.index import DenseIndex, SparseIndex, exact_search, topk_overlap
+from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
 from tests.processes import REPO, torchrun_two
 from tests.sample_collection import sample_of
 
@@ -54,7 +54,7 @@ def finished_shards(cache) -> dict[str, float]:
 
 
 def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path, bbir, tmp_path):
-    from hyper_retrieval.retrieval import ModelSearcher
+    from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperRetrieverModel
 
     collection = sample_of(bbir / "ropes", tmp_path / "ropes", 120)
@@ -93,7 +93,7 @@ def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path
 
 
 def _fingerprint(model) -> str:
-    from hyper_retrieval.embedding_cache import passage_encoder_fingerprint
+    from hyper_retrieval.search.cache import passage_encoder_fingerprint
 
     return passage_encoder_fingerprint(model)
 
@@ -109,8 +109,8 @@ def test_the_store_reads_one_shard_at_a_time(tmp_path):
 import json, resource, sys
 from pathlib import Path
 import numpy as np
-from hyper_retrieval.index import DenseIndex
-from hyper_retrieval.shards import Shard, ShardStore
+from hyper_retrieval.search.index import DenseIndex
+from hyper_retrieval.search.shards import Shard, ShardStore
 folder = Path({str(tmp_path / "store")!r})
 entries = sorted(folder.glob("*.vectors"))
 store = ShardStore([Shard(e, np.load(e / "docs.npy")) for e in entries])

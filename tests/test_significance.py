@@ -1,11 +1,11 @@
-"""The paired significance test (hyper_retrieval/significance.py) against values computed by hand and against the
-t-test it approximates on many queries."""
+"""The paired significance test (hyper_retrieval/evaluation/significance.py) against values computed by hand and
+against the t-test it approximates on many queries."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from hyper_retrieval.significance import paired_test, query_differences, significance_markdown
+from hyper_retrieval.evaluation.significance import paired_test, query_differences, significance_markdown
 
 
 def test_exact_sign_flips_on_a_hand_made_case():

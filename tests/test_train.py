@@ -92,7 +92,7 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     first, last = mean(r["loss/contrastive"] for r in log[:5]), mean(r["loss/contrastive"] for r in log[-5:])
     assert last < 0.8 * first, (first, last)
     assert all(r["loss/cpr_push"] > 0 for r in log)  # CPR is on and logged separately
-    # the routing diagnostics of every log window (hyper_retrieval.routing), from the first logged step on
+    # the routing diagnostics of every log window (hyper_retrieval.evaluation.routing), from the first logged step on
     assert all(0 <= r["routing/task_mi"] <= 1 and 1 / 3 <= r["routing/top_share"] <= 1 and 0 <= r["routing/entropy"]
                <= 1 and 0 <= r["routing/common_variance"] <= 1 for r in log)
     if representation == "sparse":
@@ -331,5 +331,5 @@ def test_two_cpu_processes_train_with_ddp(tiny_backbones, tmp_path):
 
 def test_keep_freed_memory_applies_on_glibc():
     # In a child process: it changes malloc for the whole process. This project's machines run glibc Linux.
-    code = "from hyper_retrieval.memory import keep_freed_memory; assert keep_freed_memory() is True"
+    code = "from hyper_retrieval.training.memory import keep_freed_memory; assert keep_freed_memory() is True"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

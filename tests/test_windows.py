@@ -11,11 +11,11 @@ from sample_collection import sample_of
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from hyper_retrieval.beir import Corpus, load_collection
-from hyper_retrieval.index import DenseIndex, SparseIndex, top_documents
-from hyper_retrieval.losses import contrastive_loss
-from hyper_retrieval.passage_table import PassageTable
-from hyper_retrieval.retrieval import ModelSearcher, PassageWindows
+from hyper_retrieval.data.beir import Corpus, load_collection
+from hyper_retrieval.search.index import DenseIndex, SparseIndex, top_documents
+from hyper_retrieval.search.searchers import ModelSearcher, PassageWindows
+from hyper_retrieval.training.losses import contrastive_loss
+from hyper_retrieval.training.passage_table import PassageTable
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -177,7 +177,7 @@ def test_score_passages_takes_each_passages_best_window(minilm_path, long_passag
 
 
 def test_a_pooled_corpus_keeps_each_documents_windows_together(minilm_path, long_sample, bbir, tmp_path):
-    from hyper_retrieval.beir import pooled_collection
+    from hyper_retrieval.data.beir import pooled_collection
 
     model = with_tokenizer(minilm_path, max_seq_length=48)
     collections = [load_collection(long_sample, "test"), load_collection(sample_of(

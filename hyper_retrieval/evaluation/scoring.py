@@ -1,0 +1,51 @@
+"""Evaluating retrieval over collections: a searcher (retrieval.py) per collection or over their pooled corpus,
+then the metrics per collection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hyper_retrieval.data.beir import Collection, pooled_collection, split_pooled
+from hyper_retrieval.evaluation.metrics import compute_metrics
+from hyper_retrieval.search.index import Run
+from hyper_retrieval.search.searchers import Searcher
+
+
+@dataclass
+class CollectionResult:
+    """What one collection's evaluation produced."""
+
+    name: str
+    zero_shot: bool
+    metrics: dict[str, float]  # means over the collection's queries
+    per_query: dict[str, dict[str, float]]  # query id -> metric -> value
+    run: Run
+    info: dict[str, Any]  # num_docs, num_queries, timings, index recall
+
+
+def score_run(name: str, zero_shot: bool, run: Run, collection_qrels: dict[str, dict[str, int]],
+              info: dict[str, Any]) -> CollectionResult:
+    """The metrics of ``run`` against one collection's judgements."""
+    metrics = compute_metrics(run, collection_qrels)
+    per_query = metrics.pop("per_query")
+    return CollectionResult(name, zero_shot, metrics, per_query, run, info)
+
+
+def evaluate_collections(searcher: Searcher, collections: Sequence[Collection], zero_shot: set[str], k: int,
+                         pooled: bool = False) -> list[CollectionResult]:
+    """Searches and scores each collection on its own corpus (BEIR style) or, with ``pooled``, every collection's
+    queries against one index of all corpora (KILT style; ids then read ``"<collection>/<id>"``)."""
+    if not pooled:
+        results = []
+        for c in collections:
+            run, info = searcher.search(c.corpus, c.queries, k)
+            info |= {"num_docs": len(c.corpus), "num_queries": len(c.queries)}
+            results.append(score_run(c.name, c.name in zero_shot, run, c.qrels, info))
+        return results
+    pool = pooled_collection(collections)
+    run, info = searcher.search(pool.corpus, pool.queries, k)
+    return [score_run(c.name, c.name in zero_shot, split_pooled(run, c.name), split_pooled(pool.qrels, c.name),
+                      {**info, "num_docs": len(pool.corpus), "num_queries": len(c.queries), "pooled": True})
+            for c in collections]

@@ -1,0 +1,145 @@
+"""Publishing a trained retriever: a Hub-ready folder written locally (`export_for_hub`), then one upload
+(`push_to_hub`), the only step that needs the network.
+
+The folder holds: the weights, remote code, config with auto_map and tokenizer (save_pretrained); the hyper-prompt
+adapter alone under adapter/; the model card README.md (eval results, attention heat map under assets/); the
+sentence-transformers files (modules.json, config_sentence_transformers.json, sentence_hyper.py: every
+save_pretrained writes them); the Inference Endpoints handler (handler.py); and the local widget page (widget.py,
+widget.html). Those last three files ship verbatim from hub_files/ beside this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
+
+from hyper_retrieval.evaluation.results import load_results
+from hyper_retrieval.hub.card import build_model_card
+from hyper_retrieval.search.cache import path_fingerprint
+from modeling_hyper import HyperRetrieverModel
+
+HUB_FILES = Path(__file__).resolve().parent / "hub_files"
+ADAPTER_DIR = "adapter"
+HEATMAP = "attention_heatmap.png"
+HEATMAP_IN_REPO = f"assets/{HEATMAP}"
+TRAIN_CONFIG = "train_config.yaml"
+NOT_UPLOADED = ("__pycache__", ".pyc")
+
+
+def find_train_config(model_dir: Path) -> Path | None:
+    """train.py's train_config.yaml: in the model folder, or beside it (train.py writes <out>/final and <out>/...)."""
+    return next((p for p in (model_dir / TRAIN_CONFIG, model_dir.parent / TRAIN_CONFIG) if p.is_file()), None)
+
+
+def check_results_are_of(results: Mapping[str, Any], model_dir: Path, results_dir: str | os.PathLike) -> None:
+    """Refuses results that eval.py computed for another model (by the content fingerprint it recorded)."""
+    settings = results.get("settings", {})
+    recorded, actual = settings.get("model_fingerprint"), path_fingerprint(model_dir)
+    if recorded != actual:
+        raise ValueError(f"{results_dir} holds results of {settings.get('model')!r} (fingerprint {recorded}), not of "
+                         f"{model_dir} (fingerprint {actual}); evaluate this model with eval.py and export those")
+
+
+def training_licences(train_config: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """{collection: {"source", "licence"}} from the meta.json of each local training collection that has one."""
+    found = {}
+    for c in (train_config or {}).get("data", {}).get("collections", []):
+        meta = Path(c["path"]) / "meta.json"
+        if meta.is_file():
+            facts = json.loads(meta.read_text())
+            found[Path(c["path"]).name] = {"source": str(facts.get("source", "")),
+                                           "licence": str(facts.get("licence", "unknown"))}
+    return found
+
+
+def export_for_hub(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    results_dir: str | os.PathLike | None = None,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
+    datasets: Sequence[str] | None = None,
+    widget: Sequence[Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
+    baseline_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Writes the Hub-ready folder `out_dir` for the saved model in `model_dir`; returns its path.
+
+    `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results; it must
+    have been computed by this model (its fingerprint). `baseline_dir` is another system's eval.py output on the same
+    collections (BM25 in the same run), compared with in the card. `repo_id` names the model in the card's code
+    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it).
+    """
+    model_dir, out = Path(model_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another folder or pass overwrite=True (--overwrite)")
+    model = HyperRetrieverModel.from_pretrained(model_dir)
+    if model.tokenizer is None:
+        raise ValueError(f"{model_dir}: no tokenizer beside the weights; the exported model could not encode text")
+    results = load_results(results_dir) if results_dir is not None else None
+    if results is not None:
+        check_results_are_of(results, model_dir, results_dir)
+    baseline = load_results(baseline_dir) if baseline_dir is not None else None
+    train_config_path = find_train_config(model_dir)
+    train_config = yaml.safe_load(train_config_path.read_text()) if train_config_path else None
+
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    if model.hyper_prompt is not None:
+        model.save_adapter(out / ADAPTER_DIR)
+    shutil.copytree(HUB_FILES, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{n}" for n in NOT_UPLOADED)))
+    heatmap = None
+    if results_dir is not None and (Path(results_dir) / HEATMAP).is_file():
+        (out / HEATMAP_IN_REPO).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(results_dir) / HEATMAP, out / HEATMAP_IN_REPO)
+        heatmap = HEATMAP_IN_REPO
+    card = build_model_card(
+        model.config, results=results, train_config=train_config, heatmap=heatmap, repo_id=repo_id, license=license,
+        base_model=base_model, datasets=datasets, widget=widget, baseline=baseline,
+        licences=training_licences(train_config),
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def files_to_upload(out_dir: str | os.PathLike) -> list[str]:
+    """The folder's files as repository paths (posix, sorted), without Python caches."""
+    out = Path(out_dir)
+    return sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not any(part.endswith(NOT_UPLOADED) for part in p.relative_to(out).parts)
+    )
+
+
+def push_to_hub(
+    out_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload HypeR retriever",
+) -> CommitInfo:
+    """Uploads an `export_for_hub` folder to the model repository `repo_id` in one commit (creating the repo).
+
+    The token defaults to huggingface_hub's usual places (HF_TOKEN, `hf auth login`). The card's metadata is validated
+    by the Hub first, so a bad card fails before any file is sent.
+    """
+    out = Path(out_dir)
+    files = files_to_upload(out)
+    if "README.md" not in files or "config.json" not in files:
+        raise FileNotFoundError(f"{out}: not an exported folder (no README.md / config.json); run export_for_hub")
+    ModelCard.load(out / "README.md").validate(repo_type="model")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(out / f)) for f in files]
+    return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, commit_message=commit_message)

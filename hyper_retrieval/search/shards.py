@@ -1,0 +1,131 @@
+"""A corpus's vectors in shards, read back as one store without holding more than one shard in memory.
+
+Shard ``i`` of a corpus of n documents is the row range ``[i * shard_docs, min((i + 1) * shard_docs, n))``. Each
+shard is encoded on its own (see retrieval.ModelSearcher.encode_shards) and cached as an entry of its own: under
+several processes (``accelerate launch`` / ``torchrun``) each encodes its share, and a run killed mid-way keeps every
+finished shard. :class:`ShardStore` lays the shards end to end; search reads it chunk by chunk (index.DenseIndex).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from hyper_retrieval.search.cache import Embeddings
+
+
+def shard_ranges(n_docs: int, shard_docs: int) -> list[tuple[int, int]]:
+    """The row ranges [start, end) of the shards of a corpus of ``n_docs`` documents, ``shard_docs`` each."""
+    if shard_docs < 1:
+        raise ValueError(f"shard_docs={shard_docs}: expected >= 1 document per shard")
+    return [(start, min(start + shard_docs, n_docs)) for start in range(0, n_docs, shard_docs)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's vectors, (n, dim) or CSR (n, vocab): in memory, or the cache-entry folder holding ``vectors.npy``
+    (dense, memory-mapped at each read) or ``vectors.npz`` (sparse). ``doc`` (n,) is each vector's document row."""
+
+    source: Embeddings | Path
+    doc: np.ndarray
+
+    def open(self) -> Embeddings:
+        if not isinstance(self.source, Path):
+            return self.source
+        dense = self.source / "vectors.npy"
+        return np.load(dense, mmap_mode="r") if dense.exists() else sp.load_npz(self.source / "vectors.npz").tocsr()
+
+    def shape(self) -> tuple[tuple[int, int], bool]:
+        """((n, dim or vocab), sparse), from the array or the file's header, without reading a shard on disk."""
+        if not isinstance(self.source, Path):
+            return self.source.shape, sp.issparse(self.source)
+        dense = self.source / "vectors.npy"
+        if dense.exists():
+            return np.load(dense, mmap_mode="r").shape, False
+        with np.load(self.source / "vectors.npz") as archive:  # scipy's npz keeps the shape as its own member
+            return tuple(int(d) for d in archive["shape"]), True
+
+
+class ShardStore:
+    """Shards laid end to end: row ``r`` of the store is vector ``r - starts[i]`` of shard ``i``.
+
+    Nothing is loaded when the store is made; :meth:`chunks` and :meth:`take` open one shard at a time (memory-mapped
+    when it is on disk) and copy only the rows asked for. :meth:`load` gives everything as one array, for callers
+    that hold a corpus in memory anyway.
+    """
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        if not shards:
+            raise ValueError("a shard store needs at least one shard")
+        self.shards = list(shards)
+        self.starts = np.concatenate([[0], np.cumsum([len(s.doc) for s in self.shards])]).astype(np.int64)
+        (_, self.dim), self.sparse = self.shards[0].shape()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    @cached_property
+    def doc(self) -> np.ndarray:
+        """(n_vectors,) each vector's document row (non-decreasing)."""
+        return np.concatenate([np.asarray(s.doc, dtype=np.int64) for s in self.shards])
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, Embeddings]]:
+        """(first row, block) in store order: blocks of at most ``rows`` vectors, float32 dense or CSR, copied out
+        of one open shard at a time."""
+        for shard, start in zip(self.shards, self.starts[:-1], strict=True):
+            vectors = shard.open()
+            for offset in range(0, vectors.shape[0], rows):
+                block = vectors[offset: offset + rows]
+                yield int(start + offset), block.copy() if self.sparse else np.array(block, dtype=np.float32)
+            del vectors
+
+    def take(self, rows: np.ndarray) -> Embeddings:
+        """The vectors of store rows (any shape of int array), in that order: (*rows.shape, dim) float32 for dense
+        vectors, CSR (len(rows), vocab) for sparse ones."""
+        rows = np.asarray(rows, dtype=np.int64)
+        flat = rows.reshape(-1)
+        shard_of = np.searchsorted(self.starts, flat, side="right") - 1
+        parts, positions = [], []
+        for i in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == i)
+            vectors = self.shards[i].open()
+            parts.append(vectors[flat[where] - self.starts[i]])
+            positions.append(where)
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        if self.sparse:
+            return sp.vstack(parts, format="csr")[order]
+        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])[order].reshape(*rows.shape, self.dim)
+
+    def sample(self, n: int, seed: int = 0) -> Embeddings:
+        """``n`` distinct rows drawn at random (all rows when the store has fewer), in store order."""
+        if n >= len(self):
+            return self.take(np.arange(len(self)))
+        return self.take(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
+    def load(self) -> Embeddings:
+        """Every vector as one array (a single shard as it is: memory-mapped when on disk)."""
+        if len(self.shards) == 1:
+            return self.shards[0].open()
+        parts = [s.open() for s in self.shards]
+        return sp.vstack(parts, format="csr") if self.sparse else np.concatenate(parts).astype(np.float32, copy=False)
+
+    @classmethod
+    def from_array(cls, vectors: Embeddings) -> ShardStore:
+        """An in-memory store of one shard, one vector per document."""
+        return cls([Shard(vectors, np.arange(vectors.shape[0]))])
+
+    @classmethod
+    def concatenate(cls, stores: Sequence[ShardStore], doc_counts: Sequence[int]) -> ShardStore:
+        """The stores of corpora laid end to end (a pooled corpus), their document rows shifted accordingly."""
+        starts = np.concatenate([[0], np.cumsum(doc_counts)[:-1]]).astype(np.int64)
+        return cls([Shard(s.source, np.asarray(s.doc) + offset)
+                    for store, offset in zip(stores, starts, strict=True) for s in store.shards])
