@@ -258,8 +258,9 @@ def main(argv: list[str] | None = None) -> None:
         model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code, processes.device)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
-        searcher = ModelSearcher(model, cache_fingerprint, args.batch_size, args.max_length, args.index,
-                                 args.prune_query_terms, Path(args.cache_dir) if args.cache_dir else None, progress,
+        searcher = ModelSearcher(model, cache_fingerprint, batch_size=args.batch_size, max_length=args.max_length,
+                                 index_kind=args.index, prune_query_terms=args.prune_query_terms,
+                                 cache_dir=Path(args.cache_dir) if args.cache_dir else None, show_progress=progress,
                                  windows=PassageWindows(args.windows, args.window_stride), shard_docs=args.shard_docs,
                                  index_options=options)
     if processes.num_processes > 1:  # every process encodes its shards; the main one then searches and scores

@@ -178,8 +178,9 @@ def main() -> int:
                 all_keys = gather_object(batch.passage_keys) if accelerator.num_processes > 1 else batch.passage_keys
                 offset = accelerator.process_index * len(batch.passage_keys)
                 exclude = false_negative_mask(batch.positives, all_keys, (batch.targets + offset).tolist())
-                losses = loss_fn(q.embeddings, p, batch.targets, state.step, q.prompt_attention,
-                                 batch.tasks, exclude.to(accelerator.device), q.prompt_logits, window_mask)
+                losses = loss_fn(q.embeddings, p, batch.targets, step=state.step, attention=q.prompt_attention,
+                                 tasks=batch.tasks, exclude=exclude.to(accelerator.device), logits=q.prompt_logits,
+                                 window_mask=window_mask)
                 if routing is not None:
                     routing.add(q.prompt_attention, batch.tasks)
                 if not torch.isfinite(losses["total"]):

@@ -124,6 +124,11 @@ def prefetch(batches: Iterator, depth: int = 8) -> Iterator:
         yield item
 
 
+def passage_text(doc: dict) -> str:
+    """How a passage {"title", "text"} is read as one text: title and text joined by a space (BEIR's convention)."""
+    return f"{doc.get('title') or ''} {doc['text']}".strip()
+
+
 @dataclass
 class HyperRetrieverOutput(ModelOutput):
     """embeddings (B, d) dense or (B, V) sparse; prompt_attention (B, N) and the synthesizer's prompt_logits (B, N)
@@ -456,7 +461,7 @@ class HyperRetrieverModel(PreTrainedModel):
             if isinstance(doc, dict):
                 if "text" not in doc:
                     raise ValueError(f"corpus[{i}] has no 'text' key (keys: {sorted(doc)})")
-                doc = f"{doc.get('title') or ''} {doc['text']}".strip()
+                doc = passage_text(doc)
             texts.append(doc)
         return texts
 

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
-from hyper_retrieval.experiments.protocol import Run, load_protocol  # noqa: E402
+from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol  # noqa: E402
 from hyper_retrieval.experiments.report import write_report  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def record(folder: Path, **facts) -> None:
     path.write_text(json.dumps(known | facts, indent=1))
 
 
-def model_folder(run: Run, root: Path) -> str:
+def model_folder(run: ProtocolRun, root: Path) -> str:
     """What eval.py loads: bm25, the untrained model saved for a baseline, or the run's dev-selected model."""
     if run.model:
         return run.model
@@ -71,7 +71,7 @@ def model_folder(run: Run, root: Path) -> str:
     return str(folder / "best" if (folder / "best").is_dir() else folder / "final")
 
 
-def train(run: Run, root: Path, profile: list[str]) -> None:
+def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
     """train.py for a trained run (resumed if interrupted), or the untrained model saved for a config baseline."""
     folder = root / run.name
     if run.model or (folder / ("final" if run.seed is not None else "model")).is_dir():
@@ -91,7 +91,7 @@ def train(run: Run, root: Path, profile: list[str]) -> None:
     record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine())
 
 
-def evaluate(run: Run, protocol: dict, root: Path, hybrid: bool = True) -> None:
+def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True) -> None:
     """eval.py on the test split: per collection, and pooled for the main table; skipped when already done."""
     data = Path(protocol["data_root"])
     if run.held_out:
@@ -122,7 +122,7 @@ RUN_FILES = ("log.jsonl", "protocol.json", "train_config.yaml")
 EVAL_FILES = ("results.json", "results.md", "per_query.json", "attention.npy", "attention_tasks.json")
 
 
-def collect(runs: list[Run], root: Path, to: Path) -> list[Path]:
+def collect(runs: list[ProtocolRun], root: Path, to: Path) -> list[Path]:
     """Copies what `report` reads of each run (its log, config and wall times; every evaluation's results, per-query
     metrics and prompt attention), never weights, checkpoints or TREC runs, from root into to; returns the copies."""
     copied = []
@@ -138,7 +138,7 @@ def collect(runs: list[Run], root: Path, to: Path) -> list[Path]:
     return copied
 
 
-def cost(runs: list[Run], root: Path) -> None:
+def cost(runs: list[ProtocolRun], root: Path) -> None:
     """Queries/s of each system's query encoder on the same queries, in one run (bench/encode.py)."""
     systems = [r for r in runs if r.model is None and r.table in ("main", "sparse") and r.primary]
     specs = [f"{r.name}={model_folder(r, root)}" for r in systems]

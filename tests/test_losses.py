@@ -17,7 +17,7 @@ from hyper_retrieval.training.losses import (
     RetrievalLoss,
     contrastive_loss,
     flops_regularizer,
-    js_divergence,
+    pairwise_js_divergence,
     warmup_weight,
 )
 
@@ -68,10 +68,10 @@ def test_contrastive_on_sparse_vocab_sized_vectors() -> None:
 def test_js_divergence_matches_scipy() -> None:
     rng = np.random.default_rng(0)
     p, q = rng.dirichlet(np.ones(5), size=4), rng.dirichlet(np.ones(5), size=3)
-    js = js_divergence(torch.tensor(p), torch.tensor(q)).numpy()
+    js = pairwise_js_divergence(torch.tensor(p), torch.tensor(q)).numpy()
     expected = np.array([[jensenshannon(a, b) ** 2 for b in q] for a in p])  # scipy: sqrt(JS), natural log
     np.testing.assert_allclose(js, expected, rtol=1e-6, atol=1e-12)
-    disjoint = js_divergence(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
+    disjoint = pairwise_js_divergence(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
     assert disjoint.item() == pytest.approx(math.log(2), rel=1e-6)
 
 
@@ -93,7 +93,7 @@ def test_cpr_terms_match_direct_computation() -> None:
 
 
 def mean_js(attn: torch.Tensor, tasks: torch.Tensor, same: bool) -> float:
-    js = js_divergence(attn, attn)
+    js = pairwise_js_divergence(attn, attn)
     pairs = (tasks[:, None] == tasks[None, :]) if same else (tasks[:, None] != tasks[None, :])
     pairs &= ~torch.eye(len(tasks), dtype=torch.bool)
     return js[pairs].mean().item()

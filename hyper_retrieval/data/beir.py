@@ -175,7 +175,8 @@ class Corpus(Mapping[str, Document]):
     @classmethod
     def concatenate(cls, corpora: Sequence[Corpus], prefixes: Sequence[str]) -> Corpus:
         """One corpus holding all rows of ``corpora`` in order, with ids renamed ``"<prefix>/<id>"``."""
-        ids = [f"{prefix}/{doc_id}" for corpus, prefix in zip(corpora, prefixes, strict=True) for doc_id in corpus.ids]
+        ids = [document_key(prefix, doc_id) for corpus, prefix in zip(corpora, prefixes, strict=True)
+               for doc_id in corpus.ids]
         if len(set(ids)) != len(ids):
             raise DataError(f"pooling {list(prefixes)} gives clashing '<name>/<id>' ids")
         parts = [part for corpus in corpora for part in corpus._parts]
@@ -424,8 +425,8 @@ def pooled_collection(collections: Sequence[Collection]) -> Collection:
     if len(set(names)) != len(names):
         raise ValueError(f"pooled collections need distinct names, got {names}")
     corpus = Corpus.concatenate([c.corpus for c in collections], names)
-    queries = {f"{c.name}/{q}": text for c in collections for q, text in c.queries.items()}
-    qrels = {f"{c.name}/{q}": {f"{c.name}/{d}": s for d, s in docs.items()} for c in collections
+    queries = {document_key(c.name, q): text for c in collections for q, text in c.queries.items()}
+    qrels = {document_key(c.name, q): {document_key(c.name, d): s for d, s in docs.items()} for c in collections
              for q, docs in c.qrels.items()}
     return Collection("+".join(names), corpus, queries, qrels)
 
@@ -434,3 +435,15 @@ def split_pooled(pooled: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The entries of a pooled {query id: ...} mapping that belong to collection ``name``, keys kept as they are."""
     prefix = name + "/"
     return {q: v for q, v in pooled.items() if q.startswith(prefix)}
+
+
+def document_key(collection: str, doc_id: str) -> str:
+    """A document's (or query's) id among several collections: ``"<collection>/<id>"`` (pooled corpora, training
+    batches, the passage table)."""
+    return f"{collection}/{doc_id}"
+
+
+def split_document_key(key: str) -> tuple[str, str]:
+    """A :func:`document_key`'s collection and id."""
+    collection, doc_id = key.split("/", 1)
+    return collection, doc_id

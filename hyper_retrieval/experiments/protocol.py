@@ -15,7 +15,7 @@ KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "poo
 
 
 @dataclass
-class Run:
+class ProtocolRun:
     """One system to evaluate: trained (config, seed) or a baseline (bm25, or a config's untrained model)."""
 
     name: str
@@ -37,7 +37,7 @@ class Run:
         return self.name == self.base
 
 
-def load_protocol(path: Path) -> tuple[dict, list[Run]]:
+def load_protocol(path: Path) -> tuple[dict, list[ProtocolRun]]:
     """The protocol file and its runs (seeds expanded: the first seed keeps the name, others get -seed<S>).
     Raises ValueError naming the file and the entry for a missing key or an entry it cannot read."""
     protocol = yaml.safe_load(path.read_text())
@@ -46,7 +46,7 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
     for key in ("data_root", "in_domain", "zero_shot", "output_root", "profiles", "runs"):
         if key not in protocol:
             raise ValueError(f"{path}: missing key {key!r}")
-    runs: list[Run] = []
+    runs: list[ProtocolRun] = []
     for section in ("baselines", "runs"):
         for i, entry in enumerate(protocol.get(section) or []):
             unknown = set(entry) - KNOWN_RUN_KEYS
@@ -56,16 +56,17 @@ def load_protocol(path: Path) -> tuple[dict, list[Run]]:
             table = entry.get("table", "main")
             seeds = entry.get("seeds", [42]) if section == "runs" else [None]
             for j, seed in enumerate(seeds):
-                runs.append(Run(entry["name"] if j == 0 else f"{entry['name']}-seed{seed}", entry["name"], table,
-                                entry.get("pooled", table == "main"), entry.get("config"), entry.get("model"),
-                                seed, tuple(entry.get("overrides", ())), entry.get("held_out"),
-                                tuple(entry.get("in_domain", ())), entry.get("windows", "first"),
-                                bool(entry.get("hybrid", False))))
+                name = entry["name"] if j == 0 else f"{entry['name']}-seed{seed}"
+                runs.append(ProtocolRun(name, entry["name"], table, entry.get("pooled", table == "main"),
+                                        entry.get("config"), entry.get("model"), seed,
+                                        tuple(entry.get("overrides", ())), entry.get("held_out"),
+                                        tuple(entry.get("in_domain", ())), entry.get("windows", "first"),
+                                        bool(entry.get("hybrid", False))))
                 if runs[-1].windows not in ("first", "max"):
                     raise ValueError(f"{path}: {section}[{i}]: windows {runs[-1].windows!r}: expected first or max")
     return protocol, runs
 
 
-def seeds_of(runs: list[Run], name: str) -> list[Run]:
+def seeds_of(runs: list[ProtocolRun], name: str) -> list[ProtocolRun]:
     """A run and its other-seed copies (name-seed<S>)."""
     return [r for r in runs if r.base == name]

@@ -8,13 +8,10 @@ import bm25s
 import numpy as np
 import Stemmer
 
+from hyper_retrieval.core.types import Run
 from hyper_retrieval.data.beir import Document
-from hyper_retrieval.search.index import Run, run_from_topk
-
-
-def document_text(doc: Document) -> str:
-    """The text BM25 indexes for a document: title and text joined by a space (BEIR's convention)."""
-    return f"{doc['title']} {doc['text']}".strip()
+from hyper_retrieval.search.index import run_from_topk
+from modeling_hyper.modeling_hyper import passage_text as document_text
 
 
 class BM25:

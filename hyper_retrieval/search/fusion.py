@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hyper_retrieval.core.types import Run
 from hyper_retrieval.data.beir import Corpus
-from hyper_retrieval.search.index import Run
 from hyper_retrieval.search.searchers import Searcher
 
 RRF_K = 60  # the constant of Cormack et al.

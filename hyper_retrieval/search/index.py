@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from hyper_retrieval.core.types import Run
 from hyper_retrieval.search.shards import ShardStore
 
 try:
@@ -29,7 +30,6 @@ def require_faiss() -> None:
     if faiss is None:
         raise ImportError("this index needs faiss (pip install faiss-cpu); exact search on the torch backend does not")
 
-Run = dict[str, dict[str, float]]
 
 
 def run_from_topk(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, indices: np.ndarray) -> Run:

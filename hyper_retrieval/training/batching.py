@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hyper_retrieval.data.beir import Collection
+from hyper_retrieval.data.beir import Collection, document_key
 from hyper_retrieval.search.bm25 import document_text
 from hyper_retrieval.training.examples import Example, sample_passages
 
@@ -74,8 +74,8 @@ class BatchBuilder:
             if self.tokenize_passages:
                 corpus = self.tasks[task].collections[ex.collection].corpus
                 passages += [document_text(doc) for doc in corpus.get_many(chosen)]
-            keys += [f"{ex.collection}/{d}" for d in chosen]
-            positives.append({f"{ex.collection}/{d}" for d in ex.positive_ids})
+            keys += [document_key(ex.collection, d) for d in chosen]
+            positives.append({document_key(ex.collection, d) for d in ex.positive_ids})
             task_ids.append(task)
         group = 1 + self.num_negatives
         return TrainBatch(

@@ -83,7 +83,7 @@ def contrastive_loss(queries: Tensor, passages: Tensor, targets: Tensor, tempera
     return F.cross_entropy(scores, targets + _rank() * passages.shape[0])
 
 
-def js_divergence(p: Tensor, q: Tensor) -> Tensor:
+def pairwise_js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """Pairwise Jensen-Shannon divergence in nats: p (B, N), q (M, N) distributions -> (B, M), in [0, ln 2]."""
     p, q = p.unsqueeze(1), q.unsqueeze(0)  # (B, 1, N), (1, M, N)
     log_m = (0.5 * (p + q)).clamp_min(_EPS).log()
@@ -145,7 +145,7 @@ class ContrastivePromptRegularizer(nn.Module):
             others = torch.cat([others, bank_attention.to(attention.dtype)])
             other_tasks = torch.cat([other_tasks, bank_tasks.to(tasks.device)])
             valid = torch.cat([valid, valid.new_ones(batch, len(bank_tasks))], dim=1)
-        js = js_divergence(attention, others)  # (B, G + M)
+        js = pairwise_js_divergence(attention, others)  # (B, G + M)
         same = tasks[:, None] == other_tasks[None, :]
         scale = self.weight / batch
         zero = attention.new_zeros(())

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from hyper_retrieval.data.beir import Corpus
+from hyper_retrieval.data.beir import Corpus, split_document_key
 from hyper_retrieval.search.cache import passage_encoder_fingerprint
 from hyper_retrieval.search.searchers import FIRST_WINDOW, ModelSearcher, PassageWindows
 from hyper_retrieval.search.shards import ShardStore
@@ -57,7 +57,7 @@ class PassageTable:
         and None when every passage is one window; else (len(keys), W, dim) with a bool mask (len(keys), W) of the
         real windows, W the most windows any training passage has."""
         by_collection: dict[str, list[int]] = {}
-        split = [key.split("/", 1) for key in keys]
+        split = [split_document_key(key) for key in keys]
         for position, (name, _) in enumerate(split):
             by_collection.setdefault(name, []).append(position)
         out: np.ndarray | None = None

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import evaluate
 
-Run = Mapping[str, Mapping[str, float]]  # query id -> {doc id -> score}
+from hyper_retrieval.core.types import Run
+
 MODULE_PATH = Path(__file__).with_name("retrieval_metrics.py")
 
 

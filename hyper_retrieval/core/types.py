@@ -1,0 +1,3 @@
+"""Types every layer shares."""
+
+Run = dict[str, dict[str, float]]  # a retrieval run: query id -> {document id -> score}
