@@ -13,8 +13,6 @@ mask columns, then calls the stock kernel. Unlike the cache route this survives 
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import itertools
 import json
 import os
@@ -140,14 +138,6 @@ class HyperRetrieverOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
 
 
-def _installed_copy(name: str) -> str:
-    """The folder of a backbone's pip-shipped weights (hyper_retrieval.core.backbones) if that package is importable and
-    knows `name`, else `name`. The Hub's copy of this file has no such package beside it and uses names as given."""
-    if importlib.util.find_spec("hyper_retrieval") is None:
-        return name
-    return importlib.import_module("hyper_retrieval.core.backbones").resolve_backbone(name)
-
-
 class HyperRetrieverModel(PreTrainedModel):
     """Query encoder with a (hyper-)prompt prefix, passage encoder without; BEIR's `encode_queries/encode_corpus`."""
 
@@ -203,17 +193,15 @@ class HyperRetrieverModel(PreTrainedModel):
         """Builds the model around pretrained encoder weights (a local folder or a Hub id), tokenizer included.
 
         `config_kwargs` are `HyperConfig` fields (representation, pooling, share_encoders, ...). The sparse kind loads
-        the checkpoint's MLM head and refuses a checkpoint without one. A Hub id whose weights ship in an installed
-        package (hyper_retrieval.core.backbones, when that package is importable) loads from there, offline; the saved
-        configs name the Hub id, never the local copy.
+        the checkpoint's MLM head and refuses a checkpoint without one. A Hub id loads through the Hugging Face cache
+        (offline where its files are there: scripts/setup_env.sh places the pip-shipped ones), and the saved configs
+        name it as given.
         """
-        name = str(name_or_path)
-        name_or_path = _installed_copy(name)
+        name_or_path = str(name_or_path)
         backbone_config = AutoConfig.from_pretrained(name_or_path)
-        backbone_config._name_or_path = name
         prompt = hyper_prompt.to_dict() if hyper_prompt is not None else None
         if prompt is not None and prompt.get("base_model_name_or_path") is None:
-            prompt["base_model_name_or_path"] = name
+            prompt["base_model_name_or_path"] = name_or_path
         model = cls(HyperConfig(backbone_config=backbone_config, hyper_prompt=prompt, **config_kwargs))
         auto_class = AutoModelForMaskedLM if model.config.representation == "sparse" else AutoModel
         source, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, dtype=torch.float32)

