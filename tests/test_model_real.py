@@ -109,7 +109,7 @@ def test_batches_are_sorted_by_tokens_and_cover_every_text_once(plain_minilm, bb
 
 
 def test_prefetch_yields_the_same_batches_and_raises_their_errors():
-    from modeling_hyper.modeling_hyper import prefetch
+    from modeling_hyper.encoding_hyper import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 

@@ -69,7 +69,7 @@ def test_save_then_load_in_fresh_offline_process(representation, minilm_path, sp
     model.save_pretrained(folder)
 
     files = sorted(p.name for p in folder.iterdir())
-    code = {"configuration_hyper.py", "modeling_hyper.py", "hyper_prompt.py"}
+    code = {"configuration_hyper.py", "modeling_hyper.py", "hyper_prompt.py", "encoding_hyper.py"}
     assert {"config.json", "model.safetensors", *code} <= set(files)
     assert "tokenizer.json" in files or "vocab.txt" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".pth"))], files

@@ -125,7 +125,8 @@ def _usage(model_id: str, config: Any, base_model: str) -> str:
         "The query backbone was trained too, so the adapter on the untrained base model is not this model; "
         "it is meant for inspection and for reuse on a backbone trained alongside it.")
     return f"""The architecture is custom code shipped in this repository (`modeling_hyper.py`,
-`hyper_prompt.py`, `configuration_hyper.py`), so loading needs `trust_remote_code=True`: read those files first.
+`encoding_hyper.py`, `hyper_prompt.py`, `configuration_hyper.py`), so loading needs `trust_remote_code=True`: read
+those files first.
 
 **transformers**
 

@@ -11,7 +11,7 @@ import Stemmer
 from hyper_retrieval.core.types import Run
 from hyper_retrieval.data.beir import Document
 from hyper_retrieval.search.index import run_from_topk
-from modeling_hyper.modeling_hyper import passage_text as document_text
+from modeling_hyper.encoding_hyper import passage_text as document_text
 
 
 class BM25:
