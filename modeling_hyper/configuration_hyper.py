@@ -23,7 +23,10 @@ class HyperConfig(PretrainedConfig):
         freeze_query_backbone: only the prompt modules train (the release's default; the paper trains both).
         hyper_prompt: the prompt pool's settings (`HyperPromptConfig` as a dict) or None for no prompt.
             `pool_size == 1` is the single shared prefix baseline; `pool_size > 1` is HypeR's hyper-prompt.
-        max_seq_length: tokens kept per text by `encode_queries` / `encode_corpus`; longer texts are truncated.
+        max_seq_length: tokens kept per passage (`encode_corpus`; a MaxP window); longer texts are truncated.
+        max_query_length: tokens kept per query (`encode_queries`, `prompt_attention`, the sentence-transformers
+            query side); None: max_seq_length (models saved before this setting). train.py saves its
+            `model.max_query_length`, so a saved model reads queries as it was trained.
         attention_backend: "sdpa" or "eager", the backbone's attention kernel under the prefix.
     """
 
@@ -41,6 +44,7 @@ class HyperConfig(PretrainedConfig):
         freeze_query_backbone: bool = False,
         hyper_prompt: dict | None = None,
         max_seq_length: int = 256,
+        max_query_length: int | None = None,
         attention_backend: str = "sdpa",
         **kwargs,
     ):
@@ -56,9 +60,15 @@ class HyperConfig(PretrainedConfig):
         self.freeze_query_backbone = freeze_query_backbone
         self.hyper_prompt = dict(hyper_prompt) if hyper_prompt is not None else None
         self.max_seq_length = max_seq_length
+        self.max_query_length = max_query_length
         self.attention_backend = attention_backend
         super().__init__(**kwargs)
         self.validate_settings()
+
+    @property
+    def query_length(self) -> int:
+        """Tokens kept per query: max_query_length, else max_seq_length."""
+        return self.max_query_length or self.max_seq_length
 
     def validate_settings(self) -> None:
         """Raises ValueError naming the offending key; called on construction."""
@@ -70,6 +80,10 @@ class HyperConfig(PretrainedConfig):
             raise ValueError(f"HyperConfig.attention_backend={self.attention_backend!r}: expected 'sdpa' or 'eager'")
         if not isinstance(self.max_seq_length, int) or self.max_seq_length < 2:
             raise ValueError(f"HyperConfig.max_seq_length={self.max_seq_length!r}: expected an integer >= 2")
+        if self.max_query_length is not None and (not isinstance(self.max_query_length, int)
+                                                  or self.max_query_length < 2):
+            raise ValueError(f"HyperConfig.max_query_length={self.max_query_length!r}: expected an integer >= 2 "
+                             "or None")
         if self.freeze_passage_encoder and self.share_encoders and not self.freeze_query_backbone:
             raise ValueError(
                 "HyperConfig: freeze_passage_encoder=True with share_encoders=True would also freeze the query "

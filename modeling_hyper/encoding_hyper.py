@@ -64,8 +64,8 @@ class HyperEncodingMixin:
         `convert_to_tensor` gives a torch tensor (sparse: a CSR tensor), `normalize_embeddings` unit-length rows;
         any other keyword is an error.
 
-        An empty list gives an empty (0, dim) result; an empty or blank query is an error; texts longer than
-        `config.max_seq_length` tokens are truncated.
+        An empty list gives an empty (0, dim) result; an empty or blank query is an error; queries longer than
+        `config.query_length` tokens (max_query_length, else max_seq_length) are truncated.
         """
         for i, query in enumerate(self._check_texts(queries, "queries")):
             if not query.strip():
@@ -146,7 +146,8 @@ class HyperEncodingMixin:
         if synthesizer is None or not queries:
             return 0
         embed = self.query_encoder.get_input_embeddings()
-        batches = self._store_batches(*self.tokenize(self._check_texts(queries, "queries")), batch_size)
+        ids, offsets = self.tokenize(self._check_texts(queries, "queries"), self.config.query_length)
+        batches = self._store_batches(ids, offsets, batch_size)
         return synthesizer.calibrate(
             (embed(ids.to(self.device)), mask.to(self.device)) for _, ids, mask in batches
         )
@@ -162,10 +163,10 @@ class HyperEncodingMixin:
                 raise TypeError(f"{what}[{i}] is a {type(text).__name__}, expected {expected}")
         return list(texts)
 
-    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> a flat token store: ids (total tokens,) int32 and offsets (n + 1,) int64; text i is
-        ids[offsets[i]:offsets[i + 1]], truncated at `config.max_seq_length`. Tokenized in chunks of
-        TOKENIZE_CHUNK texts per call (the fast tokenizer works in parallel within a call)."""
+        ids[offsets[i]:offsets[i + 1]], truncated at `max_length` (default `config.max_seq_length`). Tokenized in
+        chunks of TOKENIZE_CHUNK texts per call (the fast tokenizer works in parallel within a call)."""
         if self.tokenizer is None:
             raise ValueError("no tokenizer: load with from_pretrained/from_backbone or set model.tokenizer")
         ids, lengths = [], []
@@ -173,7 +174,7 @@ class HyperEncodingMixin:
             chunk = self.tokenizer(
                 texts[start : start + TOKENIZE_CHUNK],
                 truncation=True,
-                max_length=self.config.max_seq_length,
+                max_length=max_length or self.config.max_seq_length,
                 return_attention_mask=False,
                 return_token_type_ids=False,
             )["input_ids"]
@@ -254,8 +255,9 @@ class HyperEncodingMixin:
             yield rows, torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64))
 
     def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool):
-        """Texts -> (embeddings in input order, prompt attention or None)."""
-        return self.encode_tokenized(*self.tokenize(texts), is_query, batch_size, show_progress_bar)
+        """Texts -> (embeddings in input order, prompt attention or None); queries cut at config.query_length."""
+        ids, offsets = self.tokenize(texts, self.config.query_length if is_query else None)
+        return self.encode_tokenized(ids, offsets, is_query, batch_size, show_progress_bar)
 
     @torch.no_grad()
     def encode_tokenized(

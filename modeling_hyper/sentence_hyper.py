@@ -36,12 +36,13 @@ class HyperSentenceEncoder(InputModule):
     def max_seq_length(self, value: int) -> None:
         self.model.config.max_seq_length = value
 
-    def preprocess(self, inputs: list[str], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        """Texts -> padded token ids, truncated at `max_seq_length` as the model's own encode_* do."""
+    def preprocess(self, inputs: list[str], prompt: str | None = None, task: str | None = None,
+                   **kwargs) -> dict[str, torch.Tensor]:
+        """Texts -> padded token ids, truncated as the model's own encode_* do: documents at `max_seq_length`,
+        queries (task "query") at the config's query length."""
         texts = [prompt + text for text in inputs] if prompt else list(inputs)
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
-        )
+        limit = self.model.config.query_length if task == "query" else self.max_seq_length
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
         return dict(tokens)
 
     def forward(self, features: dict[str, Any], task: str | None = None, **kwargs) -> dict[str, Any]:

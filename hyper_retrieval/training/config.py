@@ -72,7 +72,7 @@ class ModelSettings:
     freeze_query_backbone: bool = False  # the paper trains it jointly (the release froze it by accident)
     share_encoders: bool = False  # the release keeps separate query and passage copies
     freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once
-    max_query_length: int = field(default=64, metadata=_at_least(1))  # our choice
+    max_query_length: int = field(default=64, metadata=_at_least(2))  # our choice; saved in the model config
     max_passage_length: int = field(default=256, metadata=_at_least(1))  # our choice; the window length
     # Long passages: first = FirstP (first window only, truncated); max = MaxP, a passage scored by its best window
     # (training too, through the frozen passage table: needs freeze_passage_encoder and share_encoders false)

@@ -46,6 +46,7 @@ def build_model(settings: ModelSettings) -> HyperRetrieverModel:
         freeze_passage_encoder=settings.freeze_passage_encoder,
         freeze_query_backbone=settings.freeze_query_backbone,
         max_seq_length=settings.max_passage_length,
+        max_query_length=settings.max_query_length,
     )
 
 

@@ -7,7 +7,7 @@ JSON payloads:
   passage's being that of its best window (MaxP).
 - feature extraction: {"inputs": str | [str, ...], "parameters": {"task": "query" | "document", "truncate": bool,
   "normalize": bool}} -> one embedding (a list of floats) for a string, a list of them for a list; "task" defaults to
-  "query", "truncate" to true (false: a text over the model's max_seq_length is an error), "normalize" to false
+  "query", "truncate" to true (false: a text over what the model reads is an error), "normalize" to false
   (true: unit-length vectors).
 A malformed payload (not these forms, a blank or invalid-Unicode text, more than 256 texts or 100,000 characters in
 one) is answered with {"error": message}, not an exception.
@@ -77,7 +77,7 @@ class EndpointHandler:
                 if not isinstance(parameters.get(key, False), bool):
                     raise PayloadError(f'"{key}" must be true or false, got {parameters[key]!r}')
             if parameters.get("truncate", True) is False:
-                self._check_lengths(texts)
+                self._check_lengths(texts, parameters.get("task", "query"))
             vectors = self.embed(texts, parameters.get("task", "query"))
             if parameters.get("normalize", False):
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -92,9 +92,11 @@ class EndpointHandler:
         source = _text(inputs["source_sentence"], '"source_sentence"')
         return self.similarity(source, _texts(inputs["sentences"], '"sentences"'))
 
-    def _check_lengths(self, texts: list[str]) -> None:
-        """With "truncate": false, a text longer than the model reads is an error rather than cut."""
-        limit = self.model.config.max_seq_length
+    def _check_lengths(self, texts: list[str], task: str) -> None:
+        """With "truncate": false, a text longer than the model reads (a query: the config's query length) is an
+        error rather than cut."""
+        config = self.model.config
+        limit = getattr(config, "query_length", config.max_seq_length) if task == "query" else config.max_seq_length
         for i, ids in enumerate(self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]):
             if len(ids) > limit:
                 raise PayloadError(f'"inputs"[{i}] has {len(ids)} tokens, over the {limit} the model reads '
