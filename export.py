@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hyper_retrieval.core.run_folders import RunFolderError
 from hyper_retrieval.hub.export import export_for_hub, push_to_hub
 
 
@@ -23,7 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="a saved model folder (train.py's <output_dir>/final)")
     parser.add_argument("--results", help="eval.py's output folder for that model (results.json, heat map)")
     parser.add_argument("--out", required=True, help="the folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (never the model, a run's artefacts or a folder holding a run)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this model repository")
     parser.add_argument("--repo-id", help="the model's Hub id in the card's examples (default: --push-to-hub)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
@@ -40,9 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
-                         license=args.license, base_model=args.base_model, datasets=args.datasets,
-                         overwrite=args.overwrite, baseline_dir=args.baseline)
+    try:
+        out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
+                             license=args.license, base_model=args.base_model, datasets=args.datasets,
+                             overwrite=args.overwrite, baseline_dir=args.baseline)
+    except (FileExistsError, RunFolderError) as e:
+        sys.exit(f"export.py: {e}")
     print(f"exported to {out}")
     if args.push_to_hub:
         commit = push_to_hub(out, args.push_to_hub, token=args.token, private=args.private)

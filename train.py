@@ -29,9 +29,16 @@ from transformers import get_linear_schedule_with_warmup
 
 from hyper_retrieval.cli.options import run_main
 from hyper_retrieval.core.precision import resolve_mixed_precision
+from hyper_retrieval.core.run_folders import RunFolderError, check_fresh_start, moved_aside_name, run_contents
 from hyper_retrieval.evaluation.routing import RoutingWindow
 from hyper_retrieval.training.batching import BatchBuilder, TaskData
-from hyper_retrieval.training.checkpoints import latest_checkpoint, resume, save_atomically, save_checkpoint
+from hyper_retrieval.training.checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    resume,
+    save_atomically,
+    save_checkpoint,
+)
 from hyper_retrieval.training.config import ConfigError, load_config
 from hyper_retrieval.training.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.training.losses import RetrievalLoss
@@ -56,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--move-aside", action="store_true",
+                        help="output_dir holds another run: rename it to <output_dir>.old-<time> and start afresh")
     parser.add_argument("--stop-after-steps", type=int, default=None,
                         help="save a checkpoint and exit after this many steps, as SIGTERM would (tests, time boxes)")
     return parser.parse_args()
@@ -81,9 +90,22 @@ def main() -> int:
     set_seed(cfg.train.seed)
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)
+    # ---- never over another run: a fresh start needs an empty folder (or --move-aside); --resume needs a checkpoint
+    if not args.resume and run_contents(out):
+        if not args.move_aside:
+            try:
+                check_fresh_start(out)
+            except RunFolderError as e:
+                sys.exit(f"train.py: {e}")
+        if accelerator.is_main_process:
+            aside = moved_aside_name(out)
+            out.rename(aside)
+            accelerator.print(f"moved the earlier run to {aside}")
+        accelerator.wait_for_everyone()
+    if args.resume and not list_checkpoints(out):
+        sys.exit(f"train.py --resume: no checkpoint in {out / 'checkpoints'} to continue from (start without --resume)")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # ---- the model first: it may mine the hard negatives
     model = build_model(cfg.model)
@@ -141,14 +163,16 @@ def main() -> int:
 
     if args.resume:
         checkpoint, skipped = resume(accelerator, out, restore)
+        if checkpoint is None:  # stop, changing nothing: the checkpoints, log and config stay as they are
+            sys.exit(f"train.py --resume: no usable checkpoint in {out / 'checkpoints'}; nothing was changed.\n"
+                     + "\n".join(skipped))
         for line in skipped:
             accelerator.print(f"--resume: {line}")
-        if checkpoint is None:
-            accelerator.print(f"--resume: no usable checkpoint in {out / 'checkpoints'}, starting from scratch")
-        else:
-            accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
         if accelerator.is_main_process:  # the log goes on from the checkpoint: no step twice
             truncate_log(out / "log.jsonl", state.step)
+    if accelerator.is_main_process:
+        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if accelerator.is_main_process:
         accelerator.init_trackers("hyper", config={k: str(v) for k, v in cfg.to_dict().items()})
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
 from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol  # noqa: E402
 from hyper_retrieval.experiments.report import write_report  # noqa: E402
+from hyper_retrieval.training.checkpoints import list_checkpoints  # noqa: E402
 
 
 def machine() -> str:
@@ -84,7 +85,7 @@ def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
         return
     command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides,
                f"model.passage_windows={run.windows}", f"train.seed={run.seed}", f"train.output_dir={folder}"]
-    resume = (folder / "checkpoints").is_dir()
+    resume = bool(list_checkpoints(folder))  # a run killed before its first checkpoint starts again
     facts = folder / "protocol.json"
     before = json.loads(facts.read_text()).get("train_s", 0) if resume and facts.exists() else 0
     seconds = sh(command + (["--resume"] if resume else []))

@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, ModelCard
 from test_eval_cli import load_eval_module
 from tiny import tiny_model
 
+from hyper_retrieval.core.run_folders import RunFolderError, check_export_target
 from hyper_retrieval.evaluation.results import METRICS
 from hyper_retrieval.hub.card import DEFAULT_WIDGET, build_model_card, metric_type
 from hyper_retrieval.hub.export import export_for_hub, push_to_hub
@@ -201,6 +202,35 @@ def test_export_refusals(hub_run, tmp_path):
     with pytest.raises(ValueError, match="no tokenizer beside the weights"):
         export_for_hub(tmp_path / "no_tokenizer", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_never_writes_over_a_training_run(hub_run, tmp_path):
+    """The run that holds the model (checkpoints/, final/, log.jsonl) survives every --out that would replace it or
+    part of it, --overwrite or not; a new folder beside its artefacts is fine."""
+    run = tmp_path / "run"
+    shutil.copytree(hub_run.model_dir, run / "final")
+    (run / "checkpoints" / "step_2").mkdir(parents=True)
+    (run / "checkpoints" / "step_2" / "model.safetensors").write_bytes(b"weights")
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, message in ((run, "holds the model being exported"), (tmp_path, "holds the model being exported"),
+                         (run / "final", "holds the model being exported"),
+                         (run / "checkpoints" / "hub", "part of the training run"),
+                         (run / "final" / "sub", "part of the training run")):
+        with pytest.raises(RunFolderError, match=message):
+            export_for_hub(run / "final", out, overwrite=True)
+        result = subprocess.run([sys.executable, str(REPO / "export.py"), "--model", str(run / "final"), "--out",
+                                 str(out), "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}) if out == run else None
+        if result is not None:  # the command line: one line, no traceback, exit status 1
+            assert result.returncode == 1 and "export.py: --out" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    other = tmp_path / "elsewhere"  # a folder holding another run, below the target
+    shutil.copytree(run, other / "old-run")
+    with pytest.raises(RunFolderError, match="holds the training run"):
+        export_for_hub(hub_run.model_dir, other, overwrite=True)
+    assert (other / "old-run" / "checkpoints" / "step_2" / "model.safetensors").read_bytes() == b"weights"
+    check_export_target(run / "hub", run / "final")  # beside the artefacts: allowed
 
 
 def test_export_refuses_results_of_another_model(hub_run, tmp_path):

@@ -243,10 +243,11 @@ def test_resume_falls_back_past_a_damaged_checkpoint(straight_and_stopped, tmp_p
     assert [r["step"] for r in read_log(tmp_path / "copy" / "run")] == list(range(1, 13))
 
 
-@pytest.mark.parametrize("name", ["random_states_0.pkl", "custom_checkpoint_0.pkl"])
+@pytest.mark.parametrize("name", ["random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin"])
 def test_resume_never_unpickles_code_from_a_checkpoint(straight_and_stopped, tmp_path, name):
     """A pickle with a side effect in a checkpoint, even with a manifest that vouches for it, is never run: accelerate's
-    RNG file is read without code (our RNG file decides), and an unknown registered-object pickle is refused."""
+    RNG file is read without code (our RNG file decides), and an unknown registered-object pickle or an optimizer
+    state that fails the safe load skips the checkpoint (no traceback)."""
     _, stopped = straight_and_stopped
     shutil.copytree(stopped, tmp_path / "copy")
     config = tmp_path / "copy" / "config.yaml"
@@ -269,6 +270,66 @@ def test_resume_never_unpickles_code_from_a_checkpoint(straight_and_stopped, tmp
         assert f"resumed from {newest}" in output
     else:
         assert f"skipped {newest}" in output and "resumed from" in output
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A copy of a test run's folder (config.yaml and run/), its config pointing at the copy."""
+    shutil.copytree(source, target)
+    config = target / "config.yaml"
+    config.write_text(config.read_text().replace(str(source), str(target)))
+    return config
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below folder -> its sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_over_a_finished_one_is_refused_and_move_aside_keeps_it(straight_and_stopped, tmp_path):
+    _, stopped = straight_and_stopped
+    finished = stopped.parent / "straight"
+    config = copy_run(finished, tmp_path / "copy")
+    run = tmp_path / "copy" / "run"
+    before = snapshot(run)
+    result = run_train(config, "optim.max_steps=2", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds a training run (checkpoints/step_8, checkpoints/step_12, final/)" in result.stderr
+    assert "--resume" in result.stderr and "--move-aside" in result.stderr
+    assert snapshot(run) == before  # nothing pruned, truncated or rewritten
+
+    moved = run_train(config, "optim.max_steps=2", "--move-aside")
+    aside = [p for p in (tmp_path / "copy").iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and f"moved the earlier run to {aside[0]}" in moved.stdout + moved.stderr
+    assert snapshot(aside[0]) == before  # the old run, whole, beside the new one
+    assert [r["step"] for r in read_log(run) if "loss/total" in r] == [1, 2]
+
+
+@pytest.mark.parametrize("why", ["every checkpoint damaged", "the config changed"])
+def test_resume_with_no_usable_checkpoint_stops_and_changes_nothing(straight_and_stopped, tmp_path, why):
+    _, stopped = straight_and_stopped
+    config = copy_run(stopped, tmp_path / "copy")
+    run = tmp_path / "copy" / "run"
+    overrides = []
+    if why == "every checkpoint damaged":
+        for step in ("step_4", "step_8"):
+            corrupt(run / "checkpoints" / step / "manifest.json", "truncate")
+    else:
+        overrides = ["model.pool_size=5"]  # the saved tensors no longer fit the model
+    before = snapshot(run)
+    result = run_train(config, "--resume", *overrides, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no usable checkpoint" in result.stderr and "nothing was changed" in result.stderr
+    for step in ("step_8", "step_4"):  # each named, with why it was skipped
+        assert f"skipped {run / 'checkpoints' / step}" in result.stderr
+    assert snapshot(run) == before
+
+
+def test_resume_without_any_checkpoint_is_an_error(tiny_backbones, tmp_path):
+    config = write_config(tmp_path, tiny_backbones["dense"], optim={"max_steps": 2})
+    result = run_train(config, "--resume", check=False)
+    assert result.returncode != 0 and "no checkpoint in" in result.stderr and "start without --resume" in result.stderr
+    assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tiny_backbones, tmp_path):

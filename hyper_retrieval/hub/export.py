@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
+from hyper_retrieval.core.run_folders import check_export_target
 from hyper_retrieval.evaluation.results import load_results
 from hyper_retrieval.hub.card import build_model_card
 from hyper_retrieval.search.cache import path_fingerprint
@@ -77,9 +78,12 @@ def export_for_hub(
     `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results; it must
     have been computed by this model (its fingerprint). `baseline_dir` is another system's eval.py output on the same
     collections (BM25 in the same run), compared with in the card. `repo_id` names the model in the card's code
-    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it).
+    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it); the model itself, a
+    folder holding a training run, or one inside a run's checkpoints/, final/, best/ or adapter/ is refused always
+    (RunFolderError).
     """
     model_dir, out = Path(model_dir), Path(out_dir)
+    check_export_target(out, model_dir)  # never the model, a run's artefacts, or a folder holding a run
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose another folder or pass overwrite=True (--overwrite)")
     model = HyperRetrieverModel.from_pretrained(model_dir)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,9 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hyper_retrieval.core.run_folders import STEP
 from hyper_retrieval.search.cache import file_digest
 
-PATTERN = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
 STATE_FILE = "train_state.json"
 TENSORS_FILE = "train_tensors.safetensors"
@@ -46,7 +45,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     folder = checkpoint_dir(output_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := PATTERN.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := STEP.match(p.name))]
     return sorted(found)
 
 
@@ -123,7 +122,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: Mappi
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
-        for _, old in list_checkpoints(output_dir)[:-keep]:
+        # the newest `keep` of this run's checkpoints up to this step stay; never this one, never a later step's
+        older = [folder for s, folder in list_checkpoints(output_dir) if s < step]
+        for old in older[: max(0, len(older) - (keep - 1))]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
@@ -142,8 +143,8 @@ def resume(accelerator, output_dir: str | Path,
             # accelerate's own RNG file is read without code (weights_only) and its failure is silent: ours decides
             set_rng_state(load_file(folder / RNG_FILE.format(accelerator.process_index)))
             return folder, skipped
-        except (CheckpointError, OSError, RuntimeError, ValueError, KeyError) as e:
-            skipped.append(f"skipped {folder}: {e}")
+        except Exception as e:  # any failure to load (a pickle refused, a shape changed) skips the checkpoint
+            skipped.append(f"skipped {folder}: {type(e).__name__}: {e}")
     return None, skipped
 
 
