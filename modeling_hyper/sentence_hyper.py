@@ -2,7 +2,9 @@
 
 `SentenceTransformer(repo, trust_remote_code=True)` loads the repository's own model through AutoModel;
 `encode_query` runs the query side (with the per-query hyper-prompt), `encode_document` the passage side (without).
-Plain `encode` (no task) is the query side, like the model's forward and the feature-extraction pipeline.
+The model is asymmetric, so a plain `encode` without a task is an error naming the two (as sentence-transformers'
+Router without a default route): a client that encodes queries and documents alike (BEIR's models.SentenceBERT)
+would otherwise give documents the query side, silently.
 """
 
 from __future__ import annotations
@@ -52,8 +54,16 @@ class HyperSentenceEncoder(InputModule):
         `router_mapping`, as its Router reads it), else the query side."""
         if task is None:
             task = features.get("task")
-        if task not in (None, *TASKS):
-            raise ValueError(f"task={task!r}: this model knows {TASKS} (None means 'query')")
+        if task is None:
+            raise ValueError(
+                "this HypeR model encodes queries and documents differently, and no task was given: use "
+                "model.encode_query(...) for queries (with the hyper-prompt) and model.encode_document(...) for "
+                "passages, or encode(..., task='query' | 'document'); in training, give the trainer "
+                "router_mapping={'anchor': 'query', 'positive': 'document'}. (BEIR's models.SentenceBERT encodes "
+                "both sides with plain encode: pass DenseRetrievalExactSearch the AutoModel instead, whose "
+                "encode_queries / encode_corpus it calls.)")
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}: this model knows {TASKS}")
         out = self.model(
             input_ids=features["input_ids"],
             attention_mask=features["attention_mask"],

@@ -46,7 +46,8 @@ THREE_WAYS = textwrap.dedent(
     modules = [type(model).__module__, type(st[0]).__module__, type(extractor.model).__module__]
     assert all(m.startswith("transformers_modules.") for m in modules), modules
     np.savez(out, auto_q=model.encode_queries(queries), auto_p=model.encode_corpus(passages),
-             st_q=st.encode_query(queries), st_p=st.encode_document(passages), st_plain=st.encode(queries),
+             st_q=st.encode_query(queries), st_p=st.encode_document(passages),
+             st_plain=st.encode(queries, task="query"),
              pipe_q=np.array([extractor(q)[0] for q in queries]),
              pipe_long=np.array(extractor(long, truncation=True)[0]))
     """

@@ -40,6 +40,7 @@ def workdir(minilm_path, tmp_path_factory) -> Path:
     model.calibrate_synthesizer(["who wrote moby dick", "what causes the seasons", "where do tides come from"])
     model.save_pretrained(root / "outputs" / "quickstart" / "final")
     export_for_hub(root / "outputs" / "quickstart" / "final", root / "outputs" / "quickstart" / "hub")
+    (root / "data").symlink_to(REPO / "data")  # the README's data/sample paths
     (root / "path" / "to" / "this").mkdir(parents=True)
     (root / "path" / "to" / "this" / "folder").symlink_to(root / "outputs" / "quickstart" / "hub")
     return root

@@ -151,7 +151,8 @@ d = model.encode_document(["Axial tilt causes the seasons."])    # without promp
 model.similarity(q, d)  # dot product
 ```
 
-Plain `model.encode(...)` is the query side, like the model's own forward.
+Plain `model.encode(...)` without a task is an error naming `encode_query` / `encode_document`: the two sides
+differ, and a client that encodes both alike would give documents the query side.
 
 **pipeline**
 
