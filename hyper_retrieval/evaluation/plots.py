@@ -172,6 +172,9 @@ def plot_gap_curve(lines: Mapping[str, Sequence[tuple[int, float]]], path: str |
             ax.annotate(f"{y:+.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
+    ticks = sorted({x for points in lines.values() for x, _ in points})
+    ax.set_xticks(ticks, [f"{x:,}" for x in ticks])  # the lengths measured, not powers of ten
+    ax.minorticks_off()
     ax.set(xlabel="training steps (batch 32)", ylabel=ylabel)
     ax.legend(fontsize="small")
     fig.tight_layout()
