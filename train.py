@@ -91,17 +91,18 @@ def main() -> int:
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)
     # ---- never over another run: a fresh start needs an empty folder (or --move-aside); --resume needs a checkpoint
-    if not args.resume and run_contents(out):
-        if not args.move_aside:
-            try:
-                check_fresh_start(out)
-            except RunFolderError as e:
-                sys.exit(f"train.py: {e}")
-        if accelerator.is_main_process:
-            aside = moved_aside_name(out)
-            out.rename(aside)
-            accelerator.print(f"moved the earlier run to {aside}")
-        accelerator.wait_for_everyone()
+    held = run_contents(out) if not args.resume else []
+    accelerator.wait_for_everyone()  # every process has looked before the main one moves anything
+    if held and not args.move_aside:
+        try:
+            check_fresh_start(out)
+        except RunFolderError as e:
+            sys.exit(f"train.py: {e}")
+    if held and accelerator.is_main_process:
+        aside = moved_aside_name(out)
+        out.rename(aside)
+        accelerator.print(f"moved the earlier run to {aside}")
+    accelerator.wait_for_everyone()
     if args.resume and not list_checkpoints(out):
         sys.exit(f"train.py --resume: no checkpoint in {out / 'checkpoints'} to continue from (start without --resume)")
     if accelerator.is_main_process:

@@ -1,7 +1,8 @@
 """Training checkpoints: written atomically, verified on resume (falling back past a damaged one), pruned.
 
 A checkpoint is `<output_dir>/checkpoints/step_<N>/`: what `accelerator.save_state` writes (model weights in
-safetensors, optimizer, RNG states; nothing registered, so no pickled objects), the run's own state as JSON
+safetensors; optimizer.bin and random_states_<rank>.pkl, torch pickles read only with weights_only; nothing
+registered, so no pickled objects of ours), the run's own state as JSON
 (`train_state.json`: counters and scheduler), tensors (`train_tensors.safetensors`: the loss's memory bank) and each
 process's random generators (`rng_<rank>.safetensors`, restored by us: nothing is unpickled), and, written last,
 `manifest.json` with every file's size and sha256. It is written into a temporary sibling folder and renamed into
@@ -104,7 +105,8 @@ def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: Mapping[str, Any],
                     tensors: Mapping[str, torch.Tensor], keep: int = 2) -> Path:
     """Saves the accelerator's state, every process's random generators, and the run's JSON `state` and `tensors`
-    for `step`, atomically, with the manifest last; keeps the newest `keep` checkpoints."""
+    for `step`, atomically, with the manifest last; keeps it and the newest `keep - 1` of the earlier steps (a later
+    step's checkpoint is never pruned)."""
     final = checkpoint_dir(output_dir) / f"step_{step}"
     partial = final.with_name(f".partial_step_{step}")
     if accelerator.is_main_process and partial.exists():
