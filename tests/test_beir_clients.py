@@ -1,6 +1,7 @@
-"""BEIR 2.2 on an exported HypeR model: with the model object (its encode_queries / encode_corpus) it gives eval.py's
-nDCG@10; through models.SentenceBERT, which encodes both sides with plain encode, it fails naming the two encoders
-instead of giving documents the query side."""
+"""MTEB and BEIR 2.2 on an exported HypeR model. MTEB over a local BEIR folder (hyper_retrieval.evaluation.mteb_task)
+calls encode_query / encode_document and gives eval.py's nDCG@10. BEIR with the model object (its encode_queries /
+encode_corpus) gives eval.py's nDCG@10; through models.SentenceBERT, which encodes both sides with plain encode, it
+fails naming the two encoders instead of giving documents the query side."""
 
 import json
 
@@ -35,3 +36,16 @@ def test_beir_sentencebert_is_an_error_naming_the_two_encoders(hub_run, ropes):
     retriever = EvaluateRetrieval(DenseRetrievalExactSearch(model, batch_size=32), score_function="dot", k_values=[10])
     with pytest.raises(ValueError, match=r"encode_query\(\.\.\.\) for queries.*encode_document\(\.\.\.\)"):
         retriever.retrieve(corpus, queries)
+
+
+def test_mteb_on_a_local_beir_folder_gives_eval_pys_ndcg(hub_run, ropes):
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    from hyper_retrieval.evaluation.mteb_task import beir_folder_task
+
+    *_, expected = ropes
+    model = SentenceTransformer(str(hub_run.export_dir), trust_remote_code=True, device="cpu")
+    result = mteb.evaluate(model, beir_folder_task(str(hub_run.model_dir.parent / "ropes"), "test"), cache=None,
+                           overwrite_strategy="always", show_progress_bar=False)
+    assert result[0].scores["test"][0]["ndcg_at_10"] == round(expected, 5)

@@ -32,7 +32,8 @@ def python_snippets(markdown: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(minilm_path, tmp_path_factory) -> Path:
     """A folder laid out as after the quickstart: outputs/quickstart/final (a HypeR MiniLM with a frozen passage
-    encoder) and its export outputs/quickstart/hub, also reachable as the card's path/to/this/folder."""
+    encoder) and its export outputs/quickstart/hub, also reachable as the card's path/to/this/folder,
+    and the sample ropes folder as its path/to/beir/folder."""
     root = tmp_path_factory.mktemp("readme")
     model = HyperRetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2",
                                               hyper_prompt=HyperPromptConfig(pool_size=5), share_encoders=False,
@@ -43,6 +44,8 @@ def workdir(minilm_path, tmp_path_factory) -> Path:
     (root / "data").symlink_to(REPO / "data")  # the README's data/sample paths
     (root / "path" / "to" / "this").mkdir(parents=True)
     (root / "path" / "to" / "this" / "folder").symlink_to(root / "outputs" / "quickstart" / "hub")
+    (root / "path" / "to" / "beir").mkdir()
+    (root / "path" / "to" / "beir" / "folder").symlink_to(REPO / "data" / "sample" / "ropes")  # the card's MTEB task
     return root
 
 

