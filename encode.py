@@ -2,8 +2,8 @@
 
     python encode.py --model outputs/hyper/final --corpus ../shared/data/bbir/nq_ckc
     accelerate launch --num_processes 2 encode.py --model outputs/hyper/final --corpus ../shared/data/bbir/nq_ckc
-    python encode.py --model outputs/hyper/final --corpus ../shared/data/bbir/nq_ckc --index ivfpq \\
-        --index-out outputs/index/nq_ckc.ivfpq --nprobe 64 --refine-factor 4
+    python encode.py --model outputs/hyper/final --corpus ../shared/data/bbir/nq_ckc --index ivfpq-fs \\
+        --index-out outputs/index/nq_ckc.ivfpq --nprobe 16
 
 The corpus is cut into shards of --shard-docs documents; process r of w encodes shards r, r + w, ... (each
 token-length-sorted, in batches) and caches each one under --cache-dir as it finishes: a run killed mid-way resumes
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="passages encoded per forward pass")
     add_encoding_options(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="run code a non-HypeR model ships")
-    parser.add_argument("--index", choices=["ivf", "hnsw", "ivfpq", "opq"], default=None,
+    parser.add_argument("--index", choices=["ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq"], default=None,
                         help="also build this approximate index from the shards and save it to --index-out")
     parser.add_argument("--index-out", type=Path, help="file the index is saved to (settings beside it, + .json)")
     add_index_options(parser)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("--index: a sparse model's corpus is searched with the inverted index eval.py builds")
         start = time.perf_counter()
         index = DenseIndex(store, kind=args.index, show_progress=not args.no_progress, **index_options(args))
-        index.save(args.index_out)
+        index.save(args.index_out, model=searcher.model_fingerprint)
         print(f"{args.index} index: built in {time.perf_counter() - start:.1f} s, {index.bytes_per_vector():.1f} "
               f"bytes per vector (flat: {4 * store.dim}), saved to {args.index_out}")
 

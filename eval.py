@@ -123,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace results of a different evaluation in --out")
     parser.add_argument("--batch-size", type=int, default=64, help="texts encoded per forward pass")
     add_encoding_options(parser)
-    parser.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq", "opq"], default="flat",
+    parser.add_argument("--index", choices=["flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq"],
+                        default="flat",
                         help="dense search: exact (flat, streamed over the corpus shards) or approximate faiss "
-                             "IVF-Flat, HNSW, IVF-PQ or OPQ + IVF-PQ, with its recall against exact search, bytes "
-                             "per vector and queries/s in results.json")
+                             "IVF-Flat, HNSW (over SQ8 codes), IVF-PQ (8-bit, or 4-bit fast-scan codes re-scored "
+                             "from the stored vectors) or OPQ + IVF-PQ, with its recall against exact search, bytes "
+                             "per vector and queries/s in results.json (docs/SCALING.md: which to pick)")
     add_index_options(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument("--trust-remote-code", action="store_true",

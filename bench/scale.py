@@ -13,7 +13,8 @@ the vectors themselves), recall@10 and recall@100 against exact search over the 
 queries, k = 100, best of --rounds). Then an extrapolation to 10^7 and 10^8 vectors (formula in the table), and
 sharded encoding of --encode-docs bbir passages by encode.py on 1 process (all threads) and 2 (one thread each).
 
-    python bench/scale.py [--sizes 10000 100000 1000000] [--kinds flat ivf hnsw ivfpq ivfpq-refine opq]
+    python bench/scale.py [--sizes 10000 100000 1000000] [--kinds flat ivf hnsw hnsw-ef512 hnsw-sq8 ivfpq
+                          ivfpq-refine ivfpq-fs-refine opq] [--cache-dir D --shard-docs N]
                           [--queries 1000] [--threads 2] [--out docs/results/scale]
     python bench/scale.py --render docs/results/scale/scale.json     # the tables again from saved numbers
 """
@@ -50,23 +51,28 @@ SHARD_DOCS = 10_000  # encode.py's --shard-docs for the cached real vectors
 
 def index_settings(kind: str, n: int, dim: int) -> dict:
     """The settings each kind is measured with: IVF cells sqrt(n) (k-means stays affordable on 2 cores), an eighth
-    of them probed (at least 16); PQ codes of dim / 4 bytes; HNSW with 32 links and efSearch 128. flat streams the
-    vectors through the CPU; flat-torch holds them on the GPU (float16) where there is one, else in memory."""
+    of them probed (at least 16); PQ codes of dim / 4 bytes (8-bit: dim / 4 sub-quantisers; fast-scan 4-bit: dim / 2);
+    HNSW with 32 links and efSearch 128 (512 for hnsw-ef512). flat streams the vectors through the CPU; flat-torch
+    holds them on the GPU (float16) where there is one, else in memory."""
     nlist = max(1, int(np.sqrt(n)))
     ivf = {"nlist": nlist, "nprobe": max(16, nlist // 8)}
     return {"flat": {"kind": "flat", "backend": "faiss"},
             "flat-torch": {"kind": "flat", "backend": "torch"},
             "ivf": {"kind": "ivf", **ivf},
             "hnsw": {"kind": "hnsw", "hnsw_m": 32, "ef_search": 128},
+            "hnsw-ef512": {"kind": "hnsw", "hnsw_m": 32, "ef_search": 512},
+            "hnsw-sq8": {"kind": "hnsw-sq8", "hnsw_m": 32, "ef_search": 128},
             "ivfpq": {"kind": "ivfpq", "pq_m": dim // 4, **ivf},
             "ivfpq-refine": {"kind": "ivfpq", "pq_m": dim // 4, "refine_factor": 4, **ivf},
+            "ivfpq-fs-refine": {"kind": "ivfpq-fs", "pq_m": dim // 2, "refine_factor": 4, **ivf},
             "opq": {"kind": "opq", "pq_m": dim // 4, **ivf}}[kind]
 
 
-def real_vectors(model, names: list[str], cache_dir: Path, queries_wanted: int, rng) -> tuple[ShardStore, np.ndarray]:
+def real_vectors(model, names: list[str], cache_dir: Path, shard_docs: int, queries_wanted: int,
+                 rng) -> tuple[ShardStore, np.ndarray]:
     """Every bbir passage's vector (one store, from the cache) and ``queries_wanted`` real test queries' vectors."""
     searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size=64, cache_dir=cache_dir,
-                             show_progress=True, shard_docs=SHARD_DOCS)
+                             show_progress=True, shard_docs=shard_docs)
     stores, counts, queries = [], [], []
     for name in names:
         collection = load_collection(BBIR / name, "test")
@@ -202,7 +208,8 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "ivfpq", "ivfpq-refine", "opq"])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "hnsw-ef512", "hnsw-sq8", "ivfpq",
+                                                       "ivfpq-refine", "ivfpq-fs-refine", "opq"])
     parser.add_argument("--skip", nargs="*", default=[], metavar="KIND@N", help="e.g. hnsw@1000000")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS), help="bbir collections (real vectors)")
@@ -215,6 +222,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "scale")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "embedding_cache",
                         help="the corpus-vector cache holding (or receiving) the real bbir vectors")
+    parser.add_argument("--shard-docs", type=int, default=SHARD_DOCS,
+                        help="the shards of the cached real vectors (eval.py's default is 50000)")
     parser.add_argument("--work", type=Path, default=None, help="where synthetic stores are written (default: a "
                                                                "temporary folder, removed after)")
     parser.add_argument("--render", type=Path, metavar="SCALE_JSON",
@@ -238,7 +247,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = HyperRetrieverModel.from_backbone(args.backbone).to(device).eval()
     print("real bbir vectors:", flush=True)
-    real, queries = real_vectors(model, args.collections, args.cache_dir, args.queries, rng)
+    real, queries = real_vectors(model, args.collections, args.cache_dir, args.shard_docs, args.queries, rng)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} "
                          f"threads, torch {torch.__version__}, faiss {faiss.__version__ if faiss else 'none'}"
                          + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""),

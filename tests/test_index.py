@@ -47,7 +47,7 @@ def test_k_larger_than_corpus(vectors):
     assert indices.shape == (3, 5) and sorted(indices[0]) == list(range(5))
 
 
-@pytest.mark.parametrize("kind, minimum", [("ivf", 0.5), ("hnsw", 0.8)])
+@pytest.mark.parametrize("kind, minimum", [("ivf", 0.5), ("hnsw", 0.8), ("hnsw-sq8", 0.8)])
 def test_approximate_indexes_report_recall(vectors, kind, minimum):
     docs, queries = vectors
     index = DenseIndex(docs, kind=kind, nlist=16, nprobe=4)

@@ -164,14 +164,15 @@ def test_recall_against_exact_search_on_a_hand_made_case():
     assert index.recall_against_exact(query, 90) == pytest.approx(60 / 90)
 
 
-@pytest.mark.parametrize(("kind", "n", "dim"), [("ivfpq", 4000, 32), ("opq", 2000, 16)])  # OPQ trains slowly
-def test_a_saved_compressed_index_reopens_memory_mapped_with_the_same_results(kind, n, dim, tmp_path):
+@pytest.mark.parametrize(("kind", "n", "dim", "pq_m"), [  # dim / 4 code bytes each; OPQ trains slowly
+    ("ivfpq", 4000, 32, 8), ("ivfpq-fs", 4000, 32, 16), ("opq", 2000, 16, 4)])
+def test_a_saved_compressed_index_reopens_memory_mapped_with_the_same_results(kind, n, dim, pq_m, tmp_path):
     import faiss
 
     vectors = clustered(n, dim, seed=3)
     store = disk_store(vectors, tmp_path / "store", 1000)
     queries = clustered(40, dim, seed=4)
-    index = DenseIndex(store, kind=kind, nlist=32, nprobe=8, pq_m=dim // 4, refine_factor=4, chunk_rows=700)
+    index = DenseIndex(store, kind=kind, nlist=32, nprobe=8, pq_m=pq_m, refine_factor=4, chunk_rows=700)
     scores, found = index.search(queries, 20)
     index.save(tmp_path / "index.faiss")
     reopened = DenseIndex.load(tmp_path / "index.faiss", store, mmap=True)
@@ -187,14 +188,48 @@ def test_a_saved_compressed_index_reopens_memory_mapped_with_the_same_results(ki
     assert index.recall_against_exact(queries, 20) > 0.8
 
 
-def test_a_saved_index_that_does_not_match_its_store_is_refused(tmp_path):
+def test_a_saved_index_that_does_not_match_its_store_or_model_is_refused(tmp_path):
+    vectors = clustered(2000, 32)
+    DenseIndex(vectors, kind="ivfpq", pq_m=8).save(tmp_path / "index.faiss", model="passage-encoder:aaa")
+    DenseIndex.load(tmp_path / "index.faiss", vectors, model="passage-encoder:aaa")  # the right ones load
+    with pytest.raises(ValueError, match="built on 2000 vectors of 32 dimensions; the store given has 1999 of 32"):
+        DenseIndex.load(tmp_path / "index.faiss", vectors[:-1])
+    with pytest.raises(ValueError, match="the store given has 2000 of 16"):
+        DenseIndex.load(tmp_path / "index.faiss", clustered(2000, 16))
+    other = clustered(2000, 32, seed=9)  # another model's vectors of the same corpus: same count and dimension
+    with pytest.raises(ValueError, match=r"built on the store store:\w+, the store given is store:\w+"):
+        DenseIndex.load(tmp_path / "index.faiss", other)
+    with pytest.raises(ValueError, match="passage encoder passage-encoder:aaa, the model given is passage-encoder:bbb"):
+        DenseIndex.load(tmp_path / "index.faiss", vectors, model="passage-encoder:bbb")
+    (tmp_path / "index.faiss").write_bytes(b"not an index")
+    with pytest.raises(ValueError, match="index.faiss: does not match the checksum in index.faiss.json"):
+        DenseIndex.load(tmp_path / "index.faiss")
+    (tmp_path / "index.faiss.json").write_text('{"kind": "ivfpq", "refine_factor": 1, "ntotal": 2000, "dim": 32}')
+    with pytest.raises(ValueError, match="index.faiss.json: not the settings of a saved index.*build it again"):
+        DenseIndex.load(tmp_path / "index.faiss")  # written before checksums: refused, with what to do
+
+
+def test_every_single_byte_flip_of_a_saved_index_is_refused(tmp_path):
     vectors = clustered(2000, 32)
     DenseIndex(vectors, kind="ivfpq", pq_m=8).save(tmp_path / "index.faiss")
-    with pytest.raises(ValueError, match="holds 2000 vectors.*store given has 1999"):
-        DenseIndex.load(tmp_path / "index.faiss", vectors[:-1])
-    (tmp_path / "index.faiss").write_bytes(b"not an index")
-    with pytest.raises(ValueError, match="index.faiss: not a readable saved index"):
-        DenseIndex.load(tmp_path / "index.faiss")
+    original = (tmp_path / "index.faiss").read_bytes()
+    for position in np.random.default_rng(0).choice(len(original), 60, replace=False):
+        flipped = bytearray(original)
+        flipped[position] ^= 0xFF
+        (tmp_path / "index.faiss").write_bytes(bytes(flipped))
+        with pytest.raises(ValueError, match="does not match the checksum"):
+            DenseIndex.load(tmp_path / "index.faiss", vectors)
+
+
+def test_saving_again_while_a_reader_has_the_index_mapped_leaves_the_reader_correct(tmp_path):
+    vectors, queries = clustered(3000, 32), clustered(20, 32, seed=5)
+    DenseIndex(vectors, kind="ivfpq", nlist=16, nprobe=16, pq_m=8).save(tmp_path / "index.faiss")
+    reader = DenseIndex.load(tmp_path / "index.faiss", vectors, mmap=True)
+    before = reader.search(queries, 10)
+    DenseIndex(clustered(3000, 32, seed=7), kind="ivfpq", nlist=64, pq_m=16).save(tmp_path / "index.faiss")
+    after = reader.search(queries, 10)  # the old file, still mapped, not the new bytes written over it
+    np.testing.assert_array_equal(after[1], before[1])
+    assert (after[1] >= 0).all() and (after[1] < 3000).all()
 
 
 def test_sparse_posting_lists_built_per_shard_match_the_whole_corpus(tmp_path):

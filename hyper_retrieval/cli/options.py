@@ -26,9 +26,12 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     """--nlist, --nprobe, --pq-m, --refine-factor: the settings of an approximate DenseIndex."""
     parser.add_argument("--nlist", type=int, default=None, help="IVF kinds: cells (default 4 sqrt(n))")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF kinds: cells searched per query")
-    parser.add_argument("--pq-m", type=int, default=None, help="ivfpq/opq: code bytes per vector (default dim / 8)")
-    parser.add_argument("--refine-factor", type=int, default=1,
-                        help="approximate kinds: re-score k x this many candidates exactly from the stored vectors")
+    parser.add_argument("--pq-m", type=int, default=None,
+                        help="ivfpq/opq: code bytes per vector (default dim / 8); ivfpq-fs: 4-bit codes per vector "
+                             "(default dim / 2)")
+    parser.add_argument("--refine-factor", type=int, default=None,
+                        help="approximate kinds: re-score k x this many candidates exactly from the stored vectors "
+                             "(default 4 for ivfpq-fs, else 1)")
 
 
 def index_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from hyper_retrieval.core.atomic_files import atomic_file, file_digest
 from hyper_retrieval.core.types import Run
 from hyper_retrieval.search.shards import ShardStore
 
@@ -82,8 +83,11 @@ def top_documents(search: Callable[[Any, int], tuple[np.ndarray, np.ndarray]], q
     return scores, indices
 
 
-DenseKind = Literal["flat", "ivf", "hnsw", "ivfpq", "opq"]
-DENSE_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "opq")
+DenseKind = Literal["flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq"]
+DENSE_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq")
+IVF_KINDS = ("ivf", "ivfpq", "ivfpq-fs", "opq")
+DEFAULT_REFINE = {"ivfpq-fs": 4}  # 4-bit codes rank the neighbourhood, the stored vectors the order (docs/SCALING.md)
+INDEX_FORMAT = 2  # saved-index settings: 2 adds the checksum and the store, dimension and model it was built on
 
 
 def merge_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +130,13 @@ class DenseIndex:
       - "flat": exact. The "faiss" (CPU) backend streams the vectors chunk by chunk through :func:`exact_search`, so a
         memory-mapped store is never loaded whole; the "torch" backend holds them all on the GPU (float16) or CPU and
         searches with matmul + topk.
-      - "ivf" (IVF-Flat, ``nlist`` cells, ``nprobe`` searched), "hnsw" (``hnsw_m`` links, ``ef_search``), "ivfpq"
-        (IVF with product-quantised codes of ``pq_m`` bytes) and "opq" (a learnt rotation, then IVF-PQ): faiss
+      - "ivf" (IVF-Flat, ``nlist`` cells, ``nprobe`` searched), "hnsw" (``hnsw_m`` links, ``ef_search``; "hnsw-sq8"
+        over 8-bit scalar-quantised vectors), "ivfpq"
+        (IVF with product-quantised codes of ``pq_m`` bytes), "ivfpq-fs" (IVF with ``pq_m`` 4-bit codes, default
+        dim / 2, scanned with faiss's SIMD fast-scan tables) and "opq" (a learnt rotation, then IVF-PQ): faiss
         indexes, trained on ``train_size`` vectors drawn from the store and filled from it ``chunk_rows`` at a time.
         With ``refine_factor`` f > 1 a search takes the k * f best candidates and re-scores them exactly with the
-        stored vectors (read from the memory-mapped store, not held by the index).
+        stored vectors (read from the memory-mapped store, not held by the index); None is 4 for ivfpq-fs, else 1.
     ``backend``: "faiss", "torch" (exact only) or "auto" (torch for flat when CUDA is available, else faiss).
     Approximate indexes are saved with :meth:`save` and reopened memory-mapped with :meth:`load`.
     """
@@ -138,7 +144,7 @@ class DenseIndex:
     def __init__(self, vectors: np.ndarray | ShardStore, kind: DenseKind = "flat",
                  backend: Literal["auto", "faiss", "torch"] = "auto", nlist: int | None = None, nprobe: int = 32,
                  hnsw_m: int = 32, ef_search: int = 256, pq_m: int | None = None, train_size: int | None = None,
-                 refine_factor: int = 1, chunk_rows: int = 65_536, show_progress: bool = False) -> None:
+                 refine_factor: int | None = None, chunk_rows: int = 65_536, show_progress: bool = False) -> None:
         if isinstance(vectors, ShardStore):
             store = vectors
         elif vectors.ndim != 2 or len(vectors) == 0:
@@ -151,6 +157,7 @@ class DenseIndex:
             backend = "torch" if kind == "flat" and torch.cuda.is_available() else "faiss"
         if backend == "torch" and kind != "flat":
             raise ValueError(f"the torch backend searches exactly; kind={kind!r} needs backend='faiss'")
+        refine_factor = DEFAULT_REFINE.get(kind, 1) if refine_factor is None else refine_factor
         if refine_factor < 1:
             raise ValueError(f"refine_factor={refine_factor}: expected >= 1")
         self.store: ShardStore | None = store
@@ -172,11 +179,13 @@ class DenseIndex:
         require_faiss()
         n, dim = self._size, self._dim
         nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
-        pq_m = pq_m or max(1, dim // 8)
-        if self.kind in ("ivfpq", "opq") and dim % pq_m:
+        pq_m = pq_m or max(1, dim // 2 if self.kind == "ivfpq-fs" else dim // 8)
+        if self.kind in ("ivfpq", "ivfpq-fs", "opq") and dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
-        pq_bits = int(np.clip(np.log2(max(n, 2) / 39), 1, 8))  # 8-bit codes need >= 39 * 256 training vectors
-        spec = {"ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{hnsw_m},Flat", "ivfpq": f"IVF{nlist},PQ{pq_m}x{pq_bits}",
+        # 8-bit codes need >= 39 * 256 training vectors; fast-scan codes are 4-bit
+        pq_bits = 4 if self.kind == "ivfpq-fs" else int(np.clip(np.log2(max(n, 2) / 39), 1, 8))
+        spec = {"ivf": f"IVF{nlist},Flat", "hnsw": f"HNSW{hnsw_m},Flat", "hnsw-sq8": f"HNSW{hnsw_m},SQ8",
+                "ivfpq": f"IVF{nlist},PQ{pq_m}x{pq_bits}", "ivfpq-fs": f"IVF{nlist},PQ{pq_m}x4fs",
                 "opq": f"OPQ{pq_m},IVF{nlist},PQ{pq_m}x{pq_bits}"}[self.kind]
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
         if self.kind in ("ivfpq", "opq"):  # polysemous codes serve Hamming pre-filtering, unused here: 10x training
@@ -191,7 +200,7 @@ class DenseIndex:
 
     def _set_search_parameters(self, nprobe: int, ef_search: int) -> None:
         space = faiss.ParameterSpace()
-        if self.kind == "hnsw":
+        if self.kind in ("hnsw", "hnsw-sq8"):
             space.set_index_parameter(self._faiss, "efSearch", ef_search)
         else:
             space.set_index_parameter(self._faiss, "nprobe", min(nprobe, faiss.extract_index_ivf(self._faiss).nlist))
@@ -249,37 +258,63 @@ class DenseIndex:
             return float(self._dim * (self._docs.element_size() if self.backend == "torch" else 4))
         return faiss.serialize_index(self._faiss).nbytes / max(self._faiss.ntotal, 1)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes an approximate index: the faiss file at ``path`` and its settings at ``path`` + ".json"."""
+    def save(self, path: str | os.PathLike, model: str | None = None) -> None:
+        """Writes an approximate index: the faiss file at ``path`` and its settings at ``path`` + ".json", each to a
+        temporary file renamed into place (a reader with the old index mapped keeps reading the old file). The
+        settings name what it was built on (the store's fingerprint, dimension and count, the metric and, given,
+        ``model``: the passage encoder's fingerprint) and the file's sha256, all checked by :meth:`load`."""
         if self._faiss is None:
             raise ValueError(f"a {self.kind} index on the {self.backend} backend is the stored vectors themselves; "
                              "only approximate (faiss) indexes are saved")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self._faiss, str(path))
-        settings = {"kind": self.kind, "refine_factor": self.refine_factor, "ntotal": self._size, "dim": self._dim}
-        Path(f"{path}.json").write_text(json.dumps(settings, indent=1))
+        with atomic_file(path) as tmp:
+            faiss.write_index(self._faiss, str(tmp))
+            checksum = file_digest(tmp)
+        settings = {"format": INDEX_FORMAT, "kind": self.kind, "refine_factor": self.refine_factor,
+                    "ntotal": self._size, "dim": self._dim, "metric": "inner_product", "sha256": checksum,
+                    "store": self.store.fingerprint() if self.store is not None else None, "model": model}
+        with atomic_file(f"{path}.json") as tmp:
+            tmp.write_text(json.dumps(settings, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, vectors: np.ndarray | ShardStore | None = None, mmap: bool = True,
-             show_progress: bool = False) -> DenseIndex:
-        """Reopens a saved index; ``mmap`` maps its inverted lists from the file instead of reading them into
-        memory (IVF kinds). ``vectors`` (the store it was filled from) is needed for refine_factor > 1 and recall."""
+             show_progress: bool = False, model: str | None = None) -> DenseIndex:
+        """Reopens a saved index after checking it: the file's sha256, and that ``vectors`` (the store it is
+        searched with; needed for refine_factor > 1 and recall) and ``model`` (a passage-encoder fingerprint) are
+        the ones it was built on. ``mmap`` maps its inverted lists from the file instead of reading them into memory
+        (IVF kinds). Any mismatch is a ValueError naming both sides."""
         require_faiss()
         path = Path(path)
         try:
             settings = json.loads(Path(f"{path}.json").read_text())
-            mapped = mmap and settings["kind"] in ("ivf", "ivfpq", "opq")
+            recorded = {key: settings[key] for key in ("kind", "refine_factor", "ntotal", "dim", "sha256", "store")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}.json: not the settings of a saved index ({type(e).__name__}: {e}); indexes "
+                             f"saved before format {INDEX_FORMAT} carry no checksum: build it again") from None
+        if not path.is_file() or file_digest(path) != recorded["sha256"]:
+            raise ValueError(f"{path}: does not match the checksum in {path.name}.json (damaged, or replaced "
+                             "without its settings): build the index again")
+        try:
+            mapped = mmap and recorded["kind"] in IVF_KINDS
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except RuntimeError as e:
             raise ValueError(f"{path}: not a readable saved index ({e})") from None
         store = vectors if vectors is None or isinstance(vectors, ShardStore) else ShardStore.from_array(vectors)
-        if index.ntotal != settings["ntotal"] or (store is not None and len(store) != index.ntotal):
-            raise ValueError(f"{path}: holds {index.ntotal} vectors, its settings say {settings['ntotal']}"
-                             + (f" and the store given has {len(store)}" if store is not None else ""))
+        if (index.ntotal, index.d) != (recorded["ntotal"], recorded["dim"]):
+            raise ValueError(f"{path}: holds {index.ntotal} vectors of {index.d} dimensions, its settings say "
+                             f"{recorded['ntotal']} of {recorded['dim']}")
+        if store is not None:
+            if store.shape != (index.ntotal, index.d):
+                raise ValueError(f"{path}: built on {index.ntotal} vectors of {index.d} dimensions; the store given "
+                                 f"has {len(store)} of {store.dim}")
+            if store.fingerprint() != recorded["store"]:
+                raise ValueError(f"{path}: built on the store {recorded['store']}, the store given is "
+                                 f"{store.fingerprint()} (another model's or corpus's vectors of the same size)")
+        if model is not None and settings.get("model") is not None and model != settings["model"]:
+            raise ValueError(f"{path}: built with the passage encoder {settings['model']}, the model given is "
+                             f"{model}")
         self = cls.__new__(cls)
-        self.store, self.kind, self.backend = store, settings["kind"], "faiss"
-        self.refine_factor, self.chunk_rows, self.show_progress = settings["refine_factor"], 65_536, show_progress
+        self.store, self.kind, self.backend = store, recorded["kind"], "faiss"
+        self.refine_factor, self.chunk_rows, self.show_progress = recorded["refine_factor"], 65_536, show_progress
         self._size, self._dim, self._faiss = index.ntotal, index.d, index
         self._device = torch.device("cpu")
         return self

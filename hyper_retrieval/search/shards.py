@@ -8,6 +8,7 @@ finished shard. :class:`ShardStore` lays the shards end to end; search reads it 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -104,6 +105,16 @@ class ShardStore:
         if self.sparse:
             return sp.vstack(parts, format="csr")[order]
         return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])[order].reshape(*rows.shape, self.dim)
+
+    def fingerprint(self, rows: int = 1024) -> str:
+        """Identity of the stored vectors: the sha256 (24 hex digits) of the shape, each vector's document row and
+        ``rows`` vectors spread evenly over the store. A sample, so it is cheap at any size; the vectors of another
+        model or corpus differ in every row. (Damage to the stored bytes is the cache's checksums' job.)"""
+        picked = self.take(np.unique(np.linspace(0, len(self) - 1, min(rows, len(self))).astype(np.int64)))
+        digest = hashlib.sha256(np.asarray(self.shape, dtype=np.int64).tobytes() + self.doc.tobytes())
+        for part in (picked.data, picked.indices, picked.indptr) if self.sparse else (picked,):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return "store:" + digest.hexdigest()[:24]
 
     def sample(self, n: int, seed: int = 0) -> Embeddings:
         """``n`` distinct rows drawn at random (all rows when the store has fewer), in store order."""
