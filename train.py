@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hyper_retrieval.cli.options import run_main
+from hyper_retrieval.core.atomic_files import swap_folder
 from hyper_retrieval.core.precision import resolve_mixed_precision
 from hyper_retrieval.core.run_folders import RunFolderError, check_fresh_start, moved_aside_name, run_contents
 from hyper_retrieval.evaluation.routing import RoutingWindow
@@ -36,7 +37,6 @@ from hyper_retrieval.training.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     resume,
-    save_atomically,
     save_checkpoint,
 )
 from hyper_retrieval.training.config import ConfigError, load_config
@@ -250,7 +250,7 @@ def main() -> int:
                 if score > state.best_score:
                     state.best_score, state.best_step = score, state.step
                     if accelerator.is_main_process:
-                        save_atomically(accelerator.unwrap_model(model).save_pretrained, out / "best")
+                        swap_folder(accelerator.unwrap_model(model).save_pretrained, out / "best")
                 model.train()
             stopping = stop["signal"] or state.step == args.stop_after_steps
             if state.step % cfg.train.save_every == 0 or stopping:
@@ -269,9 +269,9 @@ def main() -> int:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.calibrate_synthesizer(calibration_queries)
-        save_atomically(final.save_pretrained, out / "final")
+        swap_folder(final.save_pretrained, out / "final")
         if final.hyper_prompt is not None:
-            save_atomically(final.save_adapter, out / "adapter")
+            swap_folder(final.save_adapter, out / "adapter")
         best = f"; best dev {cfg.train.keep_best_metric} {state.best_score:.4f} at step {state.best_step}"
         accelerator.print(f"done: {state.step} steps, final model in {out / 'final'}"
                           + (best if not math.isinf(state.best_score) else ""))

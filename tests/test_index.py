@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hyper_retrieval.search.cache import cached_entry, file_digest, path_fingerprint
+from hyper_retrieval.core.atomic_files import file_digest
+from hyper_retrieval.search.cache import _save_entry, cached_entry, check_shard_vectors, entry_folder, path_fingerprint
 from hyper_retrieval.search.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
 
 
@@ -165,3 +166,83 @@ def test_a_damaged_cache_entry_is_reported_and_computed_again(tmp_path, damage, 
     assert not hit and len(calls) == 2 and str(entry) in caplog.text
     np.testing.assert_array_equal(again, vectors)
     assert cached_embeddings(tmp_path, {"corpus": "c"}, compute)[1]  # the recomputed entry is good again
+
+
+def shard_entry(cache_dir, compute):
+    """A 200-document shard's vectors cached with the corpus encoder's check (one row per document, in order)."""
+    return cached_entry(cache_dir, "vectors", {"corpus": "c", "rows": [0, 200]}, compute, check_shard_vectors(0, 200))
+
+
+def good_shard():
+    return {"vectors": np.random.default_rng(1).standard_normal((200, 8)).astype(np.float32),
+            "docs": np.arange(200)}
+
+
+@pytest.mark.parametrize("forgery", ["fewer rows", "empty manifest", "plain file", "object array"])
+def test_a_forged_or_malformed_entry_is_computed_again_not_trusted(tmp_path, forgery, caplog):
+    folder = entry_folder(tmp_path, "vectors", {"corpus": "c", "rows": [0, 200]})
+    if forgery == "fewer rows":  # consistent checksums, 150 vectors for the shard's 200 documents
+        _save_entry(folder, {"corpus": "c", "rows": [0, 200]}, {"vectors": good_shard()["vectors"][:150],
+                                                                "docs": np.arange(150)})
+    elif forgery == "empty manifest":
+        _save_entry(folder, {"corpus": "c", "rows": [0, 200]}, good_shard())
+        (folder / "manifest.json").write_text(json.dumps({"key": {"corpus": "c", "rows": [0, 200]}, "files": {}}))
+    elif forgery == "plain file":
+        folder.write_text("not an entry")
+    else:  # an object array under a manifest that agrees with it: reading it would need a pickle
+        _save_entry(folder, {"corpus": "c", "rows": [0, 200]}, good_shard())
+        np.save(folder / "vectors.npy", np.array([{"a": 1}] * 200, dtype=object), allow_pickle=True)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["vectors.npy"] = {"bytes": (folder / "vectors.npy").stat().st_size, "shape": [200],
+                                            "sha256": file_digest(folder / "vectors.npy"), "dtype": "object"}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        arrays, hit = shard_entry(tmp_path, good_shard)
+    assert not hit and str(folder) in caplog.text
+    np.testing.assert_array_equal(arrays["vectors"], good_shard()["vectors"])
+    assert shard_entry(tmp_path, good_shard)[1]  # and the recomputed entry is used from then on
+
+
+CONCURRENT_WRITER = """
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from hyper_retrieval.search.cache import cached_entry
+
+def compute():
+    time.sleep(1.0)  # both processes are computing the same entry at once
+    return {"vectors": np.random.default_rng(7).standard_normal((500, 16)).astype(np.float32)}
+
+arrays, hit = cached_entry(sys.argv[1], "vectors", {"corpus": "shared"}, compute)
+np.save(sys.argv[3], np.asarray(arrays["vectors"]))
+"""
+
+
+def test_two_processes_filling_one_cache_entry_both_finish_with_identical_vectors(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    writers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(tmp_path / "cache"), repo,
+                                 str(tmp_path / f"out{i}.npy")], stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    first, second = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
+    np.testing.assert_array_equal(first, second)
+    assert len(list((tmp_path / "cache").glob("*.vectors"))) == 1
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary folder left behind
+
+
+def test_temporary_folders_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    stale, live = tmp_path / ".abc.vectors.999999.tmp", tmp_path / ".def.vectors.999998.tmp"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "vectors.npy").write_bytes(b"half written")
+    long_ago = time.time() - 3600  # before this process started
+    os.utime(stale, (long_ago, long_ago))
+    cached_embeddings(tmp_path, {"corpus": "c"}, lambda: np.ones((3, 2), dtype=np.float32))
+    assert not stale.exists() and live.exists()

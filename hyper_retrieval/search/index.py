@@ -240,8 +240,7 @@ class DenseIndex:
         step = max(1, 2**24 // (candidates.shape[1] * self._dim))  # gathered vectors: at most 2^24 floats at once
         for first in range(0, len(queries), step):
             rows = slice(first, first + step)
-            stored = self.store.take(np.maximum(candidates[rows], 0))  # (step, k * f, dim)
-            exact[rows] = np.einsum("nd,nkd->nk", queries[rows], stored)
+            exact[rows] = self.store.inner_products(queries[rows], np.maximum(candidates[rows], 0))
         exact[candidates < 0] = -np.inf
         return merge_topk(exact, candidates, k)
 

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from hyper_retrieval.data.beir import Corpus
 from hyper_retrieval.search.bm25 import BM25
-from hyper_retrieval.search.cache import Embeddings, cached_arrays, cached_entry, entry_folder, tokenizer_fingerprint
+from hyper_retrieval.search.cache import (
+    Embeddings,
+    cached_arrays,
+    cached_entry,
+    check_shard_vectors,
+    entry_folder,
+    tokenizer_fingerprint,
+)
 from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
 from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
 
@@ -175,7 +182,7 @@ class ModelSearcher:
         if self.cache_dir is None:
             arrays = compute()
             return Shard(arrays["vectors"], arrays["docs"]), False
-        arrays, hit = cached_entry(self.cache_dir, "vectors", settings, compute)
+        arrays, hit = cached_entry(self.cache_dir, "vectors", settings, compute, check_shard_vectors(start, end))
         return Shard(entry_folder(self.cache_dir, "vectors", settings), np.array(arrays["docs"])), hit
 
     def _window_key(self) -> dict[str, Any]:

@@ -95,16 +95,32 @@ class ShardStore:
         rows = np.asarray(rows, dtype=np.int64)
         flat = rows.reshape(-1)
         shard_of = np.searchsorted(self.starts, flat, side="right") - 1
-        parts, positions = [], []
+        if self.sparse:
+            parts, positions = [], []
+            for i in np.unique(shard_of):
+                where = np.flatnonzero(shard_of == i)
+                parts.append(self.shards[i].open()[flat[where] - self.starts[i]])
+                positions.append(where)
+            return sp.vstack(parts, format="csr")[np.argsort(np.concatenate(positions), kind="stable")]
+        out = np.empty((len(flat), self.dim), dtype=np.float32)  # one gather per shard, straight into place
         for i in np.unique(shard_of):
             where = np.flatnonzero(shard_of == i)
-            vectors = self.shards[i].open()
-            parts.append(vectors[flat[where] - self.starts[i]])
-            positions.append(where)
-        order = np.argsort(np.concatenate(positions), kind="stable")
-        if self.sparse:
-            return sp.vstack(parts, format="csr")[order]
-        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])[order].reshape(*rows.shape, self.dim)
+            out[where] = self.shards[i].open()[flat[where] - self.starts[i]]
+        return out.reshape(*rows.shape, self.dim)
+
+    def inner_products(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(n, m) float32: the inner product of query i (queries (n, dim)) with the stored vector of rows[i, j] (rows
+        (n, m) store rows). Dense stores only. Rows are gathered one shard at a time and only the products are put
+        back in order, which is what re-scoring an approximate search's candidates costs."""
+        flat = np.asarray(rows, dtype=np.int64).reshape(-1)
+        query_of = np.repeat(np.arange(len(queries)), rows.shape[1])
+        shard_of = np.searchsorted(self.starts, flat, side="right") - 1
+        out = np.empty(len(flat), dtype=np.float32)
+        for i in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == i)
+            vectors = self.shards[i].open()[flat[where] - self.starts[i]]
+            out[where] = np.einsum("nd,nd->n", vectors, queries[query_of[where]])
+        return out.reshape(rows.shape)
 
     def fingerprint(self, rows: int = 1024) -> str:
         """Identity of the stored vectors: the sha256 (24 hex digits) of the shape, each vector's document row and

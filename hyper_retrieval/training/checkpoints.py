@@ -13,7 +13,6 @@ match it, or that fails to load is skipped with the reason, and the next older o
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from collections.abc import Callable, Mapping
@@ -24,10 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hyper_retrieval.core.atomic_files import ManifestError, check_manifest, write_manifest
 from hyper_retrieval.core.run_folders import STEP
-from hyper_retrieval.search.cache import file_digest
 
-MANIFEST = "manifest.json"
 STATE_FILE = "train_state.json"
 TENSORS_FILE = "train_tensors.safetensors"
 RNG_FILE = "rng_{}.safetensors"  # per process
@@ -64,15 +62,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def verify_checkpoint(folder: Path) -> None:
     """Raises CheckpointError saying what is wrong: no manifest (never finished), a file missing, resized or changed."""
     try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"no readable {MANIFEST} (an unfinished or damaged checkpoint: {e})") from None
-    for name, facts in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{name} is missing")
-        if path.stat().st_size != facts["bytes"] or file_digest(path) != facts["sha256"]:
-            raise CheckpointError(f"{name} does not match its checksum (damaged after it was written)")
+        check_manifest(folder, (STATE_FILE, TENSORS_FILE))
+    except ManifestError as e:
+        raise CheckpointError(f"{e} (an unfinished or damaged checkpoint)") from None
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -118,9 +110,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: Mappi
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, partial / TENSORS_FILE)
-        files = {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-                 for p in sorted(partial.rglob("*")) if p.is_file()}
-        (partial / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        write_manifest(partial, {"step": step})
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -148,16 +138,3 @@ def resume(accelerator, output_dir: str | Path,
         except Exception as e:  # any failure to load (a pickle refused, a shape changed) skips the checkpoint
             skipped.append(f"skipped {folder}: {type(e).__name__}: {e}")
     return None, skipped
-
-
-def save_atomically(save: Callable[[Path], None], folder: str | Path) -> None:
-    """Runs `save(tmp)` into a temporary sibling of `folder`, then swaps it in: readers see the old or the new."""
-    folder = Path(folder)
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    save(tmp)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)

@@ -8,8 +8,8 @@ of any `index` search.
 
 The cache is one JSON file per (collection, miner, settings): its name carries a hash of a key holding the
 corpus fingerprint (path, size, mtime), a hash of the split's queries and judgements, and the miner's settings;
-the key is stored in the file and compared on load. Files are written to a temporary name and moved into place
-with os.replace, so a crash never leaves a half-written cache. Under several processes, let the main process
+the key is stored in the file and compared on load. Files are written to a temporary name and renamed into place
+(core.atomic_files), so a crash never leaves a half-written cache. Under several processes, let the main process
 mine first (e.g. `with accelerator.main_process_first():`); the others then read the cache.
 """
 
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hyper_retrieval.core.atomic_files import atomic_file, content_key
 from hyper_retrieval.data.beir import Collection
 from hyper_retrieval.search.bm25 import BM25, document_text
 from hyper_retrieval.search.index import DenseIndex
@@ -145,8 +145,7 @@ def cached_negatives(cache_dir: str | os.PathLike, name: str, key: Mapping[str, 
                      compute: Callable[[], Negatives]) -> Negatives:
     """Load `cache_dir/<name>-<hash(key)>.json` if it holds `key`, else run `compute()` and write it atomically."""
     key = {"version": CACHE_VERSION, **key}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{name}-{digest}.json"
+    path = Path(cache_dir) / f"{name}-{content_key(key, 16)}.json"
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -157,13 +156,7 @@ def cached_negatives(cache_dir: str | os.PathLike, name: str, key: Mapping[str, 
         except (ValueError, AttributeError) as e:  # damaged: not JSON, or not the object written
             logger.warning("%s is damaged (%s); mining again", path, e)
     negatives = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as tmp:
-        json.dump({"key": key, "negatives": negatives}, tmp)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; the cache is shared like any data file
-    os.replace(tmp.name, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"key": key, "negatives": negatives}), encoding="utf-8")
     logger.info("hard negatives cached in %s", path)
     return negatives
