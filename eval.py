@@ -24,13 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from hyper_retrieval.cli.loading import launched_processes, load_retriever
-from hyper_retrieval.cli.options import add_encoding_options, add_index_options, index_options, run_main
+from hyper_retrieval.cli.options import (
+    POSITIVE,
+    add_encoding_options,
+    add_index_options,
+    config_argv,
+    index_options,
+    number,
+    run_main,
+)
+from hyper_retrieval.core.strict_yaml import load_yaml
 
 if TYPE_CHECKING:
     import numpy as np
@@ -121,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pooled", action="store_true", help="one index over all corpora (KILT style)")
     parser.add_argument("--out", help="output folder (default outputs/eval/<model name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace results of a different evaluation in --out")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts encoded per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE, default=64, help="texts encoded per forward pass")
     add_encoding_options(parser)
     parser.add_argument("--index", choices=["flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq"],
                         default="flat",
@@ -133,19 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run code a non-HypeR model ships (HypeR models load with this repository's classes)")
-    parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
+    parser.add_argument("--k", type=POSITIVE, default=100, help="documents retrieved per query")
     parser.add_argument("--hybrid", choices=["bm25"], default=None,
                         help="fuse the model's run with BM25's (results.json then holds the fused run; the model "
                              "alone, BM25 alone and the other fusion under 'hybrid')")
     parser.add_argument("--fusion", choices=["convex", "rrf"], default="convex",
                         help="--hybrid: convex combination of min-max normalised scores, or reciprocal-rank fusion")
-    parser.add_argument("--fusion-weight", type=float, default=None,
+    parser.add_argument("--fusion-weight", type=number(float, 0, 1), default=None,
                         help="--hybrid convex: the model's weight in [0, 1]; default: chosen on --dev-split of the "
                              "in-domain collections (nDCG@10)")
     parser.add_argument("--dev-split", default="dev", help="--hybrid: the split the fusion weight is chosen on")
-    parser.add_argument("--prune-query-terms", type=int, default=None, help="sparse models: keep the top-K terms")
-    parser.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 term-frequency saturation (Lucene)")
-    parser.add_argument("--bm25-b", type=float, default=0.4, help="BM25 length normalisation (Lucene)")
+    parser.add_argument("--prune-query-terms", type=POSITIVE, default=None, help="sparse models: keep the top-K terms")
+    parser.add_argument("--bm25-k1", type=number(float, 0), default=0.9,
+                        help="BM25 term-frequency saturation (Lucene), >= 0")
+    parser.add_argument("--bm25-b", type=number(float, 0, 1), default=0.4,
+                        help="BM25 length normalisation (Lucene), in [0, 1]")
     parser.add_argument("--cache-dir", default="outputs/embedding_cache", help="corpus embedding cache ('' for none)")
     parser.add_argument("--on-unknown", choices=["raise", "skip"], default="raise",
                         help="qrels naming unknown ids: fail (default) or skip them with a warning")
@@ -156,25 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command line, with defaults taken from --config (a YAML mapping of option names) when given."""
+    """Command line, with defaults taken from --config (a YAML mapping of option names) when given: the file's
+    values go through the same parser as flags (types, ranges, choices), flags on the command line win."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
-        options = yaml.safe_load(Path(args.config).read_text()) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(k for k in options if k.replace("-", "_") not in known)
-        if unknown:
-            parser.error(f"{args.config}: unknown option(s) {unknown}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in options.items()})
-        args = parser.parse_args(argv)
+        try:
+            options = load_yaml(Path(args.config).read_text(encoding="utf-8"), args.config) or {}
+            from_file = config_argv(parser, options, args.config)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        file_parser = build_parser()
+        file_parser.error = lambda message: parser.error(f"{args.config}: {message}")  # name the file
+        file_parser.parse_args(from_file)
+        args = parser.parse_args(from_file + list(argv if argv is not None else sys.argv[1:]))
     if not args.compare and (not args.model or not (args.data or args.zero_shot)):
         parser.error("--model and --data (or --zero-shot) are required, unless --compare is given")
-    if args.window_stride is not None and (args.windows != "max" or args.window_stride < 1):
-        parser.error(f"--window-stride {args.window_stride}: a positive stride goes with --windows max")
+    if args.window_stride is not None and args.windows != "max":
+        parser.error(f"--window-stride {args.window_stride}: a stride goes with --windows max")
+    if args.window_stride is not None and args.max_length is not None and args.window_stride > args.max_length:
+        parser.error(f"--window-stride {args.window_stride}: at most the window, --max-length {args.max_length}")
     if args.hybrid and args.model == "bm25":
         parser.error("--hybrid bm25 fuses BM25 with a model; --model is bm25 already")
-    if args.fusion_weight is not None and not 0 <= args.fusion_weight <= 1:
-        parser.error(f"--fusion-weight {args.fusion_weight}: expected a value in [0, 1]")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out}: a file is there; results go into a folder")
     return args
 
 
@@ -260,11 +275,15 @@ def main(argv: list[str] | None = None) -> None:
         model = load_retriever(args.model, args.dtype, args.compile, args.trust_remote_code, processes.device)
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
-        searcher = ModelSearcher(model, cache_fingerprint, batch_size=args.batch_size, max_length=args.max_length,
-                                 index_kind=args.index, prune_query_terms=args.prune_query_terms,
-                                 cache_dir=Path(args.cache_dir) if args.cache_dir else None, show_progress=progress,
-                                 windows=PassageWindows(args.windows, args.window_stride), shard_docs=args.shard_docs,
-                                 index_options=options)
+        try:
+            searcher = ModelSearcher(model, cache_fingerprint, batch_size=args.batch_size,
+                                     max_length=args.max_length, index_kind=args.index,
+                                     prune_query_terms=args.prune_query_terms,
+                                     cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                                     show_progress=progress, windows=PassageWindows(args.windows, args.window_stride),
+                                     shard_docs=args.shard_docs, index_options=options)
+        except ValueError as e:  # a setting this model cannot take: one line, before any corpus is encoded
+            raise SystemExit(f"eval.py: {e}") from None
     if processes.num_processes > 1:  # every process encodes its shards; the main one then searches and scores
         for c in collections:
             searcher.encode_shards(c.corpus, processes.process_index, processes.num_processes)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
@@ -31,6 +30,7 @@ from hyper_retrieval.cli.options import run_main
 from hyper_retrieval.core.atomic_files import swap_folder
 from hyper_retrieval.core.precision import resolve_mixed_precision
 from hyper_retrieval.core.run_folders import RunFolderError, check_fresh_start, moved_aside_name, run_contents
+from hyper_retrieval.core.strict_yaml import dump_yaml
 from hyper_retrieval.evaluation.routing import RoutingWindow
 from hyper_retrieval.training.batching import BatchBuilder, TaskData
 from hyper_retrieval.training.checkpoints import (
@@ -173,7 +173,7 @@ def main() -> int:
         if accelerator.is_main_process:  # the log goes on from the checkpoint: no step twice
             truncate_log(out / "log.jsonl", state.step)
     if accelerator.is_main_process:
-        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / "train_config.yaml").write_text(dump_yaml(cfg.to_dict()))
     if accelerator.is_main_process:
         accelerator.init_trackers("hyper", config={k: str(v) for k, v in cfg.to_dict().items()})
 

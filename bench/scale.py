@@ -65,6 +65,7 @@ def index_settings(kind: str, n: int, dim: int) -> dict:
             "ivfpq": {"kind": "ivfpq", "pq_m": dim // 4, **ivf},
             "ivfpq-refine": {"kind": "ivfpq", "pq_m": dim // 4, "refine_factor": 4, **ivf},
             "ivfpq-fs-refine": {"kind": "ivfpq-fs", "pq_m": dim // 2, "refine_factor": 4, **ivf},
+            "ivfpq-fs-refine3": {"kind": "ivfpq-fs", "pq_m": dim // 2, "refine_factor": 3, **ivf},
             "opq": {"kind": "opq", "pq_m": dim // 4, **ivf}}[kind]
 
 
@@ -209,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "hnsw-ef512", "hnsw-sq8", "ivfpq",
-                                                       "ivfpq-refine", "ivfpq-fs-refine", "opq"])
+                                                       "ivfpq-refine", "ivfpq-fs-refine", "ivfpq-fs-refine3", "opq"])
     parser.add_argument("--skip", nargs="*", default=[], metavar="KIND@N", help="e.g. hnsw@1000000")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS), help="bbir collections (real vectors)")

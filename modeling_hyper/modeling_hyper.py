@@ -41,7 +41,6 @@ PREFIX_KWARG = "hyper_prefix"
 SENTENCE_MODULE = "sentence_hyper.py"  # the sentence-transformers module, beside this file
 # what an exported folder holds beyond a save (hyper_retrieval.hub.export): kept when a model loaded from it is saved
 # again
-CARRIED_OVER = ("README.md", "assets", "adapter", "handler.py", "widget.py", "widget.html")
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -213,8 +212,8 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Weights (safetensors only), config with auto_map, the code files, the tokenizer, and what
         sentence-transformers needs (modules.json, config_sentence_transformers.json, sentence_hyper.py): every saved
-        folder loads through AutoModel, sentence-transformers and pipeline alike. Saved from a model loaded from a
-        folder that holds a card, assets, the adapter, the endpoint handler or the widget page, those come along."""
+        folder loads through AutoModel, sentence-transformers and pipeline alike. Only the network: the card, the
+        adapter folder, the endpoint handler and the widget page are written by the hub package's export."""
         kwargs["safe_serialization"] = True
         super().save_pretrained(save_directory, *args, **kwargs)
         target = Path(save_directory)
@@ -230,12 +229,6 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         module = next((f / SENTENCE_MODULE for f in folders if (f / SENTENCE_MODULE).is_file()), None)
         if module is not None and module.resolve() != (target / SENTENCE_MODULE).resolve():
             shutil.copyfile(module, target / SENTENCE_MODULE)
-        if source is not None and source.is_dir() and source.resolve() != target.resolve():
-            for name in CARRIED_OVER:
-                if (source / name).is_dir():
-                    shutil.copytree(source / name, target / name, dirs_exist_ok=True)
-                elif (source / name).is_file():
-                    shutil.copyfile(source / name, target / name)
         if self.tokenizer is not None:
             # the tokenizer's limit is the model's: pipeline(..., truncation=True) then cuts where encode_* do
             tokenizer = copy.copy(self.tokenizer)

@@ -217,3 +217,36 @@ def test_the_command_lines_print_one_line_for_bad_data(toy, tmp_path):
     result = subprocess.run([sys.executable, str(repo / "eval.py"), "--model", "bm25", "--data", str(toy), str(clash),
                              "--out", str(tmp_path / "out2")], capture_output=True, text=True, cwd=repo)
     assert result.returncode != 0 and "several collections are named ['toy']" in result.stderr
+
+
+@pytest.mark.parametrize(("file", "line", "match"), [
+    ("corpus.jsonl", '{"_id": "d9", "text": "half a pair \\ud800 here"}', r"corpus\.jsonl:4: text holds a lone "
+                                                                           r"surrogate '\\ud800' at character 12"),
+    ("queries.jsonl", '{"_id": "q\\udfff", "text": "a query"}', r"queries\.jsonl:4: _id holds a lone surrogate"),
+    ("corpus.jsonl", '{"_id": "doc 9", "text": "x"}', r"corpus\.jsonl:4: id 'doc 9' is empty or contains whitespace"),
+    ("queries.jsonl", '{"_id": "q\\t9", "text": "x"}', r"queries\.jsonl:4: id 'q\\t9' is empty or contains"),
+    ("corpus.jsonl", '{"_id": "", "text": "x"}', r"corpus\.jsonl:4: id '' is empty"),
+])
+def test_texts_and_ids_no_tool_could_use_are_refused_at_load_with_file_and_line(toy, file, line, match):
+    with open(toy / file, "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(DataError, match=match):
+        load_collection(toy, "test")
+
+
+def test_a_qrels_id_with_a_space_is_refused_naming_the_line(toy):
+    with open(toy / "qrels" / "test.tsv", "a") as f:
+        f.write("q3\td 2\t1\n")
+    with pytest.raises(DataError, match=r"test\.tsv:5: id 'd 2' is empty or contains whitespace"):
+        load_qrels(toy / "qrels" / "test.tsv")
+
+
+def test_a_byte_order_mark_is_read_past_in_qrels_as_in_the_json_files(toy):
+    expected = load_collection(toy, "test")
+    documents = list(expected.corpus.items())  # read now: the corpus reads its file on demand
+    for name in ("qrels/test.tsv", "corpus.jsonl", "queries.jsonl"):
+        path = toy / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    found = load_collection(toy, "test")
+    assert found.qrels == expected.qrels and found.queries == expected.queries
+    assert list(found.corpus.items()) == documents

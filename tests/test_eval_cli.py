@@ -107,7 +107,7 @@ def test_config_file_form(eval_cli, samples, tmp_path, capsys):
     config.write_text(yaml.safe_dump({"model": "bm25", "topk": 5}))
     with pytest.raises(SystemExit):
         eval_cli.main(["--config", str(config)])
-    assert "unknown option(s) ['topk']" in capsys.readouterr().err
+    assert "unknown option 'topk'" in capsys.readouterr().err
 
 
 def test_compare_runs(eval_cli, samples, tmp_path):

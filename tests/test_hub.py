@@ -266,3 +266,24 @@ def test_share_alike_training_data_makes_the_licence_other(tmp_path):
     assert build_model_card(config, licences=licences).data.license == "other"
     assert build_model_card(config, licences={"qasc": {"licence": "CC BY 4.0"}}).data.license == "apache-2.0"
     assert build_model_card(config, licences=licences, license="mit").data.license == "mit"
+
+
+def test_export_writes_only_what_it_knows(hub_run, tmp_path):
+    """A model folder with a pickled adapter, a stray script and odd assets: none of it reaches the Hub folder, and a
+    folder that somehow holds such files is refused before upload."""
+    model = tmp_path / "final"
+    shutil.copytree(hub_run.model_dir, model)
+    (model / "adapter").mkdir()
+    (model / "adapter" / "pytorch_model.bin").write_bytes(b"a torch pickle")
+    (model / "helper.py").write_text("import os  # would run on the user's machine\n")
+    (model / "assets").mkdir()
+    (model / "assets" / "state.pkl").write_bytes(b"pickle")
+    (model / "README.md").write_text("an old card")
+    out = export_for_hub(model, tmp_path / "hub")
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not {"adapter/pytorch_model.bin", "helper.py", "assets/state.pkl"} & files
+    assert "an old card" not in (out / "README.md").read_text()
+    assert {"model.safetensors", "adapter/hyper_prompt.safetensors", "handler.py", "modeling_hyper.py"} <= files
+    (out / "adapter" / "pytorch_model.bin").write_bytes(b"a torch pickle")
+    with pytest.raises(ValueError, match=r"files an export never writes: \['adapter/pytorch_model.bin'\]"):
+        push_to_hub(out, "someone/x", token="none")

@@ -145,3 +145,43 @@ def test_an_idle_connection_blocks_no_one(widget_url):
         idle.settimeout(30)
         head = idle.recv(65536)
     assert b" 408 " in head.split(b"\r\n")[0]  # the half-sent request timed out, with an answer
+
+
+def test_a_slow_sender_is_dropped_at_the_deadline(widget_url):
+    """A client that sends a byte every 3 s never hits the idle timeout; the 10 s deadline still ends its request."""
+    import socket
+    import time
+
+    parsed = urllib.parse.urlsplit(widget_url)
+    with socket.create_connection((parsed.hostname, parsed.port)) as slow:
+        slow.settimeout(1)
+        start, head = time.perf_counter(), b""
+        request = b"POST /api/score HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"{" * 100
+        for byte in request:
+            try:
+                slow.sendall(bytes([byte]))
+                head = slow.recv(65536)  # the server answers or closes within a second of the deadline
+                break
+            except TimeoutError:
+                time.sleep(2)
+            except OSError:
+                break
+            if time.perf_counter() - start > 30:
+                break
+    assert time.perf_counter() - start < 14  # ended at the 10 s deadline, not after 100 bytes x 3 s
+    assert head == b"" or b"408" in head or b"400" in head  # closed, or answered with an error (a cut request line)
+
+
+def test_the_largest_request_allowed_is_answered_in_time_and_a_larger_one_is_413(widget_url):
+    import time
+
+    passage = "The tilt of Earth's axis changes how directly sunlight reaches each hemisphere. " * 40  # 602 tokens
+    passages = [passage] * 54  # 32,508 tokens with the query: inside the 32,768 a request may read
+    start = time.perf_counter()
+    status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": passages}).encode())
+    assert status == 200 and len(answer["scores"]) == 54
+    assert time.perf_counter() - start < 15  # the bound stated in handler.py and the card: ~5 s on 2 CPU cores
+    status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": [passage] * 55}).encode())
+    assert status == 413 and "at most 32768 per request" in answer["error"]
+    status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": ["word " * 19_000] * 5}).encode())
+    assert status == 413 and "at most 400000 per request" in answer["error"]

@@ -40,6 +40,10 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
                 raise
             raise SystemExit(f"--model {name_or_path}: the model ships its own code; read it, then pass "
                              "--trust-remote-code to run it") from None
+    if not all(hasattr(model, name) for name in ("encode_queries", "encode_corpus")):
+        raise SystemExit(f"--model {name_or_path}: a {type(model).__name__} (model_type {model_type!r}) is not a "
+                         "retriever: it has no encode_queries / encode_corpus. Pass a HypeR model (train.py's "
+                         "final/ or best/, an exported folder) or a model class with BEIR's two encoders")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device, getattr(torch, resolve_dtype(dtype, device))).eval()
     if compile_model:

@@ -58,13 +58,36 @@ def _iter_jsonl(path: Path, required: Sequence[str]) -> Iterator[tuple[int, int,
 
 
 def _check_fields(row: Mapping[str, Any], where: str) -> None:
-    """A row's "_id" is a string or an integer, its "text" a string, its "title" (if any) a string or null."""
+    """A row's "_id" is a string or an integer that a TREC run can hold, its "text" a string, its "title" (if any) a
+    string or null, all of them encodable as UTF-8."""
     if "_id" in row and (isinstance(row["_id"], bool) or not isinstance(row["_id"], str | int)):
         raise DataError(f"{where}: _id must be a string, got {row['_id']!r}")
     if "text" in row and not isinstance(row["text"], str):
         raise DataError(f"{where}: text must be a string, got {row['text']!r} ({type(row['text']).__name__})")
     if row.get("title") is not None and not isinstance(row["title"], str):
         raise DataError(f"{where}: title must be a string or null, got {row['title']!r}")
+    for key in ("_id", "text", "title"):
+        if isinstance(row.get(key), str):
+            _check_encodable(row[key], f"{where}: {key}")
+    if "_id" in row:
+        check_id(str(row["_id"]), where)
+
+
+def _check_encodable(text: str, where: str) -> None:
+    """DataError for a string holding a lone surrogate (an escape such as \\ud800 without its pair): no tokenizer,
+    file or metric can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where} holds a lone surrogate {text[e.start]!r} at character {e.start}; "
+                        "fix the escape in the file") from None
+
+
+def check_id(doc_id: str, where: str) -> None:
+    """DataError for an id that a TREC run file (whitespace-separated columns) cannot hold, or an empty one."""
+    if not doc_id or any(c.isspace() for c in doc_id):
+        raise DataError(f"{where}: id {doc_id!r} is empty or contains whitespace, which a TREC run file cannot "
+                        "hold; rename it")
 
 
 def _check_unique(ids: Sequence[str], where: Sequence[str], source: str) -> None:
@@ -258,8 +281,8 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
     qrels: Qrels = {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+            try:  # a byte-order mark at the start is read past, as the JSON files' is
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
@@ -271,6 +294,8 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
                 raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id corpus-id score), "
                                 f"got {len(columns)}: {line!r}")
             qid, doc_id, score = columns
+            for an_id in (qid, doc_id):
+                check_id(an_id, f"{path}:{lineno}")
             try:
                 qrels.setdefault(qid, {})[doc_id] = int(score)
             except ValueError:

@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hyper_retrieval.evaluation import mteb_task
 from hyper_retrieval.evaluation.results import METRICS, group_averages, results_table
+from hyper_retrieval.hub.hub_files.handler import MAX_REQUEST_CHARS, MAX_REQUEST_TOKENS
 from hyper_retrieval.training.config import looks_local
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "retrieval", "hyper-prompt", "hyper",
@@ -197,9 +198,12 @@ Pass the `SentenceTransformer` object, not the id: `mteb.get_model` reads a Hub 
 
 **Inference Endpoints and a local page.** `handler.py` (an `EndpointHandler`) answers the sentence-similarity
 payload `{{"inputs": {{"source_sentence": "...", "sentences": ["...", "..."]}}}}` with one score per sentence, and
-`{{"inputs": "text" or ["...", "..."], "parameters": {{"task": "query" or "document"}}}}` with embeddings. In a
-download of this repository, `python widget.py` serves a page at http://127.0.0.1:8000/ where you type a query and
-passages and see the scores and the query's prompt attention."""
+`{{"inputs": "text" or ["...", "..."], "parameters": {{"task": "query" or "document"}}}}` with embeddings. A request
+reads at most {MAX_REQUEST_TOKENS:,} tokens and holds at most {MAX_REQUEST_CHARS:,} characters, all texts together
+(a query counts up to its query length, an embedded document up to {config.max_seq_length} tokens, a scored passage
+whole); beyond that it is answered with an error and status 413. The largest allowed request took under 15 s on 2
+CPU cores. In a download of this repository, `python widget.py` serves a page at http://127.0.0.1:8000/ where you
+type a query and passages and see the scores and the query's prompt attention."""
 
 
 def _mteb_snippet(model_id: str) -> str:

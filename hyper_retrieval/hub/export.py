@@ -32,6 +32,10 @@ HEATMAP = "attention_heatmap.png"
 HEATMAP_IN_REPO = f"assets/{HEATMAP}"
 TRAIN_CONFIG = "train_config.yaml"
 NOT_UPLOADED = ("__pycache__", ".pyc")
+MODEL_CODE = Path(__file__).resolve().parents[2] / "modeling_hyper"
+# What an export may hold: these data formats, and the code files this project writes (the model's and the hub's)
+DATA_SUFFIXES = (".safetensors", ".json", ".md", ".png", ".html", ".txt")
+KNOWN_CODE = frozenset(p.name for folder in (MODEL_CODE, HUB_FILES) for p in folder.glob("*.py")) - {"__init__.py"}
 
 
 def find_train_config(model_dir: Path) -> Path | None:
@@ -113,7 +117,18 @@ def export_for_hub(
         licences=training_licences(train_config),
     )
     card.save(out / "README.md")
+    check_known_files(out)
     return out
+
+
+def check_known_files(out_dir: str | os.PathLike) -> None:
+    """Raises ValueError naming any file of the folder that is neither data in a known format (safetensors, JSON,
+    Markdown, PNG, HTML, text) nor one of this project's code files: no pickle or stray script is ever uploaded."""
+    unknown = [f for f in files_to_upload(out_dir)
+               if not (f.endswith(DATA_SUFFIXES) or (f.endswith(".py") and "/" not in f and f in KNOWN_CODE))]
+    if unknown:
+        raise ValueError(f"{out_dir}: files an export never writes: {unknown}; export the model again into an "
+                         "empty folder")
 
 
 def files_to_upload(out_dir: str | os.PathLike) -> list[str]:
@@ -142,6 +157,7 @@ def push_to_hub(
     files = files_to_upload(out)
     if "README.md" not in files or "config.json" not in files:
         raise FileNotFoundError(f"{out}: not an exported folder (no README.md / config.json); run export_for_hub")
+    check_known_files(out)
     ModelCard.load(out / "README.md").validate(repo_type="model")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

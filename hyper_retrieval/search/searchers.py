@@ -115,7 +115,10 @@ class ModelSearcher:
         if self.representation not in ("dense", "sparse"):
             raise ValueError(f"config.representation must be 'dense' or 'sparse', got {self.representation!r}")
         if self.prune_query_terms is not None and self.representation != "sparse":
-            raise ValueError("query-term pruning applies to sparse models only")
+            raise ValueError("query-term pruning (--prune-query-terms) applies to sparse models only")
+        if self.index_kind != "flat" and self.representation == "sparse":
+            raise ValueError(f"index kind {self.index_kind!r} (--index) is for dense vectors; a sparse model is "
+                             "searched with its inverted index: leave --index at flat")
         if self.windows.mode == "max" and not hasattr(self.model, "tokenize_windows"):
             raise ValueError(f"MaxP windows need a model with tokenize_windows (a HyperRetrieverModel); "
                              f"{type(self.model).__name__} has none: use windows mode 'first'")
@@ -127,6 +130,9 @@ class ModelSearcher:
             self.model.config.max_seq_length = self.max_length
         elif self.max_length:
             raise ValueError("the model's encoders take no max_length and its config has no max_seq_length")
+        if self.windows.stride is not None and self.max_length and self.windows.stride > self.max_length:
+            raise ValueError(f"window stride {self.windows.stride} (--window-stride) exceeds the window of "
+                             f"{self.max_length} tokens: passage text between windows would never be read")
         if hasattr(self.model, "max_window_length") and self.max_length:
             limit = self.model.max_window_length()
             if self.max_length > limit:

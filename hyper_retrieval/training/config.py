@@ -2,7 +2,7 @@
 
 `load_config(path, overrides)` reads a YAML file with up to five sections (model, data, optim, loss, train),
 optionally on top of another file named by a top-level `base:` key (sections merged key by key),
-applies `section.key=value` overrides (the value parsed with `yaml.safe_load`), and checks every value against
+applies `section.key=value` overrides (the value parsed as YAML), and checks every value against
 the field's type. An unknown key, a wrong type, a value out of range or a missing data/backbone path raises
 `ConfigError` naming the YAML file, the dotted key and what was expected; a YAML syntax error names the file
 and line. Relative paths are resolved against the current working directory (train.py runs from the repo root).
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from hyper_retrieval.core.strict_yaml import StrictYamlError, load_yaml, short_repr
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 # Keys that got one name from the YAML to modeling_hyper/ (old name -> new name), named in the error for an old config.
@@ -213,12 +213,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: base: configs include each other ({' -> '.join(map(str, seen))})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from err
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except StrictYamlError as err:
+        raise ConfigError(str(err)) from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
@@ -245,9 +242,9 @@ def _apply_override(raw: dict[str, Any], override: str, source: Path) -> None:
     if not sep or len(parts) < 2 or not all(parts):
         raise ConfigError(f"{source}: override {override!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: override {override!r}: value is not valid YAML: {err}") from err
+        value = load_yaml(text, f"{source}: override {override!r}")
+    except StrictYamlError as err:
+        raise ConfigError(str(err)) from None
     if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
         value = text.strip()  # on the command line only true/false are booleans: mixed_precision=no means "no"
     node = raw
@@ -266,7 +263,7 @@ def _build(cls: type, raw: Any, prefix: str, source: Path) -> Any:
     """Instantiate dataclass `cls` from a raw mapping, rejecting unknown keys and checking every field."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping, got {raw!r} ({type(raw).__name__})")
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {short_repr(raw)} ({type(raw).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -327,7 +324,7 @@ def _coerce(value: Any, hint: Any, dotted: str, source: Path) -> Any:
 
 
 def _wrong(value: Any, expected: str, dotted: str, source: Path) -> typing.NoReturn:
-    raise ConfigError(f"{source}: {dotted}: expected {expected}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{source}: {dotted}: expected {expected}, got {short_repr(value)} ({type(value).__name__})")
 
 
 def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, source: Path) -> None:
@@ -337,7 +334,7 @@ def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, so
     minimum, strict = metadata["min"], metadata["strict"]
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
-        raise ConfigError(f"{source}: {dotted}: expected a value {relation} {minimum}, got {value!r}")
+        raise ConfigError(f"{source}: {dotted}: expected a value {relation} {minimum}, got {short_repr(value)}")
 
 
 def looks_local(name: str) -> bool:

@@ -11,6 +11,12 @@ JSON payloads:
   (true: unit-length vectors).
 A malformed payload (not these forms, a blank or invalid-Unicode text, more than 256 texts or 100,000 characters in
 one) is answered with {"error": message}, not an exception.
+
+Work per request is bounded: at most 400,000 characters in all, and at most 32,768 tokens read in all (about 5 s of
+MiniLM on 2 CPU cores): each text counts what the model reads of it (a query up to the model's query length, a
+document up to its max_seq_length when embedded, a passage whole when scored, MaxP). A text is cut to a bounded
+prefix before it is tokenized, so a long one costs no more than what is read. Beyond the bound the answer is
+{"error": message, "status": 413}.
 """
 
 from __future__ import annotations
@@ -24,10 +30,19 @@ TASKS = ("query", "document")
 PARAMETERS = ("task", "truncate", "normalize")  # truncate: true (default) cuts at max_seq_length, false refuses
 MAX_TEXTS = 256  # texts per request
 MAX_CHARS = 100_000  # characters per text
+MAX_REQUEST_CHARS = 400_000  # characters per request, all texts together
+MAX_REQUEST_TOKENS = 32_768  # tokens read per request, all texts together
+CHARS_PER_TOKEN_CUT = 16  # a text is tokenized from a prefix of this many characters per token read (if that
+# prefix gives fewer tokens than are read, the whole text is)
 
 
 class PayloadError(ValueError):
-    """The request does not follow one of the payload forms above."""
+    """The request does not follow one of the payload forms above (status 400), or asks for more work than one
+    request may (413)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def _text(text: Any, where: str) -> str:
@@ -76,30 +91,69 @@ class EndpointHandler:
             for key in ("truncate", "normalize"):
                 if not isinstance(parameters.get(key, False), bool):
                     raise PayloadError(f'"{key}" must be true or false, got {parameters[key]!r}')
+            task = parameters.get("task", "query")
+            if task not in TASKS:
+                raise PayloadError(f'"task" must be one of {list(TASKS)}, got {task!r}')
+            self._check_budget(texts, [])
+            read, lengths = self._token_counts(texts, self._limit(task))
             if parameters.get("truncate", True) is False:
-                self._check_lengths(texts, parameters.get("task", "query"))
-            vectors = self.embed(texts, parameters.get("task", "query"))
+                self._check_lengths(lengths, self._limit(task))
+            self._check_budget(texts, [min(n, self._limit(task)) for n in lengths])
+            vectors = self.embed(read, task)
             if parameters.get("normalize", False):
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             return vectors[0].tolist() if isinstance(inputs, str) else vectors.tolist()
         except PayloadError as e:
-            return {"error": str(e)}
+            return {"error": str(e)} if e.status == 400 else {"error": str(e), "status": e.status}
 
     def _similarity_payload(self, inputs: dict[str, Any]) -> list[float]:
         expected = {"source_sentence", "sentences"}
         if set(inputs) != expected:
             raise PayloadError(f'"inputs" as an object needs exactly the keys {sorted(expected)}, got {sorted(inputs)}')
         source = _text(inputs["source_sentence"], '"source_sentence"')
-        return self.similarity(source, _texts(inputs["sentences"], '"sentences"'))
+        sentences = _texts(inputs["sentences"], '"sentences"')
+        self._check_budget([source, *sentences], [])
+        (source,), (query_tokens,) = self._token_counts([source], self._limit("query"))
+        _, passage_tokens = self._token_counts(sentences, None)  # read whole (MaxP)
+        self._check_budget([source, *sentences], [min(query_tokens, self._limit("query")), *passage_tokens])
+        return self.similarity(source, sentences)
 
-    def _check_lengths(self, texts: list[str], task: str) -> None:
+    def _limit(self, task: str) -> int:
+        config = self.model.config
+        return getattr(config, "query_length", config.max_seq_length) if task == "query" else config.max_seq_length
+
+    def _token_counts(self, texts: list[str], limit: int | None) -> tuple[list[str], list[int]]:
+        """(the texts to encode, the tokens of each, special tokens included). With ``limit`` (the tokens read),
+        each text is tokenized from a prefix of CHARS_PER_TOKEN_CUT characters per token read, and a prefix that
+        already gives well over ``limit`` tokens replaces the text (its first ``limit`` tokens are the text's); a
+        count above ``limit`` means "longer than read". Without, the whole texts are counted."""
+        if limit is None:
+            return texts, [len(ids) for ids in self.model.tokenizer(texts, verbose=False)["input_ids"]]
+        cut = CHARS_PER_TOKEN_CUT * (limit + 1)
+        prefixes = [t[:cut] for t in texts]
+        counts = [len(ids) for ids in self.model.tokenizer(prefixes, verbose=False)["input_ids"]]
+        margin = limit + 16  # the word cut in two sits far past the tokens read
+        kept = [p if n > margin else t for p, t, n in zip(prefixes, texts, counts, strict=True)]
+        for i, (text, n) in enumerate(zip(texts, counts, strict=True)):
+            if len(text) > cut and n <= margin:  # a prefix of very long words: count the whole text
+                counts[i] = len(self.model.tokenizer(text, verbose=False)["input_ids"])
+        return kept, counts
+
+    def _check_budget(self, texts: list[str], tokens_read: list[int]) -> None:
+        """PayloadError (413) for a request over MAX_REQUEST_CHARS characters or MAX_REQUEST_TOKENS tokens read."""
+        if sum(map(len, texts)) > MAX_REQUEST_CHARS:
+            raise PayloadError(f"the request holds {sum(map(len, texts))} characters; at most {MAX_REQUEST_CHARS} "
+                               "per request", status=413)
+        if sum(tokens_read) > MAX_REQUEST_TOKENS:
+            raise PayloadError(f"the request reads {sum(tokens_read)} tokens; at most {MAX_REQUEST_TOKENS} per request"
+                               " (send fewer or shorter texts)", status=413)
+
+    def _check_lengths(self, lengths: list[int], limit: int) -> None:
         """With "truncate": false, a text longer than the model reads (a query: the config's query length) is an
         error rather than cut."""
-        config = self.model.config
-        limit = getattr(config, "query_length", config.max_seq_length) if task == "query" else config.max_seq_length
-        for i, ids in enumerate(self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]):
-            if len(ids) > limit:
-                raise PayloadError(f'"inputs"[{i}] has {len(ids)} tokens, over the {limit} the model reads '
+        for i, n in enumerate(lengths):
+            if n > limit:
+                raise PayloadError(f'"inputs"[{i}] has {n} tokens, over the {limit} the model reads '
                                    '(send "truncate": true to cut it)')
 
     def embed(self, texts: list[str], task: str = "query") -> np.ndarray:

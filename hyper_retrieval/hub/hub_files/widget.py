@@ -6,14 +6,16 @@ Type a query and candidate passages (one per line): the page shows each passage'
 over the prompt pool as a bar chart. The page can be filled from its address: /?query=...&passage=...&passage=...
 GET / serves widget.html; POST /api/score takes {"query": str, "passages": [str, ...]} and answers
 {"scores": [...], "attention": [...] or null}, or {"error": message} with a 4xx status (bad JSON or text 400, no
-length 411, over 1 MiB 413, too slow 408). Connections are served in threads, each dropped after 10 s idle; the model
-answers one request at a time. Scoring is handler.py's.
+length 411, a body over 1 MiB or a request over handler.py's work bound 413, too slow 408). Connections are served
+in threads (64 may wait to be accepted); a request must arrive whole within 10 s of its connection, however slowly it
+trickles in; the model answers one request at a time. Scoring and the work bound are handler.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +24,8 @@ from handler import EndpointHandler
 
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 1 << 20
-TIMEOUT_S = 10  # seconds a connection may sit idle or take to send its request
+TIMEOUT_S = 10  # seconds a connection may take to send its request, idle or trickling
+BACKLOG = 64  # connections the listening socket holds while the threads are busy accepting
 
 
 def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandler]:
@@ -32,6 +35,25 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
 
     class WidgetRequestHandler(BaseHTTPRequestHandler):
         timeout = TIMEOUT_S  # an idle or half-sent connection is dropped, and blocks no one meanwhile
+
+        def setup(self) -> None:
+            super().setup()
+            # the per-read timeout restarts with every byte: this deadline holds for the whole request
+            self._expired = False
+            self._deadline = threading.Timer(TIMEOUT_S, self._stop_reading)
+            self._deadline.start()
+
+        def _stop_reading(self) -> None:
+            """Ends the request's reading (a blocked read returns what came); the answer can still be written."""
+            self._expired = True
+            try:
+                self.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+        def finish(self) -> None:
+            self._deadline.cancel()
+            super().finish()
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -44,6 +66,7 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
             self._send(status, json.dumps(value).encode(), "application/json")
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._deadline.cancel()
             if self.path.split("?")[0] in ("/", "/index.html"):
                 self._send(200, page, "text/html; charset=utf-8")
             else:
@@ -58,12 +81,14 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
             except RequestError as e:
                 self._send_json(e.status, {"error": str(e)})
                 return
+            finally:
+                self._deadline.cancel()  # the request is in: answering it is bounded by handler.py's work bound
             query, passages = request.get("query"), request.get("passages")
             with model_lock:
                 scores = endpoint({"inputs": {"source_sentence": query, "sentences": passages}})
                 attention = endpoint.prompt_attention(query) if not isinstance(scores, dict) else None
             if isinstance(scores, dict):
-                self._send_json(400, scores)
+                self._send_json(scores.pop("status", 400), scores)
                 return
             self._send_json(200, {"scores": scores, "attention": attention})
 
@@ -79,6 +104,8 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
                 body = self.rfile.read(length)
             except TimeoutError:
                 raise RequestError(408, f"the body did not arrive within {TIMEOUT_S} s") from None
+            if self._expired:
+                raise RequestError(408, f"the request did not arrive within {TIMEOUT_S} s")
             if len(body) < length:
                 raise RequestError(400, f"the body ended after {len(body)} of {length} bytes")
             try:
@@ -102,12 +129,17 @@ class RequestError(ValueError):
         self.status = status
 
 
+class WidgetServer(ThreadingHTTPServer):
+    request_queue_size = BACKLOG
+    daemon_threads = True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), make_request_handler(EndpointHandler(str(HERE))))
+    server = WidgetServer((args.host, args.port), make_request_handler(EndpointHandler(str(HERE))))
     print(f"serving on http://{args.host}:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever()
