@@ -101,3 +101,19 @@ def test_standard_parameters_truncate_and_normalize(handler, hub_run):
     assert '"inputs"[1] has' in refused["error"] and "over the 64" in refused["error"]
     assert answer(handler, {"inputs": SOURCE, "parameters": {"truncate": False}}) == answer(handler, {"inputs": SOURCE})
     assert "must be true or false" in answer(handler, {"inputs": SOURCE, "parameters": {"normalize": "yes"}})["error"]
+
+
+def test_work_per_request_is_bounded_and_long_texts_are_cut_before_tokenizing(handler, hub_run):
+    import time
+
+    long = "The tilt of Earth's axis causes the seasons. " * 2000  # ~90,000 characters, ~18,000 tokens
+    assert answer(handler, {"inputs": [long] * 256})["status"] == 413  # 23 M characters: refused before tokenizing
+    start = time.perf_counter()
+    vectors = answer(handler, {"inputs": [long] * 4, "parameters": {"task": "document"}})
+    assert time.perf_counter() - start < 5  # four embeddings of what the model reads, not of 72,000 tokens
+    expected = hub_run.model.encode_corpus([long])[0]
+    np.testing.assert_allclose(vectors[0], expected, rtol=0, atol=1e-5)  # the cut text reads as the whole one
+    documents = ["word " * 300] * 256  # 256 documents read to max_seq_length each: within the bound
+    assert len(answer(handler, {"inputs": documents, "parameters": {"task": "document"}})) == 256
+    refused = answer(handler, {"inputs": {"source_sentence": SOURCE, "sentences": ["word " * 2000] * 20}})
+    assert refused["status"] == 413 and "at most 32768 per request" in refused["error"]

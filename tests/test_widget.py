@@ -185,3 +185,12 @@ def test_the_largest_request_allowed_is_answered_in_time_and_a_larger_one_is_413
     assert status == 413 and "at most 32768 per request" in answer["error"]
     status, answer = post(widget_url, json.dumps({"query": QUERY, "passages": ["word " * 19_000] * 5}).encode())
     assert status == 413 and "at most 400000 per request" in answer["error"]
+
+
+def test_twenty_parallel_clients_are_all_answered(widget_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = json.dumps({"query": QUERY, "passages": PASSAGES}).encode()
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda _: post(widget_url, body)[0], range(20)))
+    assert statuses == [200] * 20
