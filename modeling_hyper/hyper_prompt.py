@@ -126,6 +126,8 @@ class HyperPromptConfig:
             raise ValueError(f"HyperPromptConfig.prompt_dropout={self.prompt_dropout!r}: expected in [0, 1)")
         if self.prompt_init not in ("uniform", "normal"):
             raise ValueError(f"HyperPromptConfig.prompt_init={self.prompt_init!r}: expected 'uniform' or 'normal'")
+        if not (math.isfinite(self.prompt_init_std) and self.prompt_init_std > 0):
+            raise ValueError(f"HyperPromptConfig.prompt_init_std={self.prompt_init_std!r}: expected > 0")
 
     def temperature_bounds(self) -> tuple[float, float]:
         """Where the synthesizer's temperature may be: fixed (any > 0) for release, bounded where it is learnable."""

@@ -78,7 +78,7 @@ def test_wrong_type_and_range_name_key_and_expectation(tmp_path: Path, bbir: Pat
         "model:\n  representation: colbert\n": r"model\.representation: expected one of 'dense', 'sparse'",
         "optim:\n  mixed_precision: no\n":
             r"optim\.mixed_precision: expected one of 'no', 'bf16', 'fp16', 'auto' \(quote it",
-        "model:\n  pool_size: 0\n": r"model\.pool_size: expected a value >= 1, got 0",
+        "model:\n  pool_size: 0\n": r"model\.pool_size: HyperPromptConfig\.pool_size=0: expected an integer >= 1",
         "loss:\n  contrastive_temperature: 0\n": r"loss\.contrastive_temperature: expected a value > 0",
         "loss:\n  temperature: 0.05\n": r"loss\.temperature was renamed loss\.contrastive_temperature",
         "model:\n  prompt_length: 2\n": r"model\.prompt_length was renamed model\.num_virtual_tokens",
@@ -167,19 +167,25 @@ def test_command_line_no_is_a_string_but_false_a_boolean(tmp_path, bbir):
         load_config(path, ["loss.cpr_push=off"])
 
 
-def test_prompt_settings_keep_their_names_from_yaml_to_the_model() -> None:
-    """Every HyperPromptConfig setting is a model.<same name> key of the YAML, so grepping a name finds it all."""
+def test_prompt_settings_are_declared_once_and_keep_their_names_from_yaml_to_the_model(tmp_path: Path) -> None:
+    """Every HyperPromptConfig setting is a model.<same name> key of the YAML with HyperPromptConfig's default and
+    help, and its checks run at load time, reported with the file and key."""
     from dataclasses import fields
 
     from hyper_retrieval.training.config import ModelSettings
-    from hyper_retrieval.training.setup import PROMPT_SETTINGS
     from modeling_hyper import HyperPromptConfig
 
     filled_or_informational = {"num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path",
                                "peft_type", "task_type"}
-    prompt = {f.name for f in fields(HyperPromptConfig)} - filled_or_informational
-    assert prompt == {*PROMPT_SETTINGS, "pool_size"}
-    assert prompt <= {f.name for f in fields(ModelSettings)}
+    declared = {f.name: f for f in fields(HyperPromptConfig) if f.name not in filled_or_informational}
+    settings = {f.name: f for f in fields(ModelSettings)}
+    for name, f in declared.items():
+        assert settings[name].default == f.default and settings[name].metadata["help"] == f.metadata["help"]
+    path = write(tmp_path, "model:\n  synthesizer: bogus\n")
+    with pytest.raises(ConfigError, match=r"model\.synthesizer: HyperPromptConfig\.synthesizer='bogus': expected one"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"model\.prompt_init_std: .*expected > 0"):
+        load_config(write(tmp_path, "model:\n  prompt_init_std: 0.0\n"))
 
 
 def test_two_collections_with_one_folder_name_are_refused(tmp_path: Path, bbir: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hyper_retrieval.training.config import looks_local
+from hyper_retrieval.core.locations import looks_local
 
 
 def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool = False,

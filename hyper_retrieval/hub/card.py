@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.evaluation import mteb_task
 from hyper_retrieval.evaluation.results import METRICS, group_averages, results_table
 from hyper_retrieval.hub.hub_files.handler import MAX_REQUEST_CHARS, MAX_REQUEST_TOKENS
-from hyper_retrieval.training.config import looks_local
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "retrieval", "hyper-prompt", "hyper",
         "custom_code"]

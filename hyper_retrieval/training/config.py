@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.strict_yaml import StrictYamlError, load_yaml, short_repr
+from modeling_hyper import HyperPromptConfig
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 # Keys that got one name from the YAML to modeling_hyper/ (old name -> new name), named in the error for an old config.
@@ -46,29 +48,27 @@ def _at_least(minimum: float, *, strict: bool = False) -> dict[str, Any]:
     return {"min": minimum, "strict": strict}
 
 
+# The prompt settings are declared once, in modeling_hyper's HyperPromptConfig (type, default and help); the YAML's
+# model section takes them under the same names. What the backbone fills in and what is informational stays there.
+NOT_SETTINGS = ("num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path", "peft_type", "task_type")
+PROMPT_SETTINGS = tuple(f.name for f in dataclasses.fields(HyperPromptConfig) if f.name not in NOT_SETTINGS)
+PromptSettings = dataclasses.make_dataclass(
+    "PromptSettings",
+    [(f.name, typing.get_type_hints(HyperPromptConfig)[f.name], field(default=f.default, metadata=f.metadata))
+     for f in dataclasses.fields(HyperPromptConfig) if f.name in PROMPT_SETTINGS],
+)
+
+
 @dataclass
-class ModelSettings:
-    """The retriever: backbone, representation and prompt settings."""
+class ModelSettings(PromptSettings):
+    """The retriever: backbone, representation, encoders and passage windows, and (inherited) every setting of
+    HyperPromptConfig under its own name (pool_size, num_virtual_tokens, synthesizer, ...: see its field help)."""
 
     backbone: str = "naver/splade-cocondenser-ensembledistil"  # SPLADE++ (the paper's main backbone); hub id or dir
     representation: Literal["dense", "sparse"] = "sparse"
     pooling: Literal["mean", "cls"] = "cls"  # dense only; sparse uses SPLADE's max over tokens of log(1 + relu)
     normalize: bool = False  # L2-normalise dense vectors (the paper scores with a plain dot product)
     prompt: Literal["none", "prefix", "hyper"] = "hyper"  # no prompt, one shared prefix, or HypeR's pool
-    # The prompt settings below keep their names in modeling_hyper's HyperPromptConfig (see its field help).
-    pool_size: int = field(default=5, metadata=_at_least(1))  # N
-    num_virtual_tokens: int = field(default=1, metadata=_at_least(1))  # L: 1 for the BEIR model, 100 for KILT
-    # How a query scores the prompts: release (the authors' q . k / tau), standardized or cosine (docs/RESULTS.md)
-    synthesizer: Literal["release", "standardized", "cosine"] = "cosine"
-    synthesizer_temperature: float | None = field(default=None, metadata=_at_least(0, strict=True))  # None: default
-    synthesizer_min_temperature: float | None = field(default=None, metadata=_at_least(0, strict=True))  # None: default
-    synthesizer_momentum: float = field(default=0.1, metadata=_at_least(0, strict=True))  # running stats of q
-    synthesizer_hidden_size: int = field(default=100, metadata=_at_least(1))  # synthesizer's per-token adapter
-    balance_bias_rate: float = field(default=0.0, metadata=_at_least(0))  # loss-free balancing bias; 0 = off
-    encoder_hidden_size: int = field(default=100, metadata=_at_least(1))  # P-tuning v2 prefix projection
-    prompt_dropout: float = field(default=0.1, metadata=_at_least(0))
-    prompt_init: Literal["uniform", "normal"] = "uniform"  # the pool: uniform in [0, 1) (the release) or normal
-    prompt_init_std: float = field(default=0.02, metadata=_at_least(0, strict=True))  # for prompt_init: normal
     freeze_query_backbone: bool = False  # the paper trains it jointly (the release froze it by accident)
     share_encoders: bool = False  # the release keeps separate query and passage copies
     freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once
@@ -201,9 +201,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     for override in overrides or []:
         _apply_override(raw, override, path)
     config = _build(TrainConfig, raw, "", path)
+    _check_prompt(config, path)
     _check_paths(config, path)
     _check_windows(config, path)
     return config
+
+
+def _check_prompt(config: TrainConfig, source: Path) -> None:
+    """The prompt settings pass HyperPromptConfig's own checks (ranges, choices), reported with the file and key."""
+    try:
+        HyperPromptConfig(**{name: getattr(config.model, name) for name in PROMPT_SETTINGS})
+    except ValueError as e:
+        name = re.match(r"HyperPromptConfig\.(\w+)=", str(e))
+        raise ConfigError(f"{source}: model.{name.group(1) if name else 'prompt'}: {e}") from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -335,21 +345,6 @@ def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, so
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ConfigError(f"{source}: {dotted}: expected a value {relation} {minimum}, got {short_repr(value)}")
-
-
-def looks_local(name: str) -> bool:
-    """True when a backbone or collection `name` is meant as a folder, not a Hub id ('org/name' or 'name').
-
-    Local: starts with '/', '.', '~', has two or more '/', a backslash, exists, or is 'a/b' where a folder 'a'
-    exists here (so data/qasc_missing is a missing folder, not a Hub id).
-    """
-    return (
-        name.startswith(("/", ".", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or Path(name).expanduser().exists()
-        or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir())  # data/x where ./data exists
-    )
 
 
 def _check_windows(config: TrainConfig, source: Path) -> None:

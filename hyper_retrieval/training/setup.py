@@ -14,24 +14,17 @@ from hyper_retrieval.evaluation.scoring import evaluate_collections
 from hyper_retrieval.search.cache import passage_encoder_fingerprint
 from hyper_retrieval.search.searchers import FIRST_WINDOW, ModelSearcher, PassageWindows
 from hyper_retrieval.training.batching import TaskData
-from hyper_retrieval.training.config import DataSettings, ModelSettings
+from hyper_retrieval.training.config import PROMPT_SETTINGS, DataSettings, ModelSettings
 from hyper_retrieval.training.passage_table import has_frozen_passage_encoder
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
-
-# ModelSettings fields passed to HyperPromptConfig under the same name (pool_size depends on the prompt kind).
-PROMPT_SETTINGS = ("num_virtual_tokens", "encoder_hidden_size", "synthesizer", "synthesizer_temperature",
-                   "synthesizer_min_temperature", "synthesizer_momentum", "synthesizer_hidden_size",
-                   "balance_bias_rate", "prompt_dropout", "prompt_init", "prompt_init_std")
 
 
 def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
     """none -> no prompt; prefix -> one shared prefix (a pool of 1); hyper -> HypeR's pool of pool_size."""
     if settings.prompt == "none":
         return None
-    return HyperPromptConfig(
-        pool_size=1 if settings.prompt == "prefix" else settings.pool_size,
-        **{name: getattr(settings, name) for name in PROMPT_SETTINGS},
-    )
+    values = {name: getattr(settings, name) for name in PROMPT_SETTINGS}
+    return HyperPromptConfig(**values | {"pool_size": 1 if settings.prompt == "prefix" else settings.pool_size})
 
 
 def build_model(settings: ModelSettings) -> HyperRetrieverModel:
