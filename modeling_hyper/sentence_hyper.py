@@ -9,6 +9,8 @@ would otherwise give documents the query side, silently.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,9 @@ from sentence_transformers.base.modules import InputModule
 from transformers import AutoModel
 
 TASKS = ("query", "document")
+# What an exported folder holds beside the network (written by the project's hub export)
+HUB_FOLDER_FILES = ("README.md", "handler.py", "widget.py", "widget.html", "adapter/hyper_prompt_config.json",
+                    "adapter/hyper_prompt.safetensors", "assets/attention_heatmap.png")
 
 
 class HyperSentenceEncoder(InputModule):
@@ -82,7 +87,16 @@ class HyperSentenceEncoder(InputModule):
         return backbone.vocab_size if self.model.config.representation == "sparse" else backbone.hidden_size
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """The network (save_pretrained), and, for a model loaded from an exported folder, that folder's known Hub
+        files (HUB_FOLDER_FILES): ``SentenceTransformer.save`` of an export is an export again. Nothing else of the
+        source folder is copied: no pickle, no unknown script."""
         self.model.save_pretrained(output_path)
+        source, target = Path(self.model.name_or_path or "."), Path(output_path)
+        if source.is_dir() and source.resolve() != target.resolve():
+            for name in HUB_FOLDER_FILES:
+                if (source / name).is_file():
+                    (target / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / name, target / name)
 
     @classmethod
     def load(

@@ -193,8 +193,22 @@ training; for a local BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/test.
 
 An MTEB task by name downloads its data from the Hub: `mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))`.
 Pass the `SentenceTransformer` object, not the id: `mteb.get_model` reads a Hub id's config without
-`trust_remote_code`. BEIR's `DenseRetrievalExactSearch` takes the transformers model above (it calls
-`encode_queries` / `encode_corpus`); its `models.SentenceBERT` encodes both sides alike and gets the error above.
+`trust_remote_code`. BEIR's `DenseRetrievalExactSearch` takes the transformers model (it calls `encode_queries` /
+`encode_corpus`, each side as in training); BEIR's `models.SentenceBERT` encodes both sides alike and gets the error
+above:
+
+```python
+from beir.datasets.data_loader import GenericDataLoader
+from beir.retrieval.evaluation import EvaluateRetrieval
+from beir.retrieval.search.dense import DenseRetrievalExactSearch
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)
+corpus, queries, qrels = GenericDataLoader("path/to/beir/folder").load(split="test")
+retriever = EvaluateRetrieval(DenseRetrievalExactSearch(model, batch_size=64), score_function="dot", k_values=[10])
+ndcg, _map, recall, precision = retriever.evaluate(qrels, retriever.retrieve(corpus, queries), [10])
+print(ndcg["NDCG@10"])
+```
 
 **Inference Endpoints and a local page.** `handler.py` (an `EndpointHandler`) answers the sentence-similarity
 payload `{{"inputs": {{"source_sentence": "...", "sentences": ["...", "..."]}}}}` with one score per sentence, and
