@@ -136,10 +136,14 @@ def test_missing_file(toy):
         load_collection(toy, "test")
 
 
-def test_qrels_row_with_wrong_column_count(toy):
+@pytest.mark.parametrize(("row", "match"), [
+    ("q3\td2\n", r"test\.tsv:5: expected 3 tab-separated columns.*got 2"),
+    ("q3\td 2\t1\n", r"test\.tsv:5: id 'd 2' is empty or contains whitespace"),  # a TREC run could not hold it
+])
+def test_a_bad_qrels_row_is_named_with_its_line(toy, row, match):
     with open(toy / "qrels" / "test.tsv", "a") as f:
-        f.write("q3\td2\n")
-    with pytest.raises(DataError, match=r"test\.tsv:5: expected 3 tab-separated columns.*got 2"):
+        f.write(row)
+    with pytest.raises(DataError, match=match):
         load_qrels(toy / "qrels" / "test.tsv")
 
 
@@ -232,13 +236,6 @@ def test_texts_and_ids_no_tool_could_use_are_refused_at_load_with_file_and_line(
         f.write(line + "\n")
     with pytest.raises(DataError, match=match):
         load_collection(toy, "test")
-
-
-def test_a_qrels_id_with_a_space_is_refused_naming_the_line(toy):
-    with open(toy / "qrels" / "test.tsv", "a") as f:
-        f.write("q3\td 2\t1\n")
-    with pytest.raises(DataError, match=r"test\.tsv:5: id 'd 2' is empty or contains whitespace"):
-        load_qrels(toy / "qrels" / "test.tsv")
 
 
 def test_a_byte_order_mark_is_read_past_in_qrels_as_in_the_json_files(toy):
