@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hyper_retrieval.cli.options import add_encoding_options, add_index_options, index_options, run_main
+from hyper_retrieval.cli.options import POSITIVE, add_encoding_options, add_index_options, index_options, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--corpus", required=True, help="corpus.jsonl, a BEIR folder holding one, or a Hub name")
     parser.add_argument("--cache-dir", default="outputs/embedding_cache", help="where the shards are cached")
-    parser.add_argument("--batch-size", type=int, default=64, help="passages encoded per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE, default=64, help="passages encoded per forward pass")
     add_encoding_options(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="run code a non-HypeR model ships")
     parser.add_argument("--index", choices=["ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq"], default=None,

@@ -26,7 +26,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from hyper_retrieval.cli.options import run_main
+from hyper_retrieval.cli.options import POSITIVE, run_main
 from hyper_retrieval.core.atomic_files import swap_folder
 from hyper_retrieval.core.precision import resolve_mixed_precision
 from hyper_retrieval.core.run_folders import RunFolderError, check_fresh_start, moved_aside_name, run_contents
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     parser.add_argument("--move-aside", action="store_true",
                         help="output_dir holds another run: rename it to <output_dir>.old-<time> and start afresh")
-    parser.add_argument("--stop-after-steps", type=int, default=None,
+    parser.add_argument("--stop-after-steps", type=POSITIVE, default=None,
                         help="save a checkpoint and exit after this many steps, as SIGTERM would (tests, time boxes)")
     return parser.parse_args()
 

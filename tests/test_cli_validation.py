@@ -90,3 +90,21 @@ def samples_dir(bbir, tmp_path):
     from sample_collection import sample_of
 
     return sample_of(bbir / "ropes", tmp_path / "ropes", 20)
+
+
+@pytest.mark.parametrize(("script", "flags", "message"), [
+    ("encode.py", ["--model", "m", "--corpus", "c", "--batch-size", "0"],
+     "argument --batch-size: expected an integer >= 1, got 0"),
+    ("encode.py", ["--model", "m", "--corpus", "c", "--index", "ivfpq", "--index-out", "i", "--pq-m", "0"],
+     "argument --pq-m: expected an integer >= 1, got 0"),
+    ("train.py", ["--config", "configs/quickstart.yaml", "--stop-after-steps", "0"],
+     "argument --stop-after-steps: expected an integer >= 1, got 0"),
+])
+def test_encode_and_train_flags_are_checked_the_same_way(script, flags, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, script, *flags], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].endswith(message)
