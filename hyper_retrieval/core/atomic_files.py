@@ -134,11 +134,18 @@ def swap_folder(save: Callable[[Path], None], folder: str | os.PathLike) -> None
     shutil.rmtree(old, ignore_errors=True)
 
 
+_SWEPT: set[Path] = set()  # folders already swept by this process
+
+
 def sweep_stale(parent: Path) -> list[Path]:
     """Removes the temporary folders and files (``.<name>.<pid>.tmp``) under ``parent`` last written before this
-    process started: what killed processes left. Those of live writers are newer and stay. Returns what went."""
+    process started: what killed processes left. Those of live writers are newer and stay. Returns what went. Each
+    folder is swept once per process: what is stale was already there when it started."""
+    if not parent.is_dir() or parent.resolve() in _SWEPT:
+        return []
+    _SWEPT.add(parent.resolve())
     swept = []
-    for path in parent.glob(".*.tmp") if parent.is_dir() else []:
+    for path in parent.glob(".*.tmp"):
         try:
             if path.stat().st_mtime < PROCESS_STARTED:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
+import modeling_hyper
 from hyper_retrieval.core.run_folders import check_export_target
 from hyper_retrieval.evaluation.results import load_results
 from hyper_retrieval.hub.card import build_model_card
@@ -32,7 +33,7 @@ HEATMAP = "attention_heatmap.png"
 HEATMAP_IN_REPO = f"assets/{HEATMAP}"
 TRAIN_CONFIG = "train_config.yaml"
 NOT_UPLOADED = ("__pycache__", ".pyc")
-MODEL_CODE = Path(__file__).resolve().parents[2] / "modeling_hyper"
+MODEL_CODE = Path(modeling_hyper.__file__).resolve().parent
 # What an export may hold: these data formats, and the code files this project writes (the model's and the hub's)
 DATA_SUFFIXES = (".safetensors", ".json", ".md", ".png", ".html", ".txt")
 KNOWN_CODE = frozenset(p.name for folder in (MODEL_CODE, HUB_FILES) for p in folder.glob("*.py")) - {"__init__.py"}

@@ -305,9 +305,9 @@ class DenseIndex:
             if store.shape != (index.ntotal, index.d):
                 raise ValueError(f"{path}: built on {index.ntotal} vectors of {index.d} dimensions; the store given "
                                  f"has {len(store)} of {store.dim}")
-            if store.fingerprint() != recorded["store"]:
-                raise ValueError(f"{path}: built on the store {recorded['store']}, the store given is "
-                                 f"{store.fingerprint()} (another model's or corpus's vectors of the same size)")
+            if (given := store.fingerprint()) != recorded["store"]:
+                raise ValueError(f"{path}: built on the store {recorded['store']}, the store given is {given} "
+                                 "(another model's or corpus's vectors of the same size)")
         if model is not None and settings.get("model") is not None and model != settings["model"]:
             raise ValueError(f"{path}: built with the passage encoder {settings['model']}, the model given is "
                              f"{model}")

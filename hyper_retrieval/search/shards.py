@@ -91,23 +91,28 @@ class ShardStore:
                 yield int(start + offset), block.copy() if self.sparse else np.array(block, dtype=np.float32)
             del vectors
 
+    def _by_shard(self, flat: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """For store rows ``flat`` (m,): (shard index, the positions in ``flat`` of its rows, those rows within the
+        shard), one shard at a time."""
+        shard_of = np.searchsorted(self.starts, flat, side="right") - 1
+        for i in np.unique(shard_of).tolist():
+            where = np.flatnonzero(shard_of == i)
+            yield i, where, flat[where] - self.starts[i]
+
     def take(self, rows: np.ndarray) -> Embeddings:
         """The vectors of store rows (any shape of int array), in that order: (*rows.shape, dim) float32 for dense
         vectors, CSR (len(rows), vocab) for sparse ones."""
         rows = np.asarray(rows, dtype=np.int64)
         flat = rows.reshape(-1)
-        shard_of = np.searchsorted(self.starts, flat, side="right") - 1
         if self.sparse:
             parts, positions = [], []
-            for i in np.unique(shard_of):
-                where = np.flatnonzero(shard_of == i)
-                parts.append(self.shards[i].open()[flat[where] - self.starts[i]])
+            for i, where, local in self._by_shard(flat):
+                parts.append(self.shards[i].open()[local])
                 positions.append(where)
             return sp.vstack(parts, format="csr")[np.argsort(np.concatenate(positions), kind="stable")]
         out = np.empty((len(flat), self.dim), dtype=np.float32)  # one gather per shard, straight into place
-        for i in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == i)
-            out[where] = self.shards[i].open()[flat[where] - self.starts[i]]
+        for i, where, local in self._by_shard(flat):
+            out[where] = self.shards[i].open()[local]
         return out.reshape(*rows.shape, self.dim)
 
     def inner_products(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -117,17 +122,15 @@ class ShardStore:
         approximate search's candidates costs."""
         flat = np.asarray(rows, dtype=np.int64).reshape(-1)
         query_of = np.repeat(np.arange(len(queries)), rows.shape[1])
-        shard_of = np.searchsorted(self.starts, flat, side="right") - 1
         out = np.empty(len(flat), dtype=np.float32)
 
-        def score(i: int) -> None:
-            where = np.flatnonzero(shard_of == i)
-            vectors = self.shards[i].open()[flat[where] - self.starts[i]]
-            out[where] = np.einsum("nd,nd->n", vectors, queries[query_of[where]])
+        def score(group: tuple[int, np.ndarray, np.ndarray]) -> None:
+            i, where, local = group
+            out[where] = np.einsum("nd,nd->n", self.shards[i].open()[local], queries[query_of[where]])
 
-        shards = np.unique(shard_of).tolist()
-        with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
-            list(pool.map(score, shards))
+        groups = list(self._by_shard(flat))
+        with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 1)) as pool:
+            list(pool.map(score, groups))
         return out.reshape(rows.shape)
 
     def fingerprint(self, rows: int = 1024) -> str:

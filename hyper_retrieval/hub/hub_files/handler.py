@@ -67,6 +67,20 @@ def _texts(value: Any, where: str) -> list[str]:
     return [_text(text, f"{where}[{i}]") for i, text in enumerate(value)]
 
 
+def _check_chars(texts: list[str]) -> None:
+    """PayloadError (413) for a request over MAX_REQUEST_CHARS characters, before anything is tokenized."""
+    if (total := sum(map(len, texts))) > MAX_REQUEST_CHARS:
+        raise PayloadError(f"the request holds {total} characters; at most {MAX_REQUEST_CHARS} per request",
+                           status=413)
+
+
+def _check_tokens(tokens_read: list[int]) -> None:
+    """PayloadError (413) for a request that reads over MAX_REQUEST_TOKENS tokens in all."""
+    if (total := sum(tokens_read)) > MAX_REQUEST_TOKENS:
+        raise PayloadError(f"the request reads {total} tokens; at most {MAX_REQUEST_TOKENS} per request (send fewer "
+                           "or shorter texts)", status=413)
+
+
 def _dense(matrix: Any) -> np.ndarray:
     return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
 
@@ -94,11 +108,12 @@ class EndpointHandler:
             task = parameters.get("task", "query")
             if task not in TASKS:
                 raise PayloadError(f'"task" must be one of {list(TASKS)}, got {task!r}')
-            self._check_budget(texts, [])
-            read, lengths = self._token_counts(texts, self._limit(task))
+            _check_chars(texts)
+            limit = self._limit(task)
+            read, lengths = self._token_counts(texts, limit)
             if parameters.get("truncate", True) is False:
-                self._check_lengths(lengths, self._limit(task))
-            self._check_budget(texts, [min(n, self._limit(task)) for n in lengths])
+                self._check_lengths(lengths, limit)
+            _check_tokens([min(n, limit) for n in lengths])
             vectors = self.embed(read, task)
             if parameters.get("normalize", False):
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -112,10 +127,10 @@ class EndpointHandler:
             raise PayloadError(f'"inputs" as an object needs exactly the keys {sorted(expected)}, got {sorted(inputs)}')
         source = _text(inputs["source_sentence"], '"source_sentence"')
         sentences = _texts(inputs["sentences"], '"sentences"')
-        self._check_budget([source, *sentences], [])
+        _check_chars([source, *sentences])
         (source,), (query_tokens,) = self._token_counts([source], self._limit("query"))
         _, passage_tokens = self._token_counts(sentences, None)  # read whole (MaxP)
-        self._check_budget([source, *sentences], [min(query_tokens, self._limit("query")), *passage_tokens])
+        _check_tokens([min(query_tokens, self._limit("query")), *passage_tokens])
         return self.similarity(source, sentences)
 
     def _limit(self, task: str) -> int:
@@ -138,15 +153,6 @@ class EndpointHandler:
             if len(text) > cut and n <= margin:  # a prefix of very long words: count the whole text
                 counts[i] = len(self.model.tokenizer(text, verbose=False)["input_ids"])
         return kept, counts
-
-    def _check_budget(self, texts: list[str], tokens_read: list[int]) -> None:
-        """PayloadError (413) for a request over MAX_REQUEST_CHARS characters or MAX_REQUEST_TOKENS tokens read."""
-        if sum(map(len, texts)) > MAX_REQUEST_CHARS:
-            raise PayloadError(f"the request holds {sum(map(len, texts))} characters; at most {MAX_REQUEST_CHARS} "
-                               "per request", status=413)
-        if sum(tokens_read) > MAX_REQUEST_TOKENS:
-            raise PayloadError(f"the request reads {sum(tokens_read)} tokens; at most {MAX_REQUEST_TOKENS} per request"
-                               " (send fewer or shorter texts)", status=413)
 
     def _check_lengths(self, lengths: list[int], limit: int) -> None:
         """With "truncate": false, a text longer than the model reads (a query: the config's query length) is an
