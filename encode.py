@@ -49,26 +49,25 @@ def main(argv: list[str] | None = None) -> None:
     from hyper_retrieval.cli.loading import launched_processes, load_retriever
     from hyper_retrieval.data.beir import load_corpus
     from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
     from hyper_retrieval.search.index import DenseIndex
-    from hyper_retrieval.search.searchers import ModelSearcher, PassageWindows
 
     processes = launched_processes()
     rank, world = processes.process_index, processes.num_processes
     corpus = load_corpus(args.corpus)
     model = load_retriever(args.model, args.dtype, trust_remote_code=args.trust_remote_code, device=processes.device)
-    searcher = ModelSearcher(model, passage_encoder_fingerprint(model) or path_fingerprint(args.model),
-                             args.batch_size, args.max_length, cache_dir=Path(args.cache_dir),
-                             show_progress=not args.no_progress, windows=PassageWindows(args.windows,
-                                                                                        args.window_stride),
-                             shard_docs=args.shard_docs)
+    encoder = CorpusEncoder(model, passage_encoder_fingerprint(model) or path_fingerprint(args.model),
+                            args.batch_size, args.max_length, cache_dir=Path(args.cache_dir),
+                            show_progress=not args.no_progress, shard_docs=args.shard_docs,
+                            windows=PassageWindows(args.windows, args.window_stride))
     start = time.perf_counter()
-    hits = searcher.encode_shards(corpus, rank, world)
+    hits = encoder.encode_shards(corpus, rank, world)
     print(f"process {rank}/{world}: {len(hits)} shards, {sum(hits)} found cached, {len(hits) - sum(hits)} encoded "
           f"in {time.perf_counter() - start:.1f} s")
     processes.wait_for_everyone()
     if not processes.is_main_process:
         return
-    store, _ = searcher.encode_corpus(corpus)  # every shard is cached now: this only reads them back
+    store, _ = encoder.encode_corpus(corpus)  # every shard is cached now: this only reads them back
     print(f"{args.corpus}: {len(corpus)} documents, {len(store)} vectors of {store.dim} dimensions in "
           f"{len(store.shards)} shards under {args.cache_dir}")
     if args.index:
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("--index: a sparse model's corpus is searched with the inverted index eval.py builds")
         start = time.perf_counter()
         index = DenseIndex(store, kind=args.index, show_progress=not args.no_progress, **index_options(args))
-        index.save(args.index_out, model=searcher.model_fingerprint)
+        index.save(args.index_out, model=encoder.model_fingerprint)
         print(f"{args.index} index: built in {time.perf_counter() - start:.1f} s, {index.bytes_per_vector():.1f} "
               f"bytes per vector (flat: {4 * store.dim}), saved to {args.index_out}")
 

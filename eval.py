@@ -69,9 +69,7 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
     """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
     (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
     from hyper_retrieval.data.beir import load_collection, load_split
-    from hyper_retrieval.evaluation.metrics import compute_metrics
-    from hyper_retrieval.search.fusion import choose_weight
-
+    from hyper_retrieval.evaluation.hybrid import choose_fusion_weight
 
     if args.fusion != "convex":
         return hybrid.weight, {}
@@ -83,38 +81,9 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
                          f"{args.dev_split!r} split; give --fusion-weight for zero-shot collections alone")
     dev = [load_split(s, args.dev_split, c.corpus, args.on_unknown) if Path(s).exists()
            else load_collection(s, args.dev_split, on_unknown=args.on_unknown) for s, c in in_domain]
-    for c in dev:
-        hybrid.search(c.corpus, c.queries, args.k)
-    pairs = hybrid.history[-len(dev):]
-    weight, means = choose_weight(pairs, lambda i, run: compute_metrics(run, dev[i].qrels)["ndcg@10"])
+    weight, means = choose_fusion_weight(hybrid, dev, args.k)
     return weight, {"weight": weight, "weight_from": f"{args.dev_split} split, mean nDCG@10 of "
                     + ", ".join(c.name for c in dev), "dev_ndcg@10_by_weight": means}
-
-
-def fusion_variants(hybrid: HybridSearcher, collections: list, zero_shot: set[str], k: int,
-                    pooled: bool) -> dict[str, Any]:
-    """The metrics (collections and averages, as in results.json) of the model alone, BM25 alone and both fusions,
-    from the runs the hybrid searches made: no search is repeated."""
-    from hyper_retrieval.data.beir import pooled_collection, split_pooled
-    from hyper_retrieval.evaluation.results import build_results
-    from hyper_retrieval.evaluation.scoring import score_run
-    from hyper_retrieval.search.fusion import convex_fusion, reciprocal_rank_fusion
-
-
-    pool = pooled_collection(collections) if pooled else None
-    runs = hybrid.history[-1:] * len(collections) if pooled else hybrid.history[-len(collections):]
-    fusions = {"model": lambda m, lex: m, "bm25": lambda m, lex: lex,
-               "rrf": lambda m, lex: reciprocal_rank_fusion([m, lex], hybrid.rrf_k, k),
-               "convex": lambda m, lex: convex_fusion(m, lex, hybrid.weight, k)}
-    variants = {}
-    for name, fuse in fusions.items():
-        scored = []
-        for c, (model_run, lexical_run) in zip(collections, runs, strict=True):
-            run = fuse(model_run, lexical_run)
-            run, qrels = (split_pooled(run, c.name), split_pooled(pool.qrels, c.name)) if pooled else (run, c.qrels)
-            scored.append(score_run(c.name, c.name in zero_shot, run, qrels, {}))
-        variants[name] = {key: value for key, value in build_results({}, scored).items() if key != "settings"}
-    return variants
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,13 +195,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from hyper_retrieval.core.precision import resolve_dtype
     from hyper_retrieval.data.beir import load_collection
+    from hyper_retrieval.evaluation.hybrid import evaluate_hybrid
     from hyper_retrieval.evaluation.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
     from hyper_retrieval.evaluation.results import build_results, check_output_dir, metric_by_collection, write_results
     from hyper_retrieval.evaluation.routing import routing_by_collection
     from hyper_retrieval.evaluation.scoring import evaluate_collections
     from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
     from hyper_retrieval.search.fusion import HybridSearcher
-    from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher, PassageWindows
+    from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher
 
     if args.compare:
         compare(args.compare, Path(args.out or "outputs/eval/compare"), args.metric)
@@ -276,32 +247,31 @@ def main(argv: list[str] | None = None) -> None:
         # Corpus embeddings are cached under what computes them: the passage encoder, when the model says which.
         cache_fingerprint = passage_encoder_fingerprint(model) or settings["model_fingerprint"]
         try:
-            searcher = ModelSearcher(model, cache_fingerprint, batch_size=args.batch_size,
-                                     max_length=args.max_length, index_kind=args.index,
-                                     prune_query_terms=args.prune_query_terms,
-                                     cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                                     show_progress=progress, windows=PassageWindows(args.windows, args.window_stride),
-                                     shard_docs=args.shard_docs, index_options=options)
+            encoder = CorpusEncoder(model, cache_fingerprint, batch_size=args.batch_size, max_length=args.max_length,
+                                    cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                                    show_progress=progress, windows=PassageWindows(args.windows, args.window_stride),
+                                    shard_docs=args.shard_docs)
+            searcher = ModelSearcher(encoder, index_kind=args.index, prune_query_terms=args.prune_query_terms,
+                                     index_options=options)
         except ValueError as e:  # a setting this model cannot take: one line, before any corpus is encoded
             raise SystemExit(f"eval.py: {e}") from None
     if processes.num_processes > 1:  # every process encodes its shards; the main one then searches and scores
         for c in collections:
-            searcher.encode_shards(c.corpus, processes.process_index, processes.num_processes)
+            searcher.encoder.encode_shards(c.corpus, processes.process_index, processes.num_processes)
         processes.wait_for_everyone()
         if not processes.is_main_process:
             return
 
-    hybrid = None
     if args.hybrid:
         hybrid = HybridSearcher(searcher, BM25Searcher(args.bm25_k1, args.bm25_b, progress), args.fusion,
                                 depth=args.k)
         hybrid.weight, choice = fusion_weight(args, hybrid, sources, collections, zero_shot)
-        hybrid.history.clear()
-    collection_results = evaluate_collections(hybrid or searcher, collections, zero_shot, args.k, args.pooled)
-    results = build_results(settings, collection_results)
-    if hybrid is not None:
-        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice,
-                             "variants": fusion_variants(hybrid, collections, zero_shot, args.k, args.pooled)}
+        collection_results, variants = evaluate_hybrid(hybrid, collections, zero_shot, args.k, args.pooled)
+        results = build_results(settings, collection_results)
+        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice, "variants": variants}
+    else:
+        collection_results = evaluate_collections(searcher, collections, zero_shot, args.k, args.pooled)
+        results = build_results(settings, collection_results)
     # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
     attention = prompt_attention(searcher, collections)
     if attention is not None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.data.beir import load_collection  # noqa: E402
 from hyper_retrieval.search.cache import _save_entry, passage_encoder_fingerprint  # noqa: E402
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder  # noqa: E402
 from hyper_retrieval.search.index import DenseIndex, exact_search, topk_overlap  # noqa: E402
 from hyper_retrieval.search.searchers import ModelSearcher  # noqa: E402
 from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges  # noqa: E402
@@ -72,12 +73,12 @@ def index_settings(kind: str, n: int, dim: int) -> dict:
 def real_vectors(model, names: list[str], cache_dir: Path, shard_docs: int, queries_wanted: int,
                  rng) -> tuple[ShardStore, np.ndarray]:
     """Every bbir passage's vector (one store, from the cache) and ``queries_wanted`` real test queries' vectors."""
-    searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size=64, cache_dir=cache_dir,
-                             show_progress=True, shard_docs=shard_docs)
+    searcher = ModelSearcher(CorpusEncoder(model, passage_encoder_fingerprint(model), batch_size=64,
+                                           cache_dir=cache_dir, show_progress=True, shard_docs=shard_docs))
     stores, counts, queries = [], [], []
     for name in names:
         collection = load_collection(BBIR / name, "test")
-        store, hit = searcher.encode_corpus(collection.corpus)
+        store, hit = searcher.encoder.encode_corpus(collection.corpus)
         print(f"  {name}: {len(store)} vectors ({'cached' if hit else 'encoded now'})", flush=True)
         stores.append(store)
         counts.append(len(collection.corpus))

@@ -237,12 +237,13 @@ class SpladeRetriever:
 @pytest.mark.parametrize("prune", [None, 8])
 def test_sparse_model_search_equals_dense_product(samples, splade_path, prune):
     from hyper_retrieval.evaluation.scoring import evaluate_collections
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from hyper_retrieval.search.index import prune_query_terms
     from hyper_retrieval.search.searchers import ModelSearcher
 
     model = SpladeRetriever(splade_path)
     collection = load_collection(samples[1], "test")
-    searcher = ModelSearcher(model, "splade-test", prune_query_terms=prune, cache_dir=None, show_progress=False)
+    searcher = ModelSearcher(CorpusEncoder(model, "splade-test", show_progress=False), prune_query_terms=prune)
     (result,) = evaluate_collections(searcher, [collection], zero_shot=set(), k=100)
 
     docs = model.encode_corpus(collection.corpus.get_many(collection.corpus.ids))
@@ -277,6 +278,7 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
 
 def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
     """Queries are encoded once: their attention over the pool comes with their vectors and is kept per text."""
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
@@ -286,7 +288,7 @@ def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
     vectors, attention = model.encode_queries(queries, batch_size=16, return_prompt_attention=True)
     np.testing.assert_allclose(vectors, model.encode_queries(queries, batch_size=16), atol=1e-6)
     np.testing.assert_allclose(attention, model.prompt_attention(queries, batch_size=16), atol=1e-6)
-    searcher = ModelSearcher(model, "hyper", batch_size=16, show_progress=False)
+    searcher = ModelSearcher(CorpusEncoder(model, "hyper", batch_size=16, show_progress=False))
     searcher.search(collection.corpus, collection.queries, 10)
     model.prompt_attention = lambda *args, **kwargs: pytest.fail("the queries were encoded again")
     np.testing.assert_allclose(searcher.prompt_attention(queries), attention, atol=1e-6)
@@ -328,17 +330,17 @@ def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_c
 def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp_path):
     """A KILT-style pool is encoded component by component: after the per-collection runs it costs no encoding."""
     from hyper_retrieval.data.beir import pooled_collection
-    from hyper_retrieval.search.searchers import ModelSearcher
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from modeling_hyper import HyperRetrieverModel
 
     model = HyperRetrieverModel.from_backbone(minilm_path)
-    searcher = ModelSearcher(model, "minilm", batch_size=16, cache_dir=tmp_path, show_progress=False)
+    encoder = CorpusEncoder(model, "minilm", batch_size=16, cache_dir=tmp_path, show_progress=False)
     collections = [load_collection(s, "test") for s in samples]
-    separate = [searcher.encode_corpus(c.corpus) for c in collections]
+    separate = [encoder.encode_corpus(c.corpus) for c in collections]
     assert not any(hit for _, hit in separate)
     entries = sorted(tmp_path.glob("*.vectors"))
     model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
-    pooled, hit = searcher.encode_corpus(pooled_collection(collections).corpus)
+    pooled, hit = encoder.encode_corpus(pooled_collection(collections).corpus)
     assert hit and sorted(tmp_path.glob("*.vectors")) == entries  # no entry of its own
     np.testing.assert_array_equal(pooled.load(), np.concatenate([e.load() for e, _ in separate]))
     np.testing.assert_array_equal(pooled.doc, np.arange(sum(len(c.corpus) for c in collections)))
@@ -348,7 +350,7 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     """Re-encoding a corpus with a newly trained model skips tokenization: the token store is keyed by content."""
     import torch
 
-    from hyper_retrieval.search.searchers import ModelSearcher
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from modeling_hyper import HyperRetrieverModel
 
     corpus = load_collection(samples[0], "test").corpus
@@ -360,9 +362,9 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     expected = {m: m.encode_corpus(corpus.get_many(corpus.ids)) for m in (first, second)}
     second.tokenize_windows = lambda *a, **k: pytest.fail("the second model tokenized the corpus again")
     for model in (first, second):
-        searcher = ModelSearcher(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
-                                 shard_docs=7)  # several shards, to check the offsets are joined right
-        embeddings, hit = searcher.encode_corpus(corpus)
+        encoder = CorpusEncoder(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
+                                shard_docs=7)  # several shards, to check the offsets are joined right
+        embeddings, hit = encoder.encode_corpus(corpus)
         assert not hit  # a different model: its embeddings are computed, from the first model's token store
         np.testing.assert_allclose(embeddings.load(), expected[model], atol=1e-5)
     stores = sorted(cache.glob("*.tokens"), key=lambda e: json.loads((e / "manifest.json").read_text())["key"]["rows"])

@@ -9,6 +9,7 @@ from test_eval_cli import assert_metrics_equal, load_eval_module
 from hyper_retrieval.data.beir import Corpus, load_collection
 from hyper_retrieval.evaluation.metrics import compute_metrics
 from hyper_retrieval.evaluation.results import read_trec_run
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder
 from hyper_retrieval.search.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
 from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher
 
@@ -50,11 +51,11 @@ def test_hybrid_searcher_on_a_users_own_corpus(minilm_path):
         {"_id": "bread", "title": "", "text": "A baguette is a long, thin loaf of French bread."},
     ])
     queries = {"q1": "What is the capital of France?", "q2": "french bread"}
-    model = ModelSearcher(HyperRetrieverModel.from_backbone(minilm_path), "minilm", show_progress=False)
+    model = ModelSearcher(CorpusEncoder(HyperRetrieverModel.from_backbone(minilm_path), "minilm", show_progress=False))
     hybrid = HybridSearcher(model, BM25Searcher(show_progress=False), fusion="convex", weight=0.4)
     run, info = hybrid.search(corpus, queries, k=2)
     assert max(run["q1"], key=run["q1"].get) == "paris" and max(run["q2"], key=run["q2"].get) == "bread"
-    model_run, lexical_run = hybrid.history[-1]
+    model_run, lexical_run, _ = hybrid.search_sides(corpus, queries, k=2)
     assert run == convex_fusion(model_run, lexical_run, 0.4, 2) and info["fusion_weight"] == 0.4
     assert all(len(docs) == 2 for docs in run.values())
     with pytest.raises(ValueError, match="fusion 'sum'"):

@@ -54,7 +54,7 @@ def finished_shards(cache) -> dict[str, float]:
 
 
 def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path, bbir, tmp_path):
-    from hyper_retrieval.search.searchers import ModelSearcher
+    from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from modeling_hyper import HyperRetrieverModel
 
     collection = sample_of(bbir / "ropes", tmp_path / "ropes", 120)
@@ -83,10 +83,10 @@ def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path
     after = finished_shards(cache)
     assert len(after) == n_shards and all(after[name] == mtime for name, mtime in before.items())  # ... nor rewritten
 
-    shards_of_run = ModelSearcher(model, _fingerprint(model), cache_dir=cache, show_progress=False,
+    shards_of_run = CorpusEncoder(model, _fingerprint(model), cache_dir=cache, show_progress=False,
                                   shard_docs=SHARD_DOCS).encode_corpus(corpus)
     assert shards_of_run[1]  # the processes' shards, all found
-    one_process = ModelSearcher(model, "one", cache_dir=None, show_progress=False).encode_corpus(corpus)[0]
+    one_process = CorpusEncoder(model, "one", cache_dir=None, show_progress=False).encode_corpus(corpus)[0]
     assert len(one_process.shards) == 1
     np.testing.assert_allclose(shards_of_run[0].load(), one_process.load(), atol=2e-5)
     np.testing.assert_array_equal(shards_of_run[0].doc, np.arange(len(corpus)))

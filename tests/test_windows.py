@@ -12,8 +12,9 @@ from tiny import tiny_model
 from transformers import AutoTokenizer
 
 from hyper_retrieval.data.beir import Corpus, load_collection
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
 from hyper_retrieval.search.index import DenseIndex, SparseIndex, top_documents
-from hyper_retrieval.search.searchers import ModelSearcher, PassageWindows
+from hyper_retrieval.search.searchers import ModelSearcher
 from hyper_retrieval.training.losses import contrastive_loss
 from hyper_retrieval.training.passage_table import PassageTable
 
@@ -73,7 +74,7 @@ def test_window_length_above_the_backbone_limit_is_an_error(minilm_path):
     with pytest.raises(ValueError, match="window_length=129 exceeds the backbone's limit of 128"):
         model.tokenize_windows(["text"], window_length=129)
     with pytest.raises(ValueError, match="max_length=600 .* exceeds the backbone's limit of 128"):
-        ModelSearcher(model, "tiny", max_length=600, windows=PassageWindows("max"))
+        CorpusEncoder(model, "tiny", max_length=600, windows=PassageWindows("max"))
     with pytest.raises(ValueError, match="stride=40: expected 1..30"):
         model.tokenize_windows(["text"], window_length=32, stride=40)
 
@@ -121,8 +122,8 @@ def long_sample(bbir, tmp_path_factory) -> Path:
 def test_maxp_search_equals_a_brute_force_max_over_window_vectors(minilm_path, long_sample, tmp_path):
     model = with_tokenizer(minilm_path, max_seq_length=48, normalize=True)
     collection = load_collection(long_sample, "test")
-    searcher = ModelSearcher(model, "tiny", batch_size=16, cache_dir=tmp_path, show_progress=False,
-                             windows=PassageWindows("max", stride=20))
+    searcher = ModelSearcher(CorpusEncoder(model, "tiny", batch_size=16, cache_dir=tmp_path, show_progress=False,
+                                           windows=PassageWindows("max", stride=20)))
     run, info = searcher.search(collection.corpus, collection.queries, 10)
     assert info["windows_per_doc"] > 3 and not info["corpus_cache_hit"]
 
@@ -135,6 +136,25 @@ def test_maxp_search_equals_a_brute_force_max_over_window_vectors(minilm_path, l
         np.testing.assert_allclose(list(run[qid].values()), scores[row], rtol=1e-4, atol=1e-6)
     again, info = searcher.search(collection.corpus, collection.queries, 10)
     assert info["corpus_cache_hit"] and again == run
+
+
+def test_the_window_length_reads_passages_and_leaves_the_model_as_it_was(minilm_path, long_sample):
+    """--max-length is the passage window: the encoder reads passages so, never edits the model's config, and the
+    searcher reads queries at the model's own query length."""
+    model = with_tokenizer(minilm_path, max_seq_length=48, max_query_length=12)
+    collection = load_collection(long_sample, "test")
+    config_before = model.config.to_dict()
+    encoder = CorpusEncoder(model, "tiny", max_length=24, show_progress=False)
+    store, _ = encoder.encode_corpus(collection.corpus)
+    assert model.config.to_dict() == config_before
+    ids, offsets, _ = model.tokenize_windows(collection.corpus.get_many(collection.corpus.ids), 24, first_only=True)
+    assert np.diff(offsets).max() == 24
+    np.testing.assert_allclose(store.load(), model.encode_tokenized(ids, offsets)[0], atol=1e-6)
+    queries = [q * 5 for q in list(collection.queries.values())[:4]]  # longer than 24 tokens
+    assert min(len(model.tokenizer(q)["input_ids"]) for q in queries) > 24
+    q_ids, q_offsets = model.tokenize(queries, 12)
+    np.testing.assert_allclose(ModelSearcher(encoder).encode_queries(queries),
+                               model.encode_tokenized(q_ids, q_offsets, is_query=True)[0], atol=1e-6)
 
 
 def test_passage_table_gives_every_window_and_training_scores_the_best(minilm_path, long_sample, tmp_path):
@@ -182,13 +202,14 @@ def test_a_pooled_corpus_keeps_each_documents_windows_together(minilm_path, long
     model = with_tokenizer(minilm_path, max_seq_length=48)
     collections = [load_collection(long_sample, "test"), load_collection(sample_of(
         bbir / "ropes", tmp_path / "ropes", 20), "test")]
-    searcher = ModelSearcher(model, "tiny", cache_dir=tmp_path / "cache", show_progress=False,
-                             windows=PassageWindows("max", stride=24))
-    separate = [searcher.encode_corpus(c.corpus)[0] for c in collections]
+    encoder = CorpusEncoder(model, "tiny", cache_dir=tmp_path / "cache", show_progress=False,
+                            windows=PassageWindows("max", stride=24))
+    separate = [encoder.encode_corpus(c.corpus)[0] for c in collections]
     pool = pooled_collection(collections)
-    pooled, hit = searcher.encode_corpus(pool.corpus)
+    pooled, hit = encoder.encode_corpus(pool.corpus)
     assert hit  # the pool reuses the per-collection window vectors
     np.testing.assert_array_equal(pooled.doc, np.concatenate([separate[0].doc, separate[1].doc + 30]))
+    searcher = ModelSearcher(encoder)
     run, _ = searcher.search(pool.corpus, pool.queries, 10)
     for qid, text in list(collections[1].queries.items())[:3]:  # a ropes query over both corpora
         alone, _ = searcher.search(collections[1].corpus, {qid: text}, 10)

@@ -99,8 +99,9 @@ def index_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_encoding_options(parser: argparse.ArgumentParser) -> None:
     """How passages are read and encoded: --max-length, --windows, --window-stride, --shard-docs, --dtype."""
     parser.add_argument("--max-length", type=POSITIVE, default=None,
-                        help="tokens per passage window (and query), at most the backbone's positions (512 for "
-                             "MiniLM); default: the model's max_seq_length")
+                        help="tokens per passage window, at most the backbone's positions (512 for MiniLM); "
+                             "default: the model's max_seq_length. A HypeR model reads queries at its own query "
+                             "length (max_query_length); another model's encoders get max_length for both")
     parser.add_argument("--windows", choices=["first", "max"], default="first",
                         help="long passages: first = FirstP, the first window only (truncated); max = MaxP, every "
                              "window encoded, a document scored by its best")

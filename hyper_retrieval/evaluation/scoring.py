@@ -1,4 +1,4 @@
-"""Evaluating retrieval over collections: a searcher (retrieval.py) per collection or over their pooled corpus,
+"""Evaluating retrieval over collections: a searcher (search/searchers.py) per collection or over their pooled corpus,
 then the metrics per collection."""
 
 from __future__ import annotations

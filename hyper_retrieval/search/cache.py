@@ -171,7 +171,7 @@ def cached_entry(cache_dir: str | os.PathLike, kind: str, parts: Mapping[str, An
 
 def cached_arrays(cache_dir: str | os.PathLike, parts: Mapping[str, Any],
                   compute: Callable[[], Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
-    """A corpus's token store (ids, offsets, docs: see retrieval.ModelSearcher.window_store) for ``parts``."""
+    """A corpus's token store (ids, offsets, docs: see corpus_encoder.CorpusEncoder.window_store) for ``parts``."""
     return cached_entry(cache_dir, "tokens", parts, compute, check=check_token_store)
 
 

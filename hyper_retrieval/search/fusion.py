@@ -4,13 +4,13 @@
 - convex fusion: score(d) = w * model(d) + (1 - w) * lexical(d), each run's scores min-max normalised per query
   (a document missing from a run gets 0 there), with the weight w chosen on a dev split (:func:`choose_weight`).
 
-:class:`HybridSearcher` is a searcher (retrieval.Searcher) over any corpus: two searchers in, fused runs out.
+:class:`HybridSearcher` is a searcher (searchers.Searcher) over any corpus: two searchers in, fused runs out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -76,11 +76,11 @@ def choose_weight(pairs: Sequence[tuple[Run, Run]], score: Callable[[int, Run], 
 class HybridSearcher:
     """A model searcher and a lexical one (BM25) over the same corpus, their runs fused.
 
-        hybrid = HybridSearcher(ModelSearcher(model, "my-model"), BM25Searcher(), fusion="convex", weight=0.4)
+        hybrid = HybridSearcher(ModelSearcher(CorpusEncoder(model, "my-model")), BM25Searcher(), weight=0.4)
         run, info = hybrid.search(Corpus.from_records(docs), {"q1": "who wrote ..."}, k=10)
 
-    Each side retrieves ``depth`` documents (at least k) before fusion. ``history`` keeps the two runs (model,
-    lexical) of every search, to fuse them again in another way without searching.
+    Each side retrieves ``depth`` documents (at least k) before fusion; :meth:`search_sides` gives the two runs
+    unfused, to fuse them in several ways without searching again.
     """
 
     model: Searcher
@@ -89,7 +89,6 @@ class HybridSearcher:
     weight: float = 0.5  # convex: the model's share
     rrf_k: int = RRF_K
     depth: int = 100
-    history: list[tuple[Run, Run]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.fusion not in ("convex", "rrf"):
@@ -98,13 +97,17 @@ class HybridSearcher:
             raise ValueError(f"fusion weight {self.weight}: expected a value in [0, 1]")
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
+        model_run, lexical_run, info = self.search_sides(corpus, queries, k)
+        return self.fuse(model_run, lexical_run, k), info
+
+    def search_sides(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, Run, dict[str, Any]]:
+        """The model's run and the lexical run (``depth`` documents each, at least k), and facts about both."""
         depth = max(k, self.depth)
         model_run, model_info = self.model.search(corpus, queries, depth)
         lexical_run, lexical_info = self.lexical.search(corpus, queries, depth)
-        self.history.append((model_run, lexical_run))
         info = {**model_info, **{f"lexical_{key}": value for key, value in lexical_info.items()},
                 "fusion": self.fusion, **({"fusion_weight": self.weight} if self.fusion == "convex" else {})}
-        return self.fuse(model_run, lexical_run, k), info
+        return model_run, lexical_run, info
 
     def fuse(self, model_run: Run, lexical_run: Run, k: int) -> Run:
         """The two runs fused as this searcher is set to, k documents per query."""

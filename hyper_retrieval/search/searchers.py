@@ -1,19 +1,10 @@
-"""Encoding a corpus and searching it: BM25, or a model's encoders + an index, with long passages read in windows.
+"""Searching a corpus: BM25, or a model's query encoder over an index of its corpus vectors.
 
-A searcher turns (corpus, queries, k) into a run {query id: {doc id: score}} of documents, never windows. Models
-follow BEIR's interface: ``encode_queries(list[str], batch_size=, show_progress_bar=)`` -> (n, dim) array (or CSR
-for sparse models), ``encode_corpus(list[{"title", "text"}], batch_size=, show_progress_bar=)`` -> (n, dim) array
-or (n, vocab) CSR, and ``config.representation`` in {"dense", "sparse"}. A maximum length goes to the encode
-methods as ``max_length=`` when they name that parameter, else into ``config.max_seq_length`` (the HypeR model's
-setting). A model whose ``config.hyper_prompt`` is set also gives ``prompt_attention(list[str])`` -> (n, N).
-
-Long passages (:class:`PassageWindows`): FirstP reads a passage's first window only (truncation); MaxP reads
-every window (``HyperRetrieverModel.tokenize_windows``) and scores a document by its best window. Window vectors
-are cached like passage vectors, keyed by the window settings.
-
-Past one machine: a corpus is encoded in shards (``shards.py``), each cached as an entry of its own, so that several
-processes split the work (:meth:`ModelSearcher.encode_shards`) and a killed run resumes shard by shard; search reads
-the shards back as one store, chunk by chunk.
+A searcher turns (corpus, queries, k) into a run {query id: {doc id: score}} of documents, never windows. A
+:class:`ModelSearcher` takes the corpus vectors from a :class:`CorpusEncoder` (shards, caches, windows) and encodes
+the queries with the same model: ``encode_queries(list[str], batch_size=, show_progress_bar=)`` -> (n, dim) array
+(or CSR for sparse models). A model whose ``config.hyper_prompt`` is set also gives ``prompt_attention(list[str])``
+-> (n, N).
 """
 
 from __future__ import annotations
@@ -22,28 +13,18 @@ import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from hyper_retrieval.data.beir import Corpus
 from hyper_retrieval.search.bm25 import BM25
-from hyper_retrieval.search.cache import (
-    Embeddings,
-    cached_arrays,
-    cached_entry,
-    check_shard_vectors,
-    entry_folder,
-    tokenizer_fingerprint,
-)
+from hyper_retrieval.search.cache import Embeddings
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder
 from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
-from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
 
 RECALL_SAMPLE = 1000  # queries used to measure an approximate index against the exact one
-WINDOW_MODES = ("first", "max")
 
 
 class Searcher(Protocol):
@@ -52,23 +33,6 @@ class Searcher(Protocol):
     def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
         """Returns the run and facts about the search (timings, index recall) for the results file."""
         ...
-
-
-@dataclass(frozen=True)
-class PassageWindows:
-    """How a passage longer than the passage length is read. The window length is the searcher's max_length."""
-
-    mode: Literal["first", "max"] = "first"  # first: FirstP, the first window only; max: MaxP, best of all windows
-    stride: int | None = None  # text tokens between window starts (None: half a window); MaxP only
-
-    def __post_init__(self) -> None:
-        if self.mode not in WINDOW_MODES:
-            raise ValueError(f"windows mode {self.mode!r}: expected one of {WINDOW_MODES}")
-        if self.stride is not None and (self.mode != "max" or self.stride < 1):
-            raise ValueError(f"window stride {self.stride}: a positive stride applies to MaxP (mode 'max') only")
-
-
-FIRST_WINDOW = PassageWindows()  # FirstP, the default
 
 
 @dataclass
@@ -89,135 +53,39 @@ class BM25Searcher:
 
 @dataclass
 class ModelSearcher:
-    """A BEIR-style encoder model searched with a :class:`DenseIndex` or :class:`SparseIndex`.
+    """A BEIR-style encoder model searched with a :class:`DenseIndex` or :class:`SparseIndex` built over the store
+    its :class:`CorpusEncoder` gives. Queries are read at the model's own query length.
 
-    Corpus vectors are cached in ``cache_dir`` (None: no cache) under the model's ``model_fingerprint``, the
-    corpus's fingerprint and the encode and window settings. MaxP needs a model with ``tokenize_windows``.
+        searcher = ModelSearcher(CorpusEncoder(model, "my-model", cache_dir=Path("cache")), index_kind="hnsw")
+        run, info = searcher.search(corpus, {"q1": "who wrote ..."}, k=10)
     """
 
-    model: Any
-    model_fingerprint: str
-    batch_size: int = 64
-    max_length: int | None = None  # None: the model's own setting; the window length
+    encoder: CorpusEncoder
     index_kind: DenseKind = "flat"
     prune_query_terms: int | None = None
-    cache_dir: Path | None = None
-    show_progress: bool = True
-    shard_docs: int = 50_000  # documents per shard: read, encoded and cached one shard at a time
     index_options: dict[str, Any] = field(default_factory=dict)  # DenseIndex settings (nprobe, pq_m, ...)
-    windows: PassageWindows = FIRST_WINDOW
-    representation: str = field(init=False)  # "dense" or "sparse", from the model's config
-    encode_kwargs: dict[str, Any] = field(init=False)
     _attention: dict[str, np.ndarray] = field(init=False, default_factory=dict)  # query text -> (N,) from searches
 
     def __post_init__(self) -> None:
-        self.representation = getattr(self.model.config, "representation", "dense")
-        if self.representation not in ("dense", "sparse"):
-            raise ValueError(f"config.representation must be 'dense' or 'sparse', got {self.representation!r}")
         if self.prune_query_terms is not None and self.representation != "sparse":
             raise ValueError("query-term pruning (--prune-query-terms) applies to sparse models only")
         if self.index_kind != "flat" and self.representation == "sparse":
             raise ValueError(f"index kind {self.index_kind!r} (--index) is for dense vectors; a sparse model is "
                              "searched with its inverted index: leave --index at flat")
-        if self.windows.mode == "max" and not hasattr(self.model, "tokenize_windows"):
-            raise ValueError(f"MaxP windows need a model with tokenize_windows (a HyperRetrieverModel); "
-                             f"{type(self.model).__name__} has none: use windows mode 'first'")
-        self.encode_kwargs = {}
-        if "max_length" in inspect.signature(self.model.encode_corpus).parameters:
-            self.encode_kwargs = {"max_length": self.max_length} if self.max_length else {}
-        elif hasattr(self.model.config, "max_seq_length"):
-            self.max_length = self.max_length or self.model.config.max_seq_length
-            self.model.config.max_seq_length = self.max_length
-        elif self.max_length:
-            raise ValueError("the model's encoders take no max_length and its config has no max_seq_length")
-        if self.windows.stride is not None and self.max_length and self.windows.stride > self.max_length:
-            raise ValueError(f"window stride {self.windows.stride} (--window-stride) exceeds the window of "
-                             f"{self.max_length} tokens: passage text between windows would never be read")
-        if hasattr(self.model, "max_window_length") and self.max_length:
-            limit = self.model.max_window_length()
-            if self.max_length > limit:
-                raise ValueError(f"max_length={self.max_length} (the window length) exceeds the backbone's limit "
-                                 f"of {limit} positions; use at most that")
 
-    def encode_corpus(self, corpus: Corpus) -> tuple[ShardStore, bool]:
-        """The corpus's window vectors as a store of shards (document order) and whether the cache held every shard.
-        A pooled corpus is its components' shards end to end: it reuses their entries and adds none of its own."""
-        if corpus.components:
-            parts, hits = zip(*(self.encode_corpus(c) for c in corpus.components), strict=True)
-            return ShardStore.concatenate(parts, [len(c) for c in corpus.components]), all(hits)
-        shards, hits = zip(*self._shards(corpus, 0, 1), strict=True)
-        return ShardStore(shards), all(hits)
+    @property
+    def model(self) -> Any:
+        return self.encoder.model
 
-    def encode_shards(self, corpus: Corpus, rank: int = 0, world: int = 1) -> list[bool]:
-        """Encodes the shards process ``rank`` of ``world`` owns (shards rank, rank + world, ...; a pool's components
-        each split so), skipping those the cache holds; returns each owned shard's cache hit. Under several
-        processes, call it on every process, wait for all, then :meth:`encode_corpus` finds every shard cached."""
-        if corpus.components:
-            return [hit for c in corpus.components for hit in self.encode_shards(c, rank, world)]
-        if world > 1 and self.cache_dir is None:
-            raise ValueError("encoding a corpus over several processes writes its shards to the cache: set cache_dir")
-        return [hit for _, hit in self._shards(corpus, rank, world)]
-
-    def _shards(self, corpus: Corpus, rank: int, world: int) -> list[tuple[Shard, bool]]:
-        """Shards rank, rank + world, ... of a corpus (not a pool), each with its cache hit."""
-        ranges = shard_ranges(len(corpus), self.shard_docs)[rank::world]
-        label = "corpus shards" + (f" (process {rank})" if world > 1 else "")
-        return [self._shard(corpus, start, end) for start, end in
-                tqdm(ranges, desc=label, unit="shard", disable=not self.show_progress or len(ranges) < 2)]
-
-    def _shard(self, corpus: Corpus, start: int, end: int) -> tuple[Shard, bool]:
-        """Rows [start, end) of the corpus: their window vectors and each one's document row, from the cache when
-        it holds them (verified), else encoded (token-length-sorted batches) and cached as one entry."""
-        settings = {"model": self.model_fingerprint, "corpus": corpus.fingerprint, "n_docs": len(corpus),
-                    "rows": [start, end], "max_length": self.max_length, "representation": self.representation,
-                    **self._window_key()}
-
-        def compute() -> dict[str, Embeddings]:
-            if not hasattr(self.model, "tokenize_windows"):  # a plain BEIR model: one vector per passage
-                vectors = self.model.encode_corpus(corpus.read_rows(np.arange(start, end)),
-                                                   batch_size=self.batch_size, show_progress_bar=self.show_progress,
-                                                   **self.encode_kwargs)
-                vectors = sp.csr_matrix(vectors) if self.representation == "sparse" else np.asarray(vectors,
-                                                                                                     np.float32)
-                return {"vectors": vectors, "docs": np.arange(start, end)}
-            store = self.window_store(corpus, start, end)
-            vectors = self.model.encode_tokenized(store["ids"], store["offsets"], False, self.batch_size,
-                                                  self.show_progress)[0]
-            return {"vectors": vectors, "docs": np.asarray(store["docs"])}
-
-        if self.cache_dir is None:
-            arrays = compute()
-            return Shard(arrays["vectors"], arrays["docs"]), False
-        arrays, hit = cached_entry(self.cache_dir, "vectors", settings, compute, check_shard_vectors(start, end))
-        return Shard(entry_folder(self.cache_dir, "vectors", settings), np.array(arrays["docs"])), hit
-
-    def _window_key(self) -> dict[str, Any]:
-        """The cache key's window part: none for FirstP, whose entries are those of one vector per passage."""
-        return {} if self.windows.mode == "first" else {"windows": {"mode": "max", "stride": self.windows.stride}}
-
-    def window_store(self, corpus: Corpus, start: int = 0, end: int | None = None) -> dict[str, np.ndarray]:
-        """Rows [start, end) of the corpus as a token store of windows {"ids", "offsets", "docs"} (see
-        tokenize_windows; docs are corpus rows), cached on disk (when there is a cache) by tokenizer content, window
-        settings, corpus and rows: re-encoding a corpus after each training run skips tokenization. FirstP's has
-        one window per passage (its docs are not stored)."""
-        end = len(corpus) if end is None else end
-        parts = {"tokenizer": tokenizer_fingerprint(self.model.tokenizer), "corpus": corpus.fingerprint,
-                 "n_docs": len(corpus), "rows": [start, end], "max_seq_length": self.model.config.max_seq_length,
-                 **self._window_key()}
-        first_only = self.windows.mode == "first"
-
-        def tokenize() -> dict[str, np.ndarray]:
-            ids, offsets, docs = self.model.tokenize_windows(corpus.read_rows(np.arange(start, end)), self.max_length,
-                                                             self.windows.stride, first_only)
-            return {"ids": ids, "offsets": offsets} | ({} if first_only else {"docs": docs + start})
-
-        store = cached_arrays(self.cache_dir, parts, tokenize)[0] if self.cache_dir else tokenize()
-        return store if "docs" in store else store | {"docs": np.arange(start, end)}
+    @property
+    def representation(self) -> str:
+        return self.encoder.representation
 
     def encode_queries(self, queries: Sequence[str]) -> Embeddings:
         """Query vectors (n, dim), or CSR (n, vocab) for a sparse model. A model with a prompt pool gives its
         attention in the same pass; it is kept per query text for :meth:`prompt_attention`."""
-        kwargs = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress, **self.encode_kwargs}
+        kwargs = {"batch_size": self.encoder.batch_size, "show_progress_bar": self.encoder.show_progress,
+                  **self.encoder.encode_kwargs}
         if self._has_prompt_pool() and "return_prompt_attention" in inspect.signature(
                 self.model.encode_queries).parameters:
             encoded, attention = self.model.encode_queries(list(queries), return_prompt_attention=True, **kwargs)
@@ -228,18 +96,19 @@ class ModelSearcher:
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
         start = time.perf_counter()
-        store, cache_hit = self.encode_corpus(corpus)
+        store, cache_hit = self.encoder.encode_corpus(corpus)
         encoded = time.perf_counter()
         query_vectors = self.encode_queries(list(queries.values()))
         info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
                                 "windows_per_doc": len(store) / len(corpus)}
         search_start = time.perf_counter()
         if self.representation == "sparse":
-            sparse_index = SparseIndex(store, self.show_progress)
+            sparse_index = SparseIndex(store, self.encoder.show_progress)
             scores, indices = top_documents(
                 lambda q, m: sparse_index.search(q, m, self.prune_query_terms), query_vectors, k, store.doc)
         else:
-            index = DenseIndex(store, kind=self.index_kind, show_progress=self.show_progress, **self.index_options)
+            index = DenseIndex(store, kind=self.index_kind, show_progress=self.encoder.show_progress,
+                               **self.index_options)
             index_built = time.perf_counter()
             scores, indices = top_documents(index.search, query_vectors, k, store.doc)
             info["index_build_s"] = index_built - search_start
@@ -262,4 +131,5 @@ class ModelSearcher:
             return None
         if queries and all(q in self._attention for q in queries):
             return np.stack([self._attention[q] for q in queries])
-        return np.asarray(self.model.prompt_attention(list(queries), batch_size=self.batch_size), dtype=np.float32)
+        attention = self.model.prompt_attention(list(queries), batch_size=self.encoder.batch_size)
+        return np.asarray(attention, dtype=np.float32)

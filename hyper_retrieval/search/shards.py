@@ -1,7 +1,7 @@
 """A corpus's vectors in shards, read back as one store without holding more than one shard in memory.
 
 Shard ``i`` of a corpus of n documents is the row range ``[i * shard_docs, min((i + 1) * shard_docs, n))``. Each
-shard is encoded on its own (see retrieval.ModelSearcher.encode_shards) and cached as an entry of its own: under
+shard is encoded on its own (see corpus_encoder.CorpusEncoder.encode_shards) and cached as an entry of its own: under
 several processes (``accelerate launch`` / ``torchrun``) each encodes its share, and a run killed mid-way keeps every
 finished shard. :class:`ShardStore` lays the shards end to end; search reads it chunk by chunk (index.DenseIndex).
 """

@@ -31,6 +31,7 @@ import numpy as np
 from hyper_retrieval.core.atomic_files import atomic_file, content_key
 from hyper_retrieval.data.beir import Collection
 from hyper_retrieval.search.bm25 import BM25, document_text
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder
 from hyper_retrieval.search.index import DenseIndex
 from hyper_retrieval.search.searchers import ModelSearcher
 
@@ -126,8 +127,8 @@ def model_negatives(collection: Collection, model: Any, cache_dir: str | os.Path
         gold = gold_ids(collection)
         k = depth + max(len(g) for g in gold.values())
         queries = {q: collection.queries[q] for q in collection.qrels}
-        run, _ = ModelSearcher(model, model_fingerprint=model_key, show_progress=True).search(collection.corpus,
-                                                                                               queries, k)
+        searcher = ModelSearcher(CorpusEncoder(model, model_fingerprint=model_key, show_progress=True))
+        run, _ = searcher.search(collection.corpus, queries, k)
         return {qid: _drop_gold(sorted(hits, key=hits.get, reverse=True), gold[qid], depth)
                 for qid, hits in run.items()}
 

@@ -17,7 +17,7 @@ import torch
 
 from hyper_retrieval.data.beir import Corpus, split_document_key
 from hyper_retrieval.search.cache import passage_encoder_fingerprint
-from hyper_retrieval.search.searchers import FIRST_WINDOW, ModelSearcher, PassageWindows
+from hyper_retrieval.search.corpus_encoder import FIRST_WINDOW, CorpusEncoder, PassageWindows
 from hyper_retrieval.search.shards import ShardStore
 
 
@@ -39,10 +39,10 @@ class PassageTable:
         if not has_frozen_passage_encoder(model):
             raise ValueError("a PassageTable needs a model with a separate, frozen passage encoder")
         was_training = model.training
-        searcher = ModelSearcher(model, passage_encoder_fingerprint(model), batch_size,
-                                 cache_dir=cache_dir, show_progress=show_progress, windows=windows)
+        encoder = CorpusEncoder(model, passage_encoder_fingerprint(model), batch_size,
+                                cache_dir=cache_dir, show_progress=show_progress, windows=windows)
         self.corpora = dict(corpora)
-        stores: dict[str, ShardStore] = {name: searcher.encode_corpus(c)[0] for name, c in corpora.items()}
+        stores: dict[str, ShardStore] = {name: encoder.encode_corpus(c)[0] for name, c in corpora.items()}
         # looked up at every step: held whole (dense: memory-mapped when the corpus is one shard; sparse: in memory)
         self.vectors = {name: store.load() for name, store in stores.items()}
         # a passage's windows are rows first[row]:first[row + 1] of its collection's vectors

@@ -12,7 +12,8 @@ import numpy as np
 from hyper_retrieval.data.beir import Collection, Corpus, load_collection, load_split
 from hyper_retrieval.evaluation.scoring import evaluate_collections
 from hyper_retrieval.search.cache import passage_encoder_fingerprint
-from hyper_retrieval.search.searchers import FIRST_WINDOW, ModelSearcher, PassageWindows
+from hyper_retrieval.search.corpus_encoder import FIRST_WINDOW, CorpusEncoder, PassageWindows
+from hyper_retrieval.search.searchers import ModelSearcher
 from hyper_retrieval.training.batching import TaskData
 from hyper_retrieval.training.config import PROMPT_SETTINGS, DataSettings, ModelSettings
 from hyper_retrieval.training.passage_table import has_frozen_passage_encoder
@@ -90,8 +91,9 @@ def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric:
     """Mean of `metric` over the dev collections, each searched on its own full corpus. A frozen passage encoder's
     corpus vectors come from (and go to) the embedding cache in `cache_dir`; others are encoded afresh."""
     frozen = has_frozen_passage_encoder(model) and cache_dir is not None
-    searcher = ModelSearcher(model, passage_encoder_fingerprint(model) if frozen else "training",
-                             cache_dir=Path(cache_dir) if frozen else None, show_progress=False, windows=windows)
+    encoder = CorpusEncoder(model, passage_encoder_fingerprint(model) if frozen else "training",
+                            cache_dir=Path(cache_dir) if frozen else None, show_progress=False, windows=windows)
+    searcher = ModelSearcher(encoder)
     results = evaluate_collections(searcher, collections, zero_shot=set(), k=100)
     return sum(r.metrics[metric] for r in results) / len(results)
 
