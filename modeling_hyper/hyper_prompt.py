@@ -36,6 +36,15 @@ MAX_TEMPERATURE = {"standardized": 1e2, "cosine": 1.0}
 RENAMED_KEYS = {"temperature": "synthesizer_temperature", "init": "prompt_init", "init_std": "prompt_init_std"}
 
 
+
+class PromptSettingError(ValueError):
+    """A HyperPromptConfig field given a value it cannot take; ``field`` names it."""
+
+    def __init__(self, name: str, value: object, expected: str):
+        super().__init__(f"HyperPromptConfig.{name}={value!r}: expected {expected}")
+        self.field = name
+
+
 @dataclass
 class HyperPromptConfig:
     """PEFT-style settings of the prompt pool; field names follow peft's PromptLearningConfig where they apply.
@@ -101,33 +110,29 @@ class HyperPromptConfig:
         for name in ("num_virtual_tokens", "pool_size", "encoder_hidden_size", "synthesizer_hidden_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"HyperPromptConfig.{name}={value!r}: expected an integer >= 1")
+                raise PromptSettingError(name, value, "an integer >= 1")
         if self.synthesizer not in SYNTHESIZERS:
-            raise ValueError(f"HyperPromptConfig.synthesizer={self.synthesizer!r}: expected one of {SYNTHESIZERS}")
+            raise PromptSettingError("synthesizer", self.synthesizer, f"one of {SYNTHESIZERS}")
         if self.synthesizer_temperature is None:
             self.synthesizer_temperature = DEFAULT_SYNTHESIZER_TEMPERATURE[self.synthesizer]
         if self.synthesizer_min_temperature is None:
             self.synthesizer_min_temperature = DEFAULT_MIN_TEMPERATURE.get(self.synthesizer, 0.01)
         if not self.synthesizer_min_temperature > 0:
-            raise ValueError(
-                f"HyperPromptConfig.synthesizer_min_temperature={self.synthesizer_min_temperature!r}: expected > 0"
-            )
+            raise PromptSettingError("synthesizer_min_temperature", self.synthesizer_min_temperature, "> 0")
         low, high = self.temperature_bounds()
         if not (self.synthesizer_temperature > 0 and low <= self.synthesizer_temperature <= high):
-            raise ValueError(f"HyperPromptConfig.synthesizer_temperature={self.synthesizer_temperature!r}: expected "
-                             f"> 0{f' and in [{low}, {high}] for synthesizer={self.synthesizer!r}' if low else ''}")
+            bounds = f" and in [{low}, {high}] for synthesizer={self.synthesizer!r}" if low else ""
+            raise PromptSettingError("synthesizer_temperature", self.synthesizer_temperature, f"> 0{bounds}")
         if not 0 < self.synthesizer_momentum <= 1:
-            raise ValueError(
-                f"HyperPromptConfig.synthesizer_momentum={self.synthesizer_momentum!r}: expected in (0, 1]"
-            )
+            raise PromptSettingError("synthesizer_momentum", self.synthesizer_momentum, "in (0, 1]")
         if not (math.isfinite(self.balance_bias_rate) and self.balance_bias_rate >= 0):
-            raise ValueError(f"HyperPromptConfig.balance_bias_rate={self.balance_bias_rate!r}: expected >= 0")
+            raise PromptSettingError("balance_bias_rate", self.balance_bias_rate, ">= 0")
         if not 0 <= self.prompt_dropout < 1:
-            raise ValueError(f"HyperPromptConfig.prompt_dropout={self.prompt_dropout!r}: expected in [0, 1)")
+            raise PromptSettingError("prompt_dropout", self.prompt_dropout, "in [0, 1)")
         if self.prompt_init not in ("uniform", "normal"):
-            raise ValueError(f"HyperPromptConfig.prompt_init={self.prompt_init!r}: expected 'uniform' or 'normal'")
+            raise PromptSettingError("prompt_init", self.prompt_init, "'uniform' or 'normal'")
         if not (math.isfinite(self.prompt_init_std) and self.prompt_init_std > 0):
-            raise ValueError(f"HyperPromptConfig.prompt_init_std={self.prompt_init_std!r}: expected > 0")
+            raise PromptSettingError("prompt_init_std", self.prompt_init_std, "> 0")
 
     def temperature_bounds(self) -> tuple[float, float]:
         """Where the synthesizer's temperature may be: fixed (any > 0) for release, bounded where it is learnable."""

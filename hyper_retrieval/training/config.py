@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.strict_yaml import StrictYamlError, load_yaml, short_repr
-from modeling_hyper import HyperPromptConfig
+from modeling_hyper import HyperPromptConfig, PromptSettingError
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 # Keys that got one name from the YAML to modeling_hyper/ (old name -> new name), named in the error for an old config.
@@ -212,9 +212,8 @@ def _check_prompt(config: TrainConfig, source: Path) -> None:
     """The prompt settings pass HyperPromptConfig's own checks (ranges, choices), reported with the file and key."""
     try:
         HyperPromptConfig(**{name: getattr(config.model, name) for name in PROMPT_SETTINGS})
-    except ValueError as e:
-        name = re.match(r"HyperPromptConfig\.(\w+)=", str(e))
-        raise ConfigError(f"{source}: model.{name.group(1) if name else 'prompt'}: {e}") from None
+    except PromptSettingError as e:
+        raise ConfigError(f"{source}: model.{e.field}: {e}") from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
