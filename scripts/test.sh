@@ -12,4 +12,6 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .
 lint-imports  # the layers of pyproject.toml [tool.importlinter]
-python -m pytest -q "$@"
+# Two workers (pytest-xdist), a file to a worker (tests/conftest.py groups them), one torch thread each: the 2 cores
+# share the work instead of idling through process start-ups and I/O.
+OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup "$@"

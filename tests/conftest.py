@@ -14,6 +14,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `pytest -n 2 --dist loadgroup` (scripts/test.sh): a file's tests run on one worker, so that its
+    module fixtures are built once, and every file using the session's hub_run (a trained, evaluated, exported
+    model) runs on the same worker, so that it is built once too."""
+    hub_files = {item.path for item in items if "hub_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("hub_run" if item.path in hub_files else item.path.stem))
+
+
 @pytest.fixture(scope="session")
 def bbir() -> Path:
     """The BIG-bench retrieval suite (BEIR layout), shipped beside the repo in ../shared/data/bbir."""
