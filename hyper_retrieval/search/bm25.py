@@ -11,7 +11,7 @@ import Stemmer
 from hyper_retrieval.core.types import Run
 from hyper_retrieval.data.beir import Document
 from hyper_retrieval.search.index import run_from_topk
-from modeling_hyper.encoding_hyper import passage_text as document_text
+from modeling_hyper.encoding_hyper import passage_text
 
 
 class BM25:
@@ -26,7 +26,7 @@ class BM25:
         self.show_progress = show_progress
         self._stemmer = Stemmer.Stemmer("english")
         self._bm25 = bm25s.BM25(method="lucene", k1=k1, b=b)
-        self._bm25.index(self.tokenize([document_text(d) for d in docs]), show_progress=show_progress)
+        self._bm25.index(self.tokenize([passage_text(d) for d in docs]), show_progress=show_progress)
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
         """Lower-cased word tokens (2+ word characters), English stopwords removed, stemmed."""

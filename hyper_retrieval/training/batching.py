@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from hyper_retrieval.data.beir import Collection, document_key
-from hyper_retrieval.search.bm25 import document_text
 from hyper_retrieval.training.examples import Example, sample_passages
+from modeling_hyper.encoding_hyper import passage_text
 
 
 @dataclass
@@ -73,7 +73,7 @@ class BatchBuilder:
             queries.append(ex.query)
             if self.tokenize_passages:
                 corpus = self.tasks[task].collections[ex.collection].corpus
-                passages += [document_text(doc) for doc in corpus.get_many(chosen)]
+                passages += [passage_text(doc) for doc in corpus.get_many(chosen)]
             keys += [document_key(ex.collection, d) for d in chosen]
             positives.append({document_key(ex.collection, d) for d in ex.positive_ids})
             task_ids.append(task)

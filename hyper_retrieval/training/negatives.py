@@ -30,10 +30,11 @@ import numpy as np
 
 from hyper_retrieval.core.atomic_files import atomic_file, content_key
 from hyper_retrieval.data.beir import Collection
-from hyper_retrieval.search.bm25 import BM25, document_text
+from hyper_retrieval.search.bm25 import BM25
 from hyper_retrieval.search.corpus_encoder import CorpusEncoder
 from hyper_retrieval.search.index import DenseIndex
 from hyper_retrieval.search.searchers import ModelSearcher
+from modeling_hyper.encoding_hyper import passage_text
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def gold_ids(collection: Collection, doc_texts: Sequence[str] | None = None) -> 
     """
     corpus = collection.corpus
     if doc_texts is None:
-        doc_texts = [document_text(d) for batch in corpus.batches(10_000) for d in batch]
+        doc_texts = [passage_text(d) for batch in corpus.batches(10_000) for d in batch]
     text_of = dict(zip(corpus.ids, (_normalise(t) for t in doc_texts), strict=True))
     by_text: dict[str, list[str]] = {}
     for doc_id, text in text_of.items():
@@ -90,7 +91,7 @@ def _mine_bm25(collection: Collection, settings: BM25Settings) -> Negatives:
     logger.info("mining BM25 negatives for %s: %d queries over %d documents",
                 collection.name, len(collection.qrels), len(corpus))
     docs = [d for batch in corpus.batches(10_000) for d in batch]
-    gold = gold_ids(collection, [document_text(d) for d in docs])
+    gold = gold_ids(collection, [passage_text(d) for d in docs])
     k = settings.depth + max(len(g) for g in gold.values())
     run = BM25(corpus.ids, docs, k1=settings.k1, b=settings.b).search(
         {q: collection.queries[q] for q in collection.qrels}, k=k)  # zero-score hits left out, best first
