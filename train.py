@@ -42,7 +42,7 @@ from hyper_retrieval.training.checkpoints import (
 from hyper_retrieval.training.config import ConfigError, load_config
 from hyper_retrieval.training.examples import false_negative_mask, load_task_examples
 from hyper_retrieval.training.losses import RetrievalLoss
-from hyper_retrieval.training.memory import keep_freed_memory
+from hyper_retrieval.training.malloc_settings import keep_freed_memory
 from hyper_retrieval.training.passage_table import PassageTable, has_frozen_passage_encoder
 from hyper_retrieval.training.sampler import MultiTaskBatchSampler
 from hyper_retrieval.training.setup import (

@@ -42,7 +42,7 @@ from hyper_retrieval.training.batching import BatchBuilder, TaskData, TrainBatch
 from hyper_retrieval.training.config import LossSettings  # noqa: E402
 from hyper_retrieval.training.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
 from hyper_retrieval.training.losses import RetrievalLoss  # noqa: E402
-from hyper_retrieval.training.memory import keep_freed_memory  # noqa: E402
+from hyper_retrieval.training.malloc_settings import keep_freed_memory  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"

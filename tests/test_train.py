@@ -392,5 +392,5 @@ def test_two_cpu_processes_train_with_ddp(tiny_backbones, tmp_path):
 
 def test_keep_freed_memory_applies_on_glibc():
     # In a child process: it changes malloc for the whole process. This project's machines run glibc Linux.
-    code = "from hyper_retrieval.training.memory import keep_freed_memory; assert keep_freed_memory() is True"
+    code = "from hyper_retrieval.training.malloc_settings import keep_freed_memory; assert keep_freed_memory() is True"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
