@@ -191,7 +191,7 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     assert "| hyper beats multitask by >= 1.0 nDCG@10 points zero-shot (p < 0.05) | +15.00, p = 0.5000 | **no** |" \
         in text  # large but not significant on two queries
     assert "| 300 | hyper − multitask | 1 | +0.00 | +2.00 |" in text
-    assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.000) | +15.00 (p = 0.500) |" in text
+    assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.0000) | +15.00 (p = 0.5000) |" in text
     assert (docs / "results" / "epoch_gap_curve.png").is_file()
     again = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
     assert again == text  # the section is replaced, not added twice

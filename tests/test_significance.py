@@ -59,3 +59,10 @@ def test_the_markdown_table_names_each_group():
     # in-domain: d = (0.5, 0); every sign assignment gives |0.25|, so p is 1
     assert "| other | in-domain | +25.00 | [+0.00, +50.00] | 1.0000 | 2 |" in table
     assert "| other | zero-shot | +0.00 |" in table and "| other | all | +12.50 |" in table
+
+
+def test_a_p_value_is_never_printed_as_zero():
+    from hyper_retrieval.evaluation.significance import format_p
+
+    assert (format_p(0.0181), format_p(0.0002), format_p(0.0001), format_p(3e-5)) == (
+        "0.0181", "0.0002", "0.0001", "< 0.0001")

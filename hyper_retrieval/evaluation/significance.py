@@ -107,11 +107,15 @@ def group_collections(results: Mapping) -> dict[str, list[str]]:
     return {group: names for group, names in groups.items() if names}
 
 
+def format_p(p_value: float) -> str:
+    """A p-value to four places, or "< 0.0001" below that (never a bare 0)."""
+    return f"{p_value:.4f}" if p_value >= 1e-4 else "< 0.0001"
+
+
 def format_test(test: PairedTest) -> str:
     """Markdown cells: difference, 95% interval, p-value, queries (values x 100, as the tables' nDCG)."""
-    p = f"{test.p_value:.4f}" if test.p_value >= 1e-4 else "< 0.0001"
-    return (f"{100 * test.difference:+.2f} | [{100 * test.low:+.2f}, {100 * test.high:+.2f}] | {p} | "
-            f"{test.queries}")
+    return (f"{100 * test.difference:+.2f} | [{100 * test.low:+.2f}, {100 * test.high:+.2f}] | "
+            f"{format_p(test.p_value)} | {test.queries}")
 
 
 def significance_markdown(runs: Mapping[str, tuple[Mapping, PerQuery]], metric: str = "ndcg@10") -> str:
