@@ -267,11 +267,11 @@ def main(argv: list[str] | None = None) -> None:
                                 depth=args.k)
         hybrid.weight, choice = fusion_weight(args, hybrid, sources, collections, zero_shot)
         collection_results, variants = evaluate_hybrid(hybrid, collections, zero_shot, args.k, args.pooled)
-        results = build_results(settings, collection_results)
-        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice, "variants": variants}
     else:
         collection_results = evaluate_collections(searcher, collections, zero_shot, args.k, args.pooled)
-        results = build_results(settings, collection_results)
+    results = build_results(settings, collection_results)
+    if args.hybrid:
+        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice, "variants": variants}
     # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
     attention = prompt_attention(searcher, collections)
     if attention is not None:
