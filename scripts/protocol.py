@@ -10,7 +10,8 @@
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
 test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
 (KILT style); a run marked `hybrid` is evaluated again fused with BM25 (eval-bm25/, eval-pooled-bm25/), and a run's
-`windows` (first or max) says how it reads long passages, in training and evaluation. A finished step is skipped,
+`windows` (first or max) says how it reads long passages, in training and evaluation; a run `from` another trains
+nothing and evaluates that run's model (e.g. read with MaxP windows). A finished step is skipped,
 an interrupted training resumes from its last checkpoint, so the command can simply be run again. Each run's wall
 times and machine go to <output_root>/<run>/protocol.json. `report` rewrites the part of docs/RESULTS.md between its
 generated-section markers; the text around it is kept.
@@ -31,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
-from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol  # noqa: E402
+from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol, model_folder  # noqa: E402
 from hyper_retrieval.experiments.report import write_report  # noqa: E402
 from hyper_retrieval.training.checkpoints import list_checkpoints  # noqa: E402
 
@@ -62,20 +63,11 @@ def record(folder: Path, **facts) -> None:
     path.write_text(json.dumps(known | facts, indent=1))
 
 
-def model_folder(run: ProtocolRun, root: Path) -> str:
-    """What eval.py loads: bm25, the untrained model saved for a baseline, or the run's dev-selected model."""
-    if run.model:
-        return run.model
-    folder = root / run.name
-    if run.seed is None:
-        return str(folder / "model")
-    return str(folder / "best" if (folder / "best").is_dir() else folder / "final")
-
-
 def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
-    """train.py for a trained run (resumed if interrupted), or the untrained model saved for a config baseline."""
+    """train.py for a trained run (resumed if interrupted), or the untrained model saved for a config baseline;
+    nothing for bm25 or a run that evaluates another's model."""
     folder = root / run.name
-    if run.model or (folder / ("final" if run.seed is not None else "model")).is_dir():
+    if run.model or run.source or (folder / ("final" if run.seed is not None else "model")).is_dir():
         return
     if run.seed is None:
         from hyper_retrieval.training.config import load_config

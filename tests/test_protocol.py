@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hyper_retrieval.experiments.epoch_report import write_epoch_report
-from hyper_retrieval.experiments.protocol import load_protocol
+from hyper_retrieval.experiments.protocol import load_protocol, model_folder
 from hyper_retrieval.experiments.report import BEGIN, END, seeds_table, write_report
 from hyper_retrieval.training.config import load_config
 
@@ -34,15 +34,31 @@ def test_every_run_of_the_protocol_has_a_valid_config():
         else:
             assert trained_on == set(run.in_domain or protocol["in_domain"]), run.name
         assert not trained_on & set(protocol["zero_shot"])
-    assert {r.name for r in runs if r.windows == "max"} == {"backbone-maxp", "multitask-maxp", "hyper-maxp"}
+    assert {r.name for r in runs if r.windows == "max"} == {"backbone-maxp", "multitask-maxp", "hyper-maxp",
+                                                             "multitask-read-maxp", "hyper-read-maxp"}
     assert {r.name for r in runs if r.hybrid and r.primary} >= {"backbone", "hyper", "hyper-maxp"}
+
+
+def test_a_run_from_another_evaluates_that_runs_model_and_trains_nothing(tmp_path):
+    _, runs = load_protocol(PROTOCOL)
+    read = {r.name: r for r in runs}["hyper-read-maxp"]
+    assert (read.source, read.seed, read.config, read.windows, read.hybrid) == ("hyper", None, None, "max", True)
+    assert model_folder(read, tmp_path) == str(tmp_path / "hyper" / "final")
+    (tmp_path / "hyper" / "best").mkdir(parents=True)  # dev selection kept a model: that one
+    assert model_folder(read, tmp_path) == str(tmp_path / "hyper" / "best")
+    assert model_folder({r.name: r for r in runs}["backbone"], tmp_path) == str(tmp_path / "backbone" / "model")
+
+
+HEAD = "data_root: x\nin_domain: []\nzero_shot: []\noutput_root: o\nprofiles: {}\n"
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("", "expected a mapping of protocol keys, got NoneType"),
+    (HEAD + "runs:\n  - {name: a, config: c}\n  - {name: b, from: a, seeds: [43]}\n",
+     r"runs\[1\]: a run 'from' another .* no config, model, seeds"),
+    (HEAD + "runs:\n  - {name: a, config: c}\n  - {name: b, from: z}\n", "run 'b': from 'z': no trained run"),
     ("data_root: x\nin_domain: []\nzero_shot: []\nprofiles: {}\nruns: []\n", "missing key 'output_root'"),
-    ("data_root: x\nin_domain: []\nzero_shot: []\noutput_root: o\nprofiles: {}\nruns:\n  - {name: a, confg: b}\n",
-     r"runs\[0\].*unknown \['confg'\]"),
+    (HEAD + "runs:\n  - {name: a, confg: b}\n", r"runs\[0\].*unknown \['confg'\]"),
 ])
 def test_a_broken_protocol_file_is_named(tmp_path, text, message):
     path = tmp_path / "protocol.yaml"
@@ -195,3 +211,26 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     assert (docs / "results" / "epoch_gap_curve.png").is_file()
     again = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
     assert again == text  # the section is replaced, not added twice
+
+
+def test_epoch_report_shows_the_first_seed_read_with_maxp_and_fused_with_bm25(tmp_path):
+    protocol, runs = load_protocol(PROTOCOL)
+    root, docs = tmp_path / "epoch", tmp_path / "docs"
+    for name, (c, z) in {"hyper": ([0.6, 0.4], [0.7]), "multitask": ([0.5, 0.5], [0.6])}.items():
+        write_seeded_eval(root / "eval" / name, {"c": (False, c), "z": (True, z)})
+    for name, (in_domain, zero_shot) in {"bm25": (0.40, 0.50), "hyper-read-maxp": (0.56, 0.72)}.items():
+        write_eval(root / "eval" / name, {"c": (False, in_domain), "z": (True, zero_shot)})
+    rrf = write_eval(tmp_path / "rrf", {"c": (False, 0.58), "z": (True, 0.70)})
+    write_eval(root / "eval-bm25" / "hyper-read-maxp", {"c": (False, 0.60), "z": (True, 0.74)},
+               hybrid={"with": "bm25", "fusion": "convex", "weight": 0.6, "variants": {"rrf": rrf}})
+    docs.mkdir()
+
+    text = write_epoch_report(protocol, runs, root, docs).read_text()
+    assert "### Long passages (MaxP) and BM25 fusion, the first seed" in text
+    assert "| bm25 | whole passage | — | 40.00 | 50.00 |  |  | |" in text
+    assert "| hyper | FirstP | — | 50.00 | 70.00 |  |  | |" in text
+    assert "| hyper-read-maxp | MaxP | — | 56.00 | 72.00 |  |  | |" in text
+    assert "| hyper-read-maxp + BM25 | MaxP | convex | 60.00 | 74.00 |  |  | 0.6 |" in text
+    assert "| hyper-read-maxp + BM25 | MaxP | RRF (k = 60) | 58.00 | 70.00 |  |  | |" in text
+    assert "multitask-read-maxp" not in text  # not evaluated: no row
+    assert "over training length" not in text  # no log, no length: no point on the curve

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import yaml
 
-KNOWN_RUN_KEYS = {"name", "config", "model", "seeds", "overrides", "table", "pooled", "held_out", "in_domain",
-                  "windows", "hybrid"}
+KNOWN_RUN_KEYS = {"name", "config", "model", "from", "seeds", "overrides", "table", "pooled", "held_out",
+                  "in_domain", "windows", "hybrid"}
 
 
 @dataclass
 class ProtocolRun:
-    """One system to evaluate: trained (config, seed) or a baseline (bm25, or a config's untrained model)."""
+    """One system to evaluate: trained (config, seed), a baseline (bm25, or a config's untrained model), or another
+    run's trained model read differently (source: that run's name; e.g. with MaxP windows)."""
 
     name: str
     base: str  # the protocol entry's name: the run itself, or the run an extra seed copies
@@ -30,6 +31,7 @@ class ProtocolRun:
     in_domain: tuple[str, ...] = ()  # empty: the protocol's in-domain collections
     windows: str = "first"  # how long passages are read, in training and evaluation: first (FirstP) or max (MaxP)
     hybrid: bool = False  # also evaluated fused with BM25 (eval.py --hybrid bm25), the primary seed only
+    source: str | None = None  # the run whose dev-selected model this one evaluates (trains nothing)
 
     @property
     def primary(self) -> bool:
@@ -50,21 +52,44 @@ def load_protocol(path: Path) -> tuple[dict, list[ProtocolRun]]:
     for section in ("baselines", "runs"):
         for i, entry in enumerate(protocol.get(section) or []):
             unknown = set(entry) - KNOWN_RUN_KEYS
-            if unknown or "name" not in entry or not ("config" in entry or "model" in entry):
-                raise ValueError(f"{path}: {section}[{i}]: needs name and config (or model), knows "
+            if unknown or "name" not in entry or not {"config", "model", "from"} & set(entry):
+                raise ValueError(f"{path}: {section}[{i}]: needs name and config (or model, or from), knows "
                                  f"{sorted(KNOWN_RUN_KEYS)}{f'; unknown {sorted(unknown)}' if unknown else ''}")
+            if "from" in entry and {"config", "model", "seeds", "overrides", "held_out"} & set(entry):
+                raise ValueError(f"{path}: {section}[{i}]: a run 'from' another evaluates that run's model: it takes "
+                                 "no config, model, seeds, overrides or held_out of its own")
             table = entry.get("table", "main")
-            seeds = entry.get("seeds", [42]) if section == "runs" else [None]
+            seeds = entry.get("seeds", [42]) if section == "runs" and "from" not in entry else [None]
             for j, seed in enumerate(seeds):
                 name = entry["name"] if j == 0 else f"{entry['name']}-seed{seed}"
                 runs.append(ProtocolRun(name, entry["name"], table, entry.get("pooled", table == "main"),
                                         entry.get("config"), entry.get("model"), seed,
                                         tuple(entry.get("overrides", ())), entry.get("held_out"),
                                         tuple(entry.get("in_domain", ())), entry.get("windows", "first"),
-                                        bool(entry.get("hybrid", False))))
+                                        bool(entry.get("hybrid", False)), entry.get("from")))
                 if runs[-1].windows not in ("first", "max"):
                     raise ValueError(f"{path}: {section}[{i}]: windows {runs[-1].windows!r}: expected first or max")
+    check_sources(path, runs)
     return protocol, runs
+
+
+def check_sources(path: Path, runs: list[ProtocolRun]) -> None:
+    """Every 'from' names a trained run of the file."""
+    trained = {r.name for r in runs if r.seed is not None}
+    for run in runs:
+        if run.source is not None and run.source not in trained:
+            raise ValueError(f"{path}: run {run.name!r}: from {run.source!r}: no trained run of that name")
+
+
+def model_folder(run: ProtocolRun, root: Path) -> str:
+    """What eval.py loads: bm25, the untrained model saved for a baseline, or the dev-selected model (best/, else
+    final/) of the run or of the run it comes from."""
+    if run.model:
+        return run.model
+    if run.seed is None and run.source is None:
+        return str(root / run.name / "model")
+    folder = root / (run.source or run.name)
+    return str(folder / "best" if (folder / "best").is_dir() else folder / "final")
 
 
 def seeds_of(runs: list[ProtocolRun], name: str) -> list[ProtocolRun]:
