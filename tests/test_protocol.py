@@ -186,7 +186,9 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     for name, (c, z) in values.items():
         write_seeded_eval(root / "eval" / name, {"c": (False, c), "z": (True, z)})
         (root / name).mkdir(parents=True)
-        (root / name / "log.jsonl").write_text(json.dumps({"step": 3330, "loss/total": 1.0}) + "\n")
+        log = ({"step": 1110, "dev/ndcg@10": 0.5}, {"step": 3330, "loss/total": 1.0},
+               {"step": 3330, "dev/ndcg@10": 0.52})
+        (root / name / "log.jsonl").write_text("\n".join(map(json.dumps, log)))
         (root / name / "protocol.json").write_text(json.dumps({"profile": "cpu-epoch", "train_s": 600}))
     for name, z in (("hyper", 0.52), ("multitask", 0.50)):  # a shorter run without per-query values
         write_eval(shorter / "eval" / name, {"c": (False, 0.5), "z": (True, z)})
@@ -209,6 +211,7 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     assert "| 300 | hyper − multitask | 1 | +0.00 | +2.00 |" in text
     assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.0000) | +15.00 (p = 0.5000) |" in text
     assert (docs / "results" / "epoch_gap_curve.png").is_file()
+    assert "| hyper-seed43 | cpu-epoch | 3330 | 50.00 (1110) / 52.00 (3330) | 10.0 |" in text
     again = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
     assert again == text  # the section is replaced, not added twice
 

@@ -196,15 +196,23 @@ def curve_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dev_scores(root: Path, run: ProtocolRun) -> list[tuple[int, float]]:
+    """(step, dev nDCG@10) of each dev evaluation a run logged (the model kept is the best of them)."""
+    log = root / run.name / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [(r["step"], r["dev/ndcg@10"]) for r in rows if "dev/ndcg@10" in r]
+
+
 def timing_table(runs: list[ProtocolRun], root: Path) -> str:
-    lines = ["| run | profile | steps | train (min) | eval (min) | pooled eval (min) | machine |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | profile | steps | dev nDCG@10 × 100 at each dev evaluation (step) | train (min) | eval (min) | "
+             "pooled eval (min) | machine |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         facts = _json(root / run.name / "protocol.json")
         if facts is None:
             continue
+        dev = " / ".join(f"{100 * v:.2f} ({step})" for step, v in dev_scores(root, run))
         minutes = [f"{facts[k] / 60:.1f}" if k in facts else "" for k in ("train_s", "eval_s", "eval-pooled_s")]
-        lines.append(f"| {run.name} | {facts.get('profile', '')} | {steps_of(root, run) or ''} | "
+        lines.append(f"| {run.name} | {facts.get('profile', '')} | {steps_of(root, run) or ''} | {dev} | "
                      + " | ".join(minutes) + f" | {facts.get('train_machine', '')} |")
     return "\n".join(lines)
 
@@ -235,7 +243,7 @@ def epoch_section(protocol: Mapping[str, Any], runs: list[ProtocolRun], root: Pa
                   "fused with BM25's top-100 (convex: min-max normalised scores, the model's weight chosen on the six "
                   "in-domain dev splits; RRF: reciprocal ranks, k = 60). Pooled: one corpus of the six in-domain "
                   "collections.", "", passages_table(root, PASSAGE_SYSTEMS), ""]
-    parts += ["### Wall time and machine of each one-epoch run", "",
+    parts += ["### Dev selection, wall time and machine of each one-epoch run", "",
               timing_table([r for r in runs if r.seed is not None and (root / r.name).is_dir()], root), ""]
     return "\n".join(parts)
 
