@@ -202,12 +202,14 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     assert "### The main systems over seeds, 3330 steps" in text
     assert "| **hyper** | mean ± std (2) | 50.00 ± 0.00 | 60.00 ± 7.07 |" in text
     # zero-shot: per query, hyper (0.7, 0.5) and multitask (0.5, 0.4) over the seeds: differences 0.2 and 0.1; of
-    # the 4 sign assignments, 2 reach |0.15|; the bootstrap's percentile interval spans 0.1 .. 0.2
-    assert ("| hyper − multitask | zero-shot | +15.00 | +20.00 (42) / +10.00 (43) | +15.00 | [+10.00, +20.00] | "
-            "0.5000 | 2 |") in text
+    # the 4 sign assignments, 2 reach |0.15|; the bootstrap's percentile interval spans 0.1 .. 0.2. Over seeds:
+    # +20 and +10, t = 15 / 5 = 3 on one degree of freedom (Cauchy): p = 1 - 2 atan(3) / pi = 0.2048, the interval
+    # 15 ± 5 tan(0.475 pi) = 15 ± 63.53
+    assert ("| hyper − multitask | zero-shot | +15.00 | +20.00 (42) / +10.00 (43) | [-48.53, +78.53] | 0.2048 | "
+            "+15.00 | [+10.00, +20.00] | 0.5000 | 2 |") in text
     assert "| hyper − multitask | in-domain | +0.00 |" in text
-    assert "| hyper beats multitask by >= 1.0 nDCG@10 points zero-shot (p < 0.05) | +15.00, p = 0.5000 | **no** |" \
-        in text  # large but not significant on two queries
+    assert ("| hyper beats multitask by >= 1.0 nDCG@10 points zero-shot (p < 0.05) | +15.00, p = 0.5000 (queries), "
+            "p = 0.2048 (2 seeds) | **no** |") in text  # large but significant neither on two queries nor two seeds
     assert "| 300 | hyper − multitask | 1 | +0.00 | +2.00 |" in text
     assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.0000) | +15.00 (p = 0.5000) |" in text
     assert (docs / "results" / "epoch_gap_curve.png").is_file()

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hyper_retrieval.evaluation.significance import paired_test, query_differences, significance_markdown
+from hyper_retrieval.evaluation.significance import (
+    paired_test,
+    query_differences,
+    seed_test,
+    significance_markdown,
+)
 
 
 def test_exact_sign_flips_on_a_hand_made_case():
@@ -66,3 +71,25 @@ def test_a_p_value_is_never_printed_as_zero():
 
     assert (format_p(0.0181), format_p(0.0002), format_p(0.0001), format_p(3e-5)) == (
         "0.0181", "0.0002", "0.0001", "< 0.0001")
+
+
+def test_the_seed_test_on_a_hand_made_case():
+    # per-seed differences 1, 2, 3: mean 2, sample std 1, standard error 1/sqrt(3), t = 2 sqrt(3) on 2 degrees of
+    # freedom, where the t distribution's tail is closed-form: P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2
+    test = seed_test([1.0, 2.0, 3.0])
+    t = 2 * np.sqrt(3)
+    assert test.difference == pytest.approx(2.0)
+    assert test.p_value == pytest.approx(1 - t / np.sqrt(t**2 + 2))  # two-sided: 0.0742
+    # the 97.5% quantile q solves (1 - q / sqrt(q^2 + 2)) / 2 = 0.025: q^2 = 2 * 0.95^2 / (1 - 0.95^2)
+    half = np.sqrt(2 * 0.95**2 / (1 - 0.95**2)) / np.sqrt(3)
+    assert (test.low, test.high) == pytest.approx((2 - half, 2 + half))
+    assert test.seeds == 3
+
+
+def test_the_seed_test_needs_two_seeds_and_takes_no_spread_as_certain():
+    assert seed_test([0.4]) is None
+    same = seed_test([0.5, 0.5])
+    assert (same.difference, same.low, same.high, same.p_value) == (0.5, 0.5, 0.5, 0.0)
+    assert seed_test([0.0, 0.0]).p_value == 1.0
+    # two seeds that disagree in sign: no evidence either way
+    assert seed_test([0.45, -0.46]).p_value > 0.9

@@ -12,7 +12,9 @@ collection, so each collection keeps its weight:
 
 Several seeds of each system are pooled per query: a query's difference is the mean over seeds of system A's value
 minus the mean over seeds of system B's (the seeds matched by position), so the test is over queries and the seed
-noise is averaged, not tested. The per-seed differences of the averages are reported beside it.
+noise is averaged, not tested. :func:`seed_test` tests it: each seed's difference of the averages is one observation
+(a one-sample t-test and t interval over seeds), which asks whether the gain survives another seed, not only
+another draw of queries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 PerQuery = Mapping[str, Mapping[str, Mapping[str, float]]]  # collection -> query id -> metric -> value
 EXACT_LIMIT = 16  # at most this many queries in all: every sign assignment is enumerated
@@ -37,6 +40,31 @@ class PairedTest:
     p_value: float  # two-sided, paired randomization test
     queries: int  # paired queries in the group
     exact: bool  # p from every sign assignment (else from random ones)
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """The outcome of :func:`seed_test`: A minus B, one observation per seed."""
+
+    difference: float  # the mean of the per-seed differences
+    low: float  # 95% t interval
+    high: float
+    p_value: float  # two-sided one-sample t-test against 0
+    seeds: int
+
+
+def seed_test(per_seed: Sequence[float]) -> SeedTest | None:
+    """The t-test and 95% t interval of the mean of per-seed differences (A minus B, each seed's group average);
+    None with fewer than two seeds (no spread to test against)."""
+    values = np.asarray(per_seed, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return None
+    mean, error = float(values.mean()), float(values.std(ddof=1) / np.sqrt(n))
+    if error == 0:  # every seed gives the same difference
+        return SeedTest(mean, mean, mean, float(mean == 0), n)
+    half = float(stats.t.ppf(0.975, n - 1)) * error
+    return SeedTest(mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / error, n - 1)), n)
 
 
 def query_differences(a: Sequence[PerQuery], b: Sequence[PerQuery], collections: Sequence[str], metric: str
