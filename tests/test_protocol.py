@@ -213,7 +213,7 @@ def test_epoch_report_tests_the_seeds_pairwise_and_draws_the_curve(tmp_path):
     assert "| 300 | hyper − multitask | 1 | +0.00 | +2.00 |" in text
     assert "| 3330 | hyper − multitask | 2 | +0.00 (p = 1.0000) | +15.00 (p = 0.5000) |" in text
     assert (docs / "results" / "epoch_gap_curve.png").is_file()
-    assert "| hyper-seed43 | cpu-epoch | 3330 | 50.00 (1110) / 52.00 (3330) | 10.0 |" in text
+    assert "| hyper-seed43 | cpu-epoch | 3330 | 50.00 (1110) / 52.00 (3330) | 10.0 |  |  |  |  |  |" in text
     again = write_epoch_report(protocol, runs, root, docs, [(shorter, "hyper", "multitask")]).read_text()
     assert again == text  # the section is replaced, not added twice
 
@@ -228,6 +228,9 @@ def test_epoch_report_shows_the_first_seed_read_with_maxp_and_fused_with_bm25(tm
     rrf = write_eval(tmp_path / "rrf", {"c": (False, 0.58), "z": (True, 0.70)})
     write_eval(root / "eval-bm25" / "hyper-read-maxp", {"c": (False, 0.60), "z": (True, 0.74)},
                hybrid={"with": "bm25", "fusion": "convex", "weight": 0.6, "variants": {"rrf": rrf}})
+    (root / "hyper-read-maxp" / "protocol.json").parent.mkdir()
+    (root / "hyper-read-maxp" / "protocol.json").write_text(json.dumps(
+        {"profile": "cpu-epoch", "eval_s": 120, "eval-bm25_s": 300, "eval_machine": "CPU (x86_64, 2 cores)"}))
     docs.mkdir()
 
     text = write_epoch_report(protocol, runs, root, docs).read_text()
@@ -241,3 +244,5 @@ def test_epoch_report_shows_the_first_seed_read_with_maxp_and_fused_with_bm25(tm
                     "| hyper-read-maxp + BM25 | MaxP | RRF (k = 60) | 58.00 | 70.00 |  |  | |"]
     assert "multitask-read-maxp" not in text  # not evaluated: no row (the rows above are all there are)
     assert "over training length" not in text  # no log, no length: no point on the curve
+    # an evaluation-only run: its evaluations' wall times, no training, the machine it was evaluated on
+    assert "| hyper-read-maxp | cpu-epoch |  |  |  | 2.0 |  | 5.0 |  | CPU (x86_64, 2 cores) |" in text
