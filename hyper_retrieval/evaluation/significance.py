@@ -140,10 +140,19 @@ def format_p(p_value: float) -> str:
     return f"{p_value:.4f}" if p_value >= 1e-4 else "< 0.0001"
 
 
+def _interval(low: float, high: float) -> str:
+    return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def format_test(test: PairedTest) -> str:
     """Markdown cells: difference, 95% interval, p-value, queries (values x 100, as the tables' nDCG)."""
-    return (f"{100 * test.difference:+.2f} | [{100 * test.low:+.2f}, {100 * test.high:+.2f}] | "
-            f"{format_p(test.p_value)} | {test.queries}")
+    return (f"{100 * test.difference:+.2f} | {_interval(test.low, test.high)} | {format_p(test.p_value)} | "
+            f"{test.queries}")
+
+
+def format_seed_test(test: SeedTest) -> str:
+    """Markdown cells: 95% t interval, p-value (values x 100)."""
+    return f"{_interval(test.low, test.high)} | {format_p(test.p_value)}"
 
 
 def significance_markdown(runs: Mapping[str, tuple[Mapping, PerQuery]], metric: str = "ndcg@10") -> str:

@@ -21,6 +21,7 @@ from hyper_retrieval.evaluation.plots import plot_gap_curve
 from hyper_retrieval.evaluation.routing import routing_diagnostics
 from hyper_retrieval.evaluation.significance import (
     format_p,
+    format_seed_test,
     format_test,
     group_collections,
     paired_test,
@@ -124,9 +125,7 @@ def significance_table(systems: Mapping[str, list[Seeded]], comparisons=COMPARIS
                 continue
             per_seed = " / ".join(f"{100 * d:+.2f} ({s})" for s, d in found["per_seed"].items())
             test = format_test(found["test"]) if found["test"] else "| | |"
-            seeds = found["seeds"]
-            over_seeds = (f"[{100 * seeds.low:+.2f}, {100 * seeds.high:+.2f}] | {format_p(seeds.p_value)}" if seeds
-                          else " | ")
+            over_seeds = format_seed_test(found["seeds"]) if found["seeds"] else " | "
             lines.append(f"| {a} − {b} | {label} | {100 * found['mean']:+.2f} | {per_seed} | {over_seeds} | {test} |")
     return "\n".join(lines)
 
@@ -156,11 +155,20 @@ def targets_table(systems: Mapping[str, list[Seeded]], targets=TARGETS) -> str:
     return "\n".join(lines)
 
 
+def log_rows(root: Path, run: ProtocolRun) -> list[dict[str, Any]]:
+    """The rows of a run's log.jsonl (none when it kept no log)."""
+    log = root / run.name / "log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def last_step(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """The last optimizer step in a run's log rows."""
+    return max((r["step"] for r in rows if r.get("step") is not None), default=None)
+
+
 def steps_of(root: Path, run: ProtocolRun) -> int | None:
     """The last optimizer step a run logged."""
-    log = root / run.name / "log.jsonl"
-    steps = [json.loads(line).get("step") for line in log.read_text().splitlines()] if log.exists() else []
-    return max((s for s in steps if s is not None), default=None)
+    return last_step(log_rows(root, run))
 
 
 def routing_at(root: Path, run: ProtocolRun, in_domain: Sequence[str]) -> dict[str, float | None] | None:
@@ -181,9 +189,10 @@ def curve_points(points: Sequence[tuple[Path, list[ProtocolRun], str, str]], in_
     for root, runs, hyper, multitask in points:
         a, b = seeded(runs, root, hyper), seeded(runs, root, multitask)
         gaps = {g: compare(a, b, g, "eval") for g in ("in_domain", "zero_shot")}
-        if not a or any(v is None for v in gaps.values()) or steps_of(root, a[0].run) is None:
+        steps = steps_of(root, a[0].run) if a else None
+        if steps is None or any(v is None for v in gaps.values()):
             continue  # a point needs both systems and a length (the steps its log reached)
-        rows.append({"steps": steps_of(root, a[0].run), "seeds": len(gaps["zero_shot"]["per_seed"]),
+        rows.append({"steps": steps, "seeds": len(gaps["zero_shot"]["per_seed"]),
                      "runs": f"{hyper} − {multitask}", "gaps": gaps,
                      "routing": routing_at(root, a[0].run, in_domain)})
     return sorted(rows, key=lambda r: r["steps"])
@@ -206,10 +215,8 @@ def curve_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def dev_scores(root: Path, run: ProtocolRun) -> list[tuple[int, float]]:
-    """(step, dev nDCG@10) of each dev evaluation a run logged (the model kept is the best of them)."""
-    log = root / run.name / "log.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+def dev_scores(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]]:
+    """(step, dev nDCG@10) of each dev evaluation in a run's log rows (the model kept is the best of them)."""
     return [(r["step"], r["dev/ndcg@10"]) for r in rows if "dev/ndcg@10" in r]
 
 
@@ -222,11 +229,13 @@ def timing_table(runs: list[ProtocolRun], root: Path) -> str:
         facts = _json(root / run.name / "protocol.json")
         if facts is None:
             continue
-        dev = " / ".join(f"{100 * v:.2f} ({step})" for step, v in dev_scores(root, run))
+        rows = log_rows(root, run)
+        steps = last_step(rows)
+        dev = " / ".join(f"{100 * v:.2f} ({step})" for step, v in dev_scores(rows))
         minutes = [f"{facts[k] / 60:.1f}" if k in facts else ""
                    for k in ("train_s", "eval_s", "eval-pooled_s", "eval-bm25_s", "eval-pooled-bm25_s")]
         machine = facts.get("train_machine", facts.get("eval_machine", ""))
-        lines.append(f"| {run.name} | {facts.get('profile', '')} | {steps_of(root, run) or ''} | {dev} | "
+        lines.append(f"| {run.name} | {facts.get('profile', '')} | {steps or ''} | {dev} | "
                      + " | ".join(minutes) + f" | {machine} |")
     return "\n".join(lines)
 
