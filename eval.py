@@ -171,15 +171,19 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
         load_per_query,
         load_results,
         metric_by_collection,
-        run_label,
+        run_labels,
     )
     from hyper_retrieval.evaluation.significance import significance_markdown
 
 
-    results = {run_label(r): load_results(r) for r in runs}
+    try:
+        labels = run_labels(runs)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    results = {label: load_results(r) for label, r in zip(labels, runs, strict=True)}
     out.mkdir(parents=True, exist_ok=True)
     table = compare_markdown(results, metric)
-    per_query = {run_label(r): load_per_query(r) for r in runs}
+    per_query = {label: load_per_query(r) for label, r in zip(labels, runs, strict=True)}
     if len(runs) > 1 and all(q is not None for q in per_query.values()):
         table += "\n" + significance_markdown({n: (results[n], per_query[n]) for n in results}, metric)
     (out / "compare.md").write_text(table)

@@ -467,3 +467,17 @@ def test_help_loads_neither_torch_nor_faiss():
 def test_every_option_has_help(eval_cli):
     undocumented = [a.option_strings for a in eval_cli.build_parser()._actions if a.option_strings and not a.help]
     assert undocumented == []
+
+
+def test_compare_tells_same_named_runs_apart(eval_cli, samples, tmp_path, capsys):
+    """Two evaluations saved under the same folder name (one model, two trainings) stay two columns and one test."""
+    for profile, k1 in (("float32", 0.9), ("bf16", 1.5)):
+        eval_cli.main(["--model", "bm25", "--data", str(samples[0]), "--bm25-k1", str(k1),
+                       "--out", str(tmp_path / profile / "eval" / "hyper"), "--no-progress"])
+    runs = [str(tmp_path / p / "eval" / "hyper") for p in ("float32", "bf16")]
+    eval_cli.main(["--compare", *runs, "--out", str(tmp_path / "cmp")])
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| collection | float32/eval/hyper | bf16/eval/hyper |" in table
+    assert "Paired tests against float32/eval/hyper" in table and "| bf16/eval/hyper | in-domain |" in table
+    with pytest.raises(SystemExit, match="the same run given more than once"):
+        eval_cli.main(["--compare", runs[0], runs[0] + "/results.json", "--out", str(tmp_path / "cmp2")])

@@ -145,10 +145,18 @@ def load_per_query(path: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_label(path: str | os.PathLike) -> str:
-    """The name a compared run goes by: its output folder's name."""
-    path = Path(path)
-    return (path.parent if path.name == "results.json" else path).name
+def run_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The names compared runs go by: each output folder's name, with as many of its parent folders as it takes to
+    tell the runs apart (``float32/eval/hyper`` and ``bf16/eval/hyper``, not ``hyper`` twice)."""
+    folders = [(p.parent if p.name == "results.json" else p).resolve() for p in map(Path, paths)]
+    repeated = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if repeated:
+        raise ValueError(f"--compare: the same run given more than once: {repeated}")
+    for depth in range(1, max(len(f.parts) for f in folders) + 1):
+        labels = ["/".join(f.parts[-depth:]) for f in folders]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in folders]
 
 
 def compare_markdown(runs: Mapping[str, Mapping[str, Any]], metric: str = "ndcg@10") -> str:
