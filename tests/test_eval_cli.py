@@ -469,7 +469,7 @@ def test_every_option_has_help(eval_cli):
     assert undocumented == []
 
 
-def test_compare_tells_same_named_runs_apart(eval_cli, samples, tmp_path, capsys):
+def test_compare_tells_same_named_runs_apart(eval_cli, samples, tmp_path):
     """Two evaluations saved under the same folder name (one model, two trainings) stay two columns and one test."""
     for profile, k1 in (("float32", 0.9), ("bf16", 1.5)):
         eval_cli.main(["--model", "bm25", "--data", str(samples[0]), "--bm25-k1", str(k1),

@@ -7,6 +7,7 @@ is empty).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -152,11 +153,11 @@ def run_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     repeated = sorted({str(f) for f in folders if folders.count(f) > 1})
     if repeated:
         raise ValueError(f"--compare: the same run given more than once: {repeated}")
-    for depth in range(1, max(len(f.parts) for f in folders) + 1):
-        labels = ["/".join(f.parts[-depth:]) for f in folders]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [str(f) for f in folders]
+    def labels(depth: int) -> list[str]:
+        return ["/".join(f.parts[-depth:]) for f in folders]
+
+    # distinct resolved folders differ at their full depth at the latest, so this stops
+    return labels(next(d for d in itertools.count(1) if len(set(labels(d))) == len(folders)))
 
 
 def compare_markdown(runs: Mapping[str, Mapping[str, Any]], metric: str = "ndcg@10") -> str:
