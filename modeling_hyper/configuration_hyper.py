@@ -28,6 +28,8 @@ class HyperConfig(PretrainedConfig):
             query side); None: max_seq_length (models saved before this setting). train.py saves its
             `model.max_query_length`, so a saved model reads queries as it was trained.
         attention_backend: "sdpa" or "eager", the backbone's attention kernel under the prefix.
+        backbone_name_or_path: the Hub id or folder the backbone weights came from (`from_backbone` sets it);
+            `load_adapter` refuses an adapter trained on another backbone. None: not recorded.
     """
 
     model_type = "hyper_retriever"
@@ -46,6 +48,7 @@ class HyperConfig(PretrainedConfig):
         max_seq_length: int = 256,
         max_query_length: int | None = None,
         attention_backend: str = "sdpa",
+        backbone_name_or_path: str | None = None,
         **kwargs,
     ):
         if isinstance(backbone_config, dict):
@@ -62,6 +65,7 @@ class HyperConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.max_query_length = max_query_length
         self.attention_backend = attention_backend
+        self.backbone_name_or_path = backbone_name_or_path
         super().__init__(**kwargs)
         self.validate_settings()
 

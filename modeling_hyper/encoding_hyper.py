@@ -8,6 +8,7 @@ padded ahead in a thread and copied asynchronously. Shapes: n texts, d hidden si
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -47,8 +48,8 @@ def passage_text(doc: dict) -> str:
 
 class HyperEncodingMixin:
     """BEIR-style encoding (encode_queries / encode_corpus), MaxP windows and token stores, for a model with
-    ``config`` (HyperConfig), ``tokenizer``, ``hyper_prompt``, ``query_encoder`` and a forward taking
-    (input_ids, attention_mask, is_query)."""
+    ``config`` (HyperConfig), ``tokenizer``, ``hyper_prompt``, ``query_encoder``, ``using_adapter`` and a forward
+    taking (input_ids, attention_mask, is_query)."""
 
     def encode_queries(
         self,
@@ -58,11 +59,13 @@ class HyperEncodingMixin:
         return_prompt_attention: bool = False,
         convert_to_tensor: bool = False,
         normalize_embeddings: bool = False,
+        adapter: str | None = None,
     ):
         """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix; with
         `return_prompt_attention`, the pair (vectors, (n, N) attention over the pool or None), from one pass.
         `convert_to_tensor` gives a torch tensor (sparse: a CSR tensor), `normalize_embeddings` unit-length rows;
-        any other keyword is an error.
+        `adapter` a loaded adapter's name for this call (default: the active one, see `set_adapter`); any other
+        keyword is an error.
 
         An empty list gives an empty (0, dim) result; an empty or blank query is an error; queries longer than
         `config.query_length` tokens (max_query_length, else max_seq_length) are truncated.
@@ -70,7 +73,8 @@ class HyperEncodingMixin:
         for i, query in enumerate(self._check_texts(queries, "queries")):
             if not query.strip():
                 raise ValueError(f"queries[{i}] is empty: an empty query has nothing to retrieve with")
-        vectors, attention = self._encode(queries, True, batch_size, show_progress_bar)
+        with self.using_adapter(adapter) if adapter is not None else contextlib.nullcontext():
+            vectors, attention = self._encode(queries, True, batch_size, show_progress_bar)
         vectors = self._finish(vectors, convert_to_tensor, normalize_embeddings)
         return (vectors, attention) if return_prompt_attention else vectors
 
@@ -130,12 +134,15 @@ class HyperEncodingMixin:
         np.maximum.at(scores, doc, window_scores)
         return scores
 
-    def prompt_attention(self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
-        """Queries -> (n, N) attention over the prompt pool: which prompts each query mixed."""
-        if self.hyper_prompt is None:
-            raise ValueError("this model has no prompt pool (config.hyper_prompt is None)")
-        self._check_texts(queries, "queries")
-        return self._encode(queries, True, batch_size, show_progress_bar)[1]
+    def prompt_attention(self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False,
+                         adapter: str | None = None) -> np.ndarray:
+        """Queries -> (n, N) attention over the prompt pool: which prompts each query mixed (with the active adapter,
+        or the one named)."""
+        with self.using_adapter(adapter) if adapter is not None else contextlib.nullcontext():
+            if self.hyper_prompt is None:
+                raise ValueError("this model has no prompt pool (config.hyper_prompt is None)")
+            self._check_texts(queries, "queries")
+            return self._encode(queries, True, batch_size, show_progress_bar)[1]
 
     @torch.no_grad()
     def calibrate_synthesizer(self, queries: list[str], batch_size: int = 256) -> int:

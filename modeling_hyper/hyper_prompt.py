@@ -52,7 +52,8 @@ class HyperPromptConfig:
     PEFT-style in layout only: the hyper-prompt is not one of PEFT's adapter types, so PEFT's loaders
     (`PeftConfig.from_pretrained`, `PeftModel.from_pretrained`) do not read it, and it is saved as
     hyper_prompt_config.json (not adapter_config.json, which would send AutoModel looking for a PEFT adapter).
-    `HyperRetrieverModel.save_adapter` / `attach_adapter` are the way to save and attach it.
+    `HyperRetrieverModel.save_adapter` saves it; `load_adapter` / `set_adapter` put several on one frozen backbone,
+    `attach_adapter` puts one back on the model it was trained with.
 
     Each setting has one name from train.py's YAML (`model.<name>`) to here.
     """
@@ -101,7 +102,13 @@ class HyperPromptConfig:
     )
     prompt_init_std: float = field(default=0.02, metadata={"help": "Standard deviation for prompt_init='normal'."})
     base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The backbone the adapter was trained with (informational)."}
+        default=None, metadata={"help": "The backbone the adapter was trained with (`load_adapter` refuses another)."}
+    )
+    backbone_frozen: bool | None = field(
+        default=None,
+        metadata={"help": "Whether the query backbone stayed frozen while the adapter trained (save_adapter records "
+                          "it): only then does the adapter work on the plain backbone, so only then may "
+                          "`load_adapter` put it on one. None: not recorded (adapters saved before this field)."},
     )
     peft_type: str = field(default="HYPER_PROMPT", metadata={"help": "Adapter kind, for readers of the json."})
     task_type: str = field(default="FEATURE_EXTRACTION", metadata={"help": "PEFT task type."})

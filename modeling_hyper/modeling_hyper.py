@@ -12,6 +12,7 @@ mask columns, then calls the stock kernel. Unlike the cache route this survives 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -35,12 +36,11 @@ from transformers.utils import ModelOutput
 
 from .configuration_hyper import HyperConfig
 from .encoding_hyper import HyperEncodingMixin
-from .hyper_prompt import ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, PrefixKV
+from .hyper_prompt import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, HyperPrompt, HyperPromptConfig, PrefixKV
 
 PREFIX_KWARG = "hyper_prefix"
 SENTENCE_MODULE = "sentence_hyper.py"  # the sentence-transformers module, beside this file
-# what an exported folder holds beyond a save (hyper_retrieval.hub.export): kept when a model loaded from it is saved
-# again
+DEFAULT_ADAPTER = "default"  # the name of a model's own hyper-prompt (PEFT's default adapter name)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -95,6 +95,22 @@ AttentionMaskInterface.register("hyper_prefix_sdpa", sdpa_mask)
 AttentionMaskInterface.register("hyper_prefix_eager", eager_mask)
 
 
+def _adapter_file(source: str | os.PathLike, name: str, **hub_kwargs) -> str:
+    """The path of an adapter's file `name`: in the folder `source`, or downloaded from the Hub repository `source`
+    (through the Hugging Face cache). FileNotFoundError naming the file when it is not there."""
+    from transformers.utils import cached_file
+
+    folder = Path(source)
+    if folder.is_dir() or folder.is_absolute() or str(source).startswith((".", "~")) or folder.exists():
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: no such file (not a saved hyper-prompt adapter)")
+        return str(folder / name)
+    try:
+        return cached_file(str(source), name, **hub_kwargs)
+    except OSError as e:
+        raise FileNotFoundError(f"{source}/{name}: not found locally or on the Hub ({e})") from e
+
+
 @dataclass
 class HyperRetrieverOutput(ModelOutput):
     """embeddings (B, d) dense or (B, V) sparse; prompt_attention (B, N) and the synthesizer's prompt_logits (B, N)
@@ -121,9 +137,17 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         self.query_encoder = self._build_backbone(config)
         self.passage_encoder = None if config.share_encoders else self._build_backbone(config)
         self.hyper_prompt = None
+        self._adapters: dict[str, HyperPrompt] = {}
+        self._active_adapter: str | None = None
         if config.hyper_prompt is not None:
             prompt_config = HyperPromptConfig.from_dict(config.hyper_prompt).fill_from_backbone(config.backbone_config)
+            # the model's own adapter trains (or trained) with this backbone, frozen or not
+            if prompt_config.base_model_name_or_path is None:
+                prompt_config.base_model_name_or_path = config.backbone_name_or_path
+            if prompt_config.backbone_frozen is None:
+                prompt_config.backbone_frozen = config.freeze_query_backbone
             self.hyper_prompt = HyperPrompt(prompt_config)
+            self._adapters[DEFAULT_ADAPTER], self._active_adapter = self.hyper_prompt, DEFAULT_ADAPTER
             config.hyper_prompt = prompt_config.to_dict()
         self.tokenizer = None
         self.post_init()
@@ -170,6 +194,7 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         prompt = hyper_prompt.to_dict() if hyper_prompt is not None else None
         if prompt is not None and prompt.get("base_model_name_or_path") is None:
             prompt["base_model_name_or_path"] = name_or_path
+        config_kwargs.setdefault("backbone_name_or_path", name_or_path)
         model = cls(HyperConfig(backbone_config=backbone_config, hyper_prompt=prompt, **config_kwargs))
         auto_class = AutoModelForMaskedLM if model.config.representation == "sparse" else AutoModel
         source, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, dtype=torch.float32)
@@ -252,34 +277,128 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    # ----------------------------------------------------------------- adapter (PEFT-style)
-    def save_adapter(self, directory: str | os.PathLike) -> None:
-        """Writes the hyper-prompt alone: hyper_prompt_config.json + hyper_prompt.safetensors."""
-        if self.hyper_prompt is None:
-            raise ValueError("this model has no hyper-prompt to save (config.hyper_prompt is None)")
+    # ----------------------------------------------------------------- adapters (PEFT-style)
+    # Several hyper-prompts may be loaded on one backbone; the active one is `self.hyper_prompt` (a submodule: saved,
+    # moved and trained with the model), the others wait in `self._adapters` (a plain dict: none of that).
+    @property
+    def active_adapter(self) -> str | None:
+        """The name of the hyper-prompt the query encoder uses now; None: the plain backbone."""
+        return self._active_adapter
+
+    def active_adapters(self) -> list[str]:
+        """The active adapter as a list (transformers' name); empty for the plain backbone."""
+        return [self._active_adapter] if self._active_adapter is not None else []
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Every loaded adapter, in loading order."""
+        return list(self._adapters)
+
+    def _activate(self, name: str | None) -> None:
+        prompt = self._adapters[name] if name is not None else None
+        if prompt is not None:
+            prompt.to(self.device).train(self.training)
+            if self.hyper_prompt is None:
+                self.query_encoder.set_attn_implementation(f"hyper_prefix_{self.config.attention_backend}")
+        self.hyper_prompt = prompt
+        self._active_adapter = name
+        self.config.hyper_prompt = prompt.config.to_dict() if prompt is not None else None
+
+    def set_adapter(self, adapter_name: str | None) -> None:
+        """Makes a loaded adapter the one queries use (None: the plain backbone). Passages never use one."""
+        if adapter_name is not None and adapter_name not in self._adapters:
+            raise ValueError(f"no adapter named {adapter_name!r}; loaded: {self.adapter_names}")
+        self._activate(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Unloads an adapter; deleting the active one leaves the plain backbone active."""
+        if adapter_name not in self._adapters:
+            raise ValueError(f"no adapter named {adapter_name!r}; loaded: {self.adapter_names}")
+        del self._adapters[adapter_name]
+        if adapter_name == self._active_adapter:
+            self._activate(None)
+
+    @contextlib.contextmanager
+    def using_adapter(self, adapter_name: str | None):
+        """`with model.using_adapter(name):` the adapter is active inside, the previous one again after."""
+        previous = self._active_adapter
+        self.set_adapter(adapter_name)
+        try:
+            yield self
+        finally:
+            self._activate(previous)
+
+    def save_adapter(self, directory: str | os.PathLike, adapter_name: str | None = None) -> None:
+        """Writes a hyper-prompt alone (the active one by default): hyper_prompt_config.json +
+        hyper_prompt.safetensors. Its config names the backbone and whether that was frozen in training."""
+        name = adapter_name if adapter_name is not None else self._active_adapter
+        if name is None or name not in self._adapters:
+            raise ValueError("this model has no hyper-prompt to save (config.hyper_prompt is None)" if name is None
+                             else f"no adapter named {name!r}; loaded: {self.adapter_names}")
         from safetensors.torch import save_file
 
-        self.hyper_prompt.config.save_pretrained(directory)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.hyper_prompt.state_dict().items()}
+        prompt = self._adapters[name]
+        prompt.config.save_pretrained(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in prompt.state_dict().items()}
         save_file(state, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    def attach_adapter(self, directory: str | os.PathLike) -> HyperRetrieverModel:
-        """Attaches a saved hyper-prompt to this model's query encoder (replacing any); returns self."""
+    def _read_adapter(self, source: str | os.PathLike, **hub_kwargs) -> HyperPrompt:
+        """A saved hyper-prompt (a folder or a Hub repository) built for this backbone; a shape that does not fit is
+        an error naming both."""
         from safetensors.torch import load_file
 
-        prompt_config = HyperPromptConfig.from_pretrained(directory).fill_from_backbone(self.config.backbone_config)
-        weights_path = os.path.join(directory, ADAPTER_WEIGHTS_NAME)
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"{weights_path}: adapter weights missing")
-        prompt = HyperPrompt(prompt_config).to(self.device)
+        prompt_config = HyperPromptConfig.from_pretrained(os.path.dirname(_adapter_file(source, ADAPTER_CONFIG_NAME,
+                                                                                        **hub_kwargs)))
+        backbone = self.config.backbone_config
         try:
-            prompt.load_state_dict(load_file(weights_path, device=str(self.device)))
+            prompt_config = prompt_config.fill_from_backbone(backbone)
+        except ValueError as e:
+            raise ValueError(f"{source}: the adapter (trained on {prompt_config.base_model_name_or_path!r}, hidden "
+                             f"size {prompt_config.token_dim}) does not fit this model's backbone "
+                             f"({self.config.backbone_name_or_path!r}, hidden size {backbone.hidden_size}): {e}") from e
+        weights_path = _adapter_file(source, ADAPTER_WEIGHTS_NAME, **hub_kwargs)
+        prompt = HyperPrompt(prompt_config)
+        try:
+            prompt.load_state_dict(load_file(weights_path))
         except RuntimeError as e:
             raise ValueError(f"{weights_path}: does not match {prompt_config} ({e})") from e
-        if self.hyper_prompt is None:
-            self.query_encoder.set_attn_implementation(f"hyper_prefix_{self.config.attention_backend}")
-        self.hyper_prompt = prompt
-        self.config.hyper_prompt = prompt_config.to_dict()
+        return prompt
+
+    def load_adapter(self, adapter_path: str | os.PathLike, adapter_name: str | None = None, *,
+                     revision: str | None = None, token: str | None = None, local_files_only: bool = False) -> str:
+        """Loads a hyper-prompt saved by `save_adapter` (a folder or a Hub repository) under `adapter_name` (default
+        "default") beside those loaded already; it becomes active only if none is (then `set_adapter`, or
+        `encode_queries(..., adapter=name)` per call). Returns the name.
+
+        Only an adapter trained with its query backbone frozen works on another model's backbone, and only on the
+        backbone it was trained on: anything else is refused, naming what does not match. (To put an adapter back
+        on the very model it was trained with, use `attach_adapter`.)
+        """
+        name = adapter_name if adapter_name is not None else DEFAULT_ADAPTER
+        if name in self._adapters:
+            raise ValueError(f"an adapter named {name!r} is loaded already (loaded: {self.adapter_names}); pass "
+                             "another adapter_name or delete_adapter it first")
+        prompt = self._read_adapter(adapter_path, revision=revision, token=token, local_files_only=local_files_only)
+        if prompt.config.backbone_frozen is not True:
+            why = ("was trained with its query backbone unfrozen" if prompt.config.backbone_frozen is False else
+                   "does not record whether its query backbone was frozen in training (saved by an older version)")
+            raise ValueError(f"{adapter_path}: this adapter {why}, so it needs its own backbone: load the whole model "
+                             "it was trained with (AutoModel.from_pretrained of that run's final/ or best/ folder) "
+                             "instead of loading the adapter onto this one")
+        theirs, ours = prompt.config.base_model_name_or_path, self.config.backbone_name_or_path
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ValueError(f"{adapter_path}: the adapter was trained on the backbone {theirs!r}, this model's is "
+                             f"{ours!r}; load it onto {theirs!r}")
+        self._adapters[name] = prompt
+        if self._active_adapter is None:
+            self._activate(name)
+        return name
+
+    def attach_adapter(self, directory: str | os.PathLike) -> HyperRetrieverModel:
+        """Puts a saved hyper-prompt on this model's query encoder as its own ("default", replacing any: e.g. back on
+        the model it was trained with, whatever its backbone's training), and makes it active; returns self."""
+        self._adapters[DEFAULT_ADAPTER] = self._read_adapter(directory)
+        self._activate(DEFAULT_ADAPTER)
         return self
 
     # ----------------------------------------------------------------- forward

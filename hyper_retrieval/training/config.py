@@ -50,7 +50,8 @@ def _at_least(minimum: float, *, strict: bool = False) -> dict[str, Any]:
 
 # The prompt settings are declared once, in modeling_hyper's HyperPromptConfig (type, default and help); the YAML's
 # model section takes them under the same names. What the backbone fills in and what is informational stays there.
-NOT_SETTINGS = ("num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path", "peft_type", "task_type")
+NOT_SETTINGS = ("num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path", "backbone_frozen",
+                "peft_type", "task_type")
 _PROMPT_FIELDS = [f for f in dataclasses.fields(HyperPromptConfig) if f.name not in NOT_SETTINGS]
 PROMPT_SETTINGS = tuple(f.name for f in _PROMPT_FIELDS)
 _PROMPT_HINTS = typing.get_type_hints(HyperPromptConfig)
