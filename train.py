@@ -109,7 +109,7 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
 
     # ---- the model first: it may mine the hard negatives
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.task_names)
     windows = passage_windows(cfg.model)  # how passages are read: in training (passage table), dev and test alike
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -195,7 +195,7 @@ def main() -> int:
         for indices in sampler:
             batch = builder(indices, state.micro_step, accelerator.process_index).to(accelerator.device)
             with accelerator.accumulate(model):
-                q = model(**batch.queries, is_query=True)
+                q = model(**batch.queries, is_query=True, task_ids=batch.tasks)
                 p, window_mask = (passage_table.lookup(batch.passage_keys) if passage_table is not None
                                   else (model(**batch.passages, is_query=False).embeddings, None))
                 p = p.to(accelerator.device)

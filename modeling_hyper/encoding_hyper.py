@@ -60,12 +60,14 @@ class HyperEncodingMixin:
         convert_to_tensor: bool = False,
         normalize_embeddings: bool = False,
         adapter: str | None = None,
+        task: str | list[str] | None = None,
     ):
         """Queries -> (n, d) float32 array (dense) or (n, V) scipy CSR matrix (sparse), with the prompt prefix; with
         `return_prompt_attention`, the pair (vectors, (n, N) attention over the pool or None), from one pass.
         `convert_to_tensor` gives a torch tensor (sparse: a CSR tensor), `normalize_embeddings` unit-length rows;
-        `adapter` a loaded adapter's name for this call (default: the active one, see `set_adapter`); any other
-        keyword is an error.
+        `adapter` a loaded adapter's name for this call (default: the active one, see `set_adapter`); `task` the task
+        of the queries (one name, or one per query) for a pool routed by task (synthesizer='task'), which the other
+        pools ignore; any other keyword is an error.
 
         An empty list gives an empty (0, dim) result; an empty or blank query is an error; queries longer than
         `config.query_length` tokens (max_query_length, else max_seq_length) are truncated.
@@ -74,7 +76,8 @@ class HyperEncodingMixin:
             if not query.strip():
                 raise ValueError(f"queries[{i}] is empty: an empty query has nothing to retrieve with")
         with self.using_adapter(adapter) if adapter is not None else contextlib.nullcontext():
-            vectors, attention = self._encode(queries, True, batch_size, show_progress_bar)
+            task_ids = self._task_ids(task, queries)
+            vectors, attention = self._encode(queries, True, batch_size, show_progress_bar, task_ids)
         vectors = self._finish(vectors, convert_to_tensor, normalize_embeddings)
         return (vectors, attention) if return_prompt_attention else vectors
 
@@ -135,14 +138,14 @@ class HyperEncodingMixin:
         return scores
 
     def prompt_attention(self, queries: list[str], batch_size: int = 32, show_progress_bar: bool = False,
-                         adapter: str | None = None) -> np.ndarray:
+                         adapter: str | None = None, task: str | list[str] | None = None) -> np.ndarray:
         """Queries -> (n, N) attention over the prompt pool: which prompts each query mixed (with the active adapter,
-        or the one named)."""
+        or the one named; `task` as in `encode_queries`)."""
         with self.using_adapter(adapter) if adapter is not None else contextlib.nullcontext():
             if self.hyper_prompt is None:
                 raise ValueError("this model has no prompt pool (config.hyper_prompt is None)")
             self._check_texts(queries, "queries")
-            return self._encode(queries, True, batch_size, show_progress_bar)[1]
+            return self._encode(queries, True, batch_size, show_progress_bar, self._task_ids(task, queries))[1]
 
     @torch.no_grad()
     def calibrate_synthesizer(self, queries: list[str], batch_size: int = 256) -> int:
@@ -158,6 +161,18 @@ class HyperEncodingMixin:
         return synthesizer.calibrate(
             (embed(ids.to(self.device)), mask.to(self.device)) for _, ids, mask in batches
         )
+
+    def _task_ids(self, task: str | list[str] | None, queries: list[str]) -> np.ndarray | None:
+        """(n,) the prompt of each query's task for a pool routed by task (-1: not one of its tasks); None for the
+        other models or without tasks."""
+        if task is None or self.hyper_prompt is None or self.hyper_prompt.config.synthesizer != "task":
+            return None
+        names = self.hyper_prompt.config.task_names
+        tasks = [task] * len(queries) if isinstance(task, str) else list(task)
+        if len(tasks) != len(queries):
+            raise ValueError(f"task: {len(tasks)} task names for {len(queries)} queries; give one, or one per query")
+        index = {name: i for i, name in enumerate(names)}
+        return np.array([index.get(t, -1) for t in tasks], dtype=np.int64)
 
     @staticmethod
     def _check_texts(texts, what: str, allow_dicts: bool = False) -> list:
@@ -261,10 +276,11 @@ class HyperEncodingMixin:
             input_ids[mask] = np.concatenate([ids[offsets[r] : offsets[r + 1]] for r in rows])
             yield rows, torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64))
 
-    def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool):
+    def _encode(self, texts: list[str], is_query: bool, batch_size: int, show_progress_bar: bool,
+                task_ids: np.ndarray | None = None):
         """Texts -> (embeddings in input order, prompt attention or None); queries cut at config.query_length."""
         ids, offsets = self.tokenize(texts, self.config.query_length if is_query else None)
-        return self.encode_tokenized(ids, offsets, is_query, batch_size, show_progress_bar)
+        return self.encode_tokenized(ids, offsets, is_query, batch_size, show_progress_bar, task_ids)
 
     @torch.no_grad()
     def encode_tokenized(
@@ -274,9 +290,11 @@ class HyperEncodingMixin:
         is_query: bool = False,
         batch_size: int = 32,
         show_progress_bar: bool = False,
+        task_ids: np.ndarray | None = None,
     ):
         """A token store (see `tokenize`; e.g. a cached, memory-mapped one) -> (embeddings (n, d) or CSR (n, V) in
-        row order, prompt attention (n, N) or None). Token-length-sorted batches, no grad."""
+        row order, prompt attention (n, N) or None). Token-length-sorted batches, no grad. `task_ids` (n,): each
+        row's task, for a pool routed by task."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
         was_training = self.training
@@ -299,6 +317,7 @@ class HyperEncodingMixin:
                 input_ids.to(self.device, non_blocking=on_gpu),
                 mask.to(self.device, non_blocking=on_gpu),
                 is_query=is_query,
+                task_ids=torch.from_numpy(task_ids[batch_rows]).to(self.device) if task_ids is not None else None,
             )
             # Dense vectors stay on the device until the end (one copy back); sparse ones become CSR at once.
             emb = out.embeddings.float()

@@ -22,10 +22,10 @@ ADAPTER_CONFIG_NAME = "hyper_prompt_config.json"
 ADAPTER_WEIGHTS_NAME = "hyper_prompt.safetensors"
 
 
-SYNTHESIZERS = ("release", "standardized", "cosine")
+SYNTHESIZERS = ("release", "standardized", "cosine", "task")
 # The synthesizer's initial temperature when `synthesizer_temperature` is None: the release's constant tau = 3; for
 # the standardized forms, logits of about unit spread at initialisation (see PromptSynthesizer).
-DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.5}
+DEFAULT_SYNTHESIZER_TEMPERATURE = {"release": 3.0, "standardized": 1.0, "cosine": 0.5, "task": 1.0}
 # The lower bound of a learnable temperature when `synthesizer_min_temperature` is None: the cosine form's logits are
 # then at most 4 in size, so a query mixes its prompts instead of taking one (docs/RESULTS.md, the routing sweep).
 DEFAULT_MIN_TEMPERATURE = {"standardized": 0.01, "cosine": 0.25}
@@ -75,7 +75,14 @@ class HyperPromptConfig:
         default="cosine",
         metadata={"help": "How a query scores the prompts: 'release' (q . k / tau, tau fixed: the authors' form), "
                           "'standardized' (q centred and scaled by running statistics, keys centred over the pool, "
-                          "learnable tau) or 'cosine' (cosine of the standardized q and keys, learnable bounded tau)."},
+                          "learnable tau), 'cosine' (cosine of the standardized q and keys, learnable bounded tau) "
+                          "or 'task' (an oracle, no router: a query takes its task's prompt, see task_names)."},
+    )
+    task_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "synthesizer='task': the task of each prompt, in pool order (pool_size of them). A query "
+                          "given one of these tasks takes that prompt alone; a query of another task, or of none, "
+                          "the pool's mean."},
     )
     synthesizer_temperature: float | None = field(
         default=None,
@@ -120,6 +127,11 @@ class HyperPromptConfig:
                 raise PromptSettingError(name, value, "an integer >= 1")
         if self.synthesizer not in SYNTHESIZERS:
             raise PromptSettingError("synthesizer", self.synthesizer, f"one of {SYNTHESIZERS}")
+        if self.synthesizer == "task" and not (
+                isinstance(self.task_names, list) and len(set(self.task_names)) == len(self.task_names) ==
+                self.pool_size and all(isinstance(n, str) for n in self.task_names)):
+            raise PromptSettingError("task_names", self.task_names, f"{self.pool_size} distinct task names "
+                                     "(one per prompt) for synthesizer='task'")
         if self.synthesizer_temperature is None:
             self.synthesizer_temperature = DEFAULT_SYNTHESIZER_TEMPERATURE[self.synthesizer]
         if self.synthesizer_min_temperature is None:
@@ -143,7 +155,7 @@ class HyperPromptConfig:
 
     def temperature_bounds(self) -> tuple[float, float]:
         """Where the synthesizer's temperature may be: fixed (any > 0) for release, bounded where it is learnable."""
-        if self.synthesizer == "release":
+        if self.synthesizer in ("release", "task"):
             return 0.0, math.inf
         return self.synthesizer_min_temperature, MAX_TEMPERATURE[self.synthesizer]
 
@@ -353,9 +365,7 @@ class HyperPrompt(nn.Module):
             nn.Tanh(),
             nn.Linear(config.encoder_hidden_size, config.num_layers * 2 * d),
         )
-        self.synthesizer = (
-PromptSynthesizer(config) if config.pool_size > 1 else None
-        )
+        self.synthesizer = PromptSynthesizer(config) if config.pool_size > 1 and config.synthesizer != "task" else None
         self.reset_pool()
 
     @torch.no_grad()
@@ -366,21 +376,29 @@ PromptSynthesizer(config) if config.pool_size > 1 else None
             self.pool.normal_(0.0, self.config.prompt_init_std)
 
     def attention(
-        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
+        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, d), (B, T) -> (attention over the pool (B, N), its logits (B, N)); all ones (B, 1) and no logits
-        for the single prefix."""
+        for the single prefix. The 'task' form reads `task_ids` (B,) instead: prompt j for id j, the pool's mean for
+        -1 (or for every query when None), no logits."""
+        if self.config.synthesizer == "task":
+            count = self.config.pool_size
+            mean = token_embeddings.new_full((token_embeddings.shape[0], count), 1.0 / count)
+            if task_ids is None:
+                return mean, None
+            chosen = nn.functional.one_hot(task_ids.clamp(min=0), count).to(mean.dtype)
+            return torch.where((task_ids >= 0)[:, None], chosen, mean), None
         if self.synthesizer is None:
             return token_embeddings.new_ones(token_embeddings.shape[0], 1), None
         return self.synthesizer(token_embeddings, attention_mask, self.pool)
 
     def forward(
-        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
+        self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None = None
     ) -> tuple[PrefixKV, torch.Tensor, torch.Tensor | None]:
-        """(B, T, d) token embeddings, (B, T) mask -> (PrefixKV with (num_layers, B, H, L, d/H) keys/values,
-        attention (B, N), logits (B, N) or None)."""
+        """(B, T, d) token embeddings, (B, T) mask, (B,) task ids (the 'task' form only) -> (PrefixKV with
+        (num_layers, B, H, L, d/H) keys/values, attention (B, N), logits (B, N) or None)."""
         cfg = self.config
-        attention, logits = self.attention(token_embeddings, attention_mask)
+        attention, logits = self.attention(token_embeddings, attention_mask, task_ids)
         projected = self.projection(self.dropout(self.pool))  # (N, L, num_layers * 2 * d)
         mixed = torch.einsum("bn,nlk->blk", attention.to(projected.dtype), projected)
         batch, length = mixed.shape[:2]

@@ -409,12 +409,14 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         is_query: bool = True,
         prefix_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> HyperRetrieverOutput:
         """Encodes (B, T) token ids as queries (with the prompt prefix) or passages (without).
 
         `prefix_mask` (B, L) bool chooses which prefix slots the query may attend to (default: all); closing all of
-        them reproduces the plain backbone, which is how the injection is tested.
+        them reproduces the plain backbone, which is how the injection is tested. `task_ids` (B,) long: each query's
+        task for a pool routed by task (synthesizer='task'; -1: none of its tasks), ignored by the other pools.
         """
         if input_ids.shape[-1] > self.max_window_length():
             raise ValueError(f"{input_ids.shape[-1]} tokens exceed the backbone's {self.max_window_length()} "
@@ -426,7 +428,7 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         prompt_attention = prompt_logits = None
         if is_query and self.hyper_prompt is not None:
             token_embeddings = self.query_encoder.get_input_embeddings()(input_ids)
-            prefix, prompt_attention, prompt_logits = self.hyper_prompt(token_embeddings, attention_mask)
+            prefix, prompt_attention, prompt_logits = self.hyper_prompt(token_embeddings, attention_mask, task_ids)
             kwargs[PREFIX_KWARG] = prefix._replace(mask=prefix_mask)
         out = encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
         if self.config.representation == "sparse":

@@ -73,7 +73,8 @@ def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
         from hyper_retrieval.training.config import load_config
         from hyper_retrieval.training.setup import build_model
 
-        build_model(load_config(REPO / run.config).model).save_pretrained(folder / "model")
+        cfg = load_config(REPO / run.config)
+        build_model(cfg.model, cfg.data.task_names).save_pretrained(folder / "model")
         return
     command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides,
                f"model.passage_windows={run.windows}", f"train.seed={run.seed}", f"train.output_dir={folder}"]
@@ -84,8 +85,16 @@ def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
     record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine())
 
 
-def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True) -> None:
-    """eval.py on the test split: per collection, and pooled for the main table; skipped when already done."""
+def eval_dtype(profile: list[str]) -> str:
+    """eval.py's --dtype for a profile: float32 for one that trains without mixed precision (optim.mixed_precision=no),
+    else auto (bf16 where the machine computes it faster)."""
+    settings = [o.split("=", 1)[1] for o in profile if o.startswith("optim.mixed_precision=")]
+    return "float32" if settings and settings[-1] == "no" else "auto"
+
+
+def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, dtype: str = "auto") -> None:
+    """eval.py on the test split (in `dtype`): per collection, and pooled for the main table; skipped when already
+    done."""
     data = Path(protocol["data_root"])
     if run.held_out:
         modes = {"eval": ["--zero-shot", str(data / run.held_out)]}
@@ -107,7 +116,7 @@ def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True) 
         if mode == "eval-pooled-bm25" and chosen.exists():  # the weight the per-collection run chose on dev
             args = [*args, "--fusion-weight", str(json.loads(chosen.read_text())["hybrid"]["weight"])]
         seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, *windows,
-                      "--split", "test", "--out", str(out), "--no-progress"])
+                      "--split", "test", "--out", str(out), "--no-progress", *(["--dtype", dtype] if windows else [])])
         record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
 
 
@@ -177,7 +186,8 @@ def main() -> None:
             print(f"==== {run.name}", flush=True)
             train(run, root, list(protocol["profiles"][args.profile]))
             record(root / run.name, profile=args.profile)
-            evaluate(run, protocol, root, hybrid=not args.no_hybrid)
+            evaluate(run, protocol, root, hybrid=not args.no_hybrid,
+                     dtype=eval_dtype(list(protocol["profiles"][args.profile])))
     elif args.step == "collect":
         if args.to is None:
             sys.exit("collect needs --to FOLDER")

@@ -39,6 +39,30 @@ def test_every_run_of_the_protocol_has_a_valid_config():
     assert {r.name for r in runs if r.hybrid and r.primary} >= {"backbone", "hyper", "hyper-maxp"}
 
 
+def test_the_adapter_regime_freezes_the_query_backbone_and_evaluates_in_float32():
+    """hyper-frozen, prefix-frozen and the task-prompt oracle train only their prompt modules; their profile trains
+    and evaluates in float32 on any CPU, as the one-epoch reference runs did."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protocol_script", REPO / "scripts" / "protocol.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    protocol, runs = load_protocol(PROTOCOL)
+    adapter = {r.name: r for r in runs if r.table == "adapter"}
+    assert {r.base for r in adapter.values()} == {"hyper-frozen", "prefix-frozen", "task-prompts-frozen"}
+    assert all(r.pooled for r in adapter.values()) and len(adapter) == 9
+    prompts = {}
+    for run in adapter.values():
+        config = load_config(REPO / run.config, protocol["profiles"]["cpu-epoch-fp32"])
+        assert config.model.freeze_query_backbone and config.optim.mixed_precision == "no"
+        assert config.optim.max_steps is None and config.optim.epochs == 1
+        prompts[run.base] = (config.model.prompt, config.model.synthesizer)
+    assert prompts == {"hyper-frozen": ("hyper", "cosine"), "prefix-frozen": ("prefix", "cosine"),
+                       "task-prompts-frozen": ("task", "cosine")}
+    assert script.eval_dtype(protocol["profiles"]["cpu-epoch-fp32"]) == "float32"
+    assert script.eval_dtype(protocol["profiles"]["cpu-epoch"]) == "auto"  # as before: the machine's choice
+
+
 def test_a_run_from_another_evaluates_that_runs_model_and_trains_nothing(tmp_path):
     _, runs = load_protocol(PROTOCOL)
     read = {r.name: r for r in runs}["hyper-read-maxp"]

@@ -107,6 +107,34 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
 
 
+def test_frozen_task_prompt_oracle_trains_its_adapter_alone(tiny_backbones, tmp_path):
+    """model.prompt=task with the query backbone frozen: a prompt per training task, chosen by the task id in training
+    and in the dev evaluation; the backbone is untouched, so the run's adapter loads onto the plain backbone."""
+    from modeling_hyper import HyperRetrieverModel
+
+    backbone = tiny_backbones["dense"]
+    config = write_config(tmp_path, backbone, model={"prompt": "task", "freeze_query_backbone": True,
+                                                     "share_encoders": False, "freeze_passage_encoder": True},
+                          data={"dev_split": "dev"}, optim={"max_steps": 10}, loss={"cpr_weight": 0.0},
+                          train={"eval_every": 10})
+    run_train(config)
+    run = tmp_path / "run"
+    log = [r for r in read_log(run) if "loss/total" in r]
+    assert all(r["routing/task_mi"] == pytest.approx(1.0) for r in log)  # the prompt is the task: all information
+    final = HyperRetrieverModel.from_pretrained(run / "final")
+    assert final.config.hyper_prompt["task_names"] == ["qasc", "vitaminc"]
+    plain = BertModel.from_pretrained(backbone).state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in final.query_encoder.state_dict().items())
+    queries = ["which gas do plants take in", "the film grossed over a million"]
+    attention = final.prompt_attention(queries, task=["vitaminc", "ropes"])
+    assert attention.tolist() == [[0.0, 1.0], [0.5, 0.5]]  # its task's prompt; another task: the pool's mean
+    base = HyperRetrieverModel.from_backbone(str(backbone))
+    base.load_adapter(run / "adapter", adapter_name="oracle")
+    for task in ("qasc", "vitaminc", None):
+        assert (base.encode_queries(queries, task=task) == final.encode_queries(queries, task=task)).all()
+    assert not (final.encode_queries(queries, task="qasc") == final.encode_queries(queries, task="vitaminc")).all()
+
+
 def test_accumulation_checkpointing_bf16_and_frozen_passages(tiny_backbones, tmp_path):
     config = write_config(
         tmp_path, tiny_backbones["dense"], data={"sampling": "homogeneous"},

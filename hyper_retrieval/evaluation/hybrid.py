@@ -19,7 +19,7 @@ def choose_fusion_weight(hybrid: HybridSearcher, dev: Sequence[Collection], k: i
                          ) -> tuple[float, dict[float, float]]:
     """The model's convex weight with the best mean ``metric`` over the dev collections (each searched on its own
     corpus), and the mean of every weight tried."""
-    pairs = [hybrid.search_sides(c.corpus, c.queries, k)[:2] for c in dev]
+    pairs = [hybrid.search_sides(c.corpus, c.queries, k, [c.name] * len(c.queries))[:2] for c in dev]
     return choose_weight(pairs, lambda i, run: compute_metrics(run, dev[i].qrels)[metric])
 
 
@@ -30,8 +30,9 @@ class _SidesKept:
     hybrid: HybridSearcher
     sides: list[tuple[Run, Run]] = field(default_factory=list)
 
-    def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
-        model_run, lexical_run, info = self.hybrid.search_sides(corpus, queries, k)
+    def search(self, corpus: Corpus, queries: dict[str, str], k: int,
+               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
+        model_run, lexical_run, info = self.hybrid.search_sides(corpus, queries, k, tasks)
         self.sides.append((model_run, lexical_run))
         return self.hybrid.fuse(model_run, lexical_run, k), info
 

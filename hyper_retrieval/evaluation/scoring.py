@@ -36,16 +36,17 @@ def score_run(name: str, zero_shot: bool, run: Run, collection_qrels: dict[str, 
 def evaluate_collections(searcher: Searcher, collections: Sequence[Collection], zero_shot: set[str], k: int,
                          pooled: bool = False) -> list[CollectionResult]:
     """Searches and scores each collection on its own corpus (BEIR style) or, with ``pooled``, every collection's
-    queries against one index of all corpora (KILT style; ids then read ``"<collection>/<id>"``)."""
+    queries against one index of all corpora (KILT style; ids then read ``"<collection>/<id>"``). A query's task is
+    its collection's name (what a pool routed by task reads)."""
     if not pooled:
         results = []
         for c in collections:
-            run, info = searcher.search(c.corpus, c.queries, k)
+            run, info = searcher.search(c.corpus, c.queries, k, [c.name] * len(c.queries))
             info |= {"num_docs": len(c.corpus), "num_queries": len(c.queries)}
             results.append(score_run(c.name, c.name in zero_shot, run, c.qrels, info))
         return results
     pool = pooled_collection(collections)
-    run, info = searcher.search(pool.corpus, pool.queries, k)
+    run, info = searcher.search(pool.corpus, pool.queries, k, [c.name for c in collections for _ in c.queries])
     return [score_run(c.name, c.name in zero_shot, split_pooled(run, c.name), split_pooled(pool.qrels, c.name),
                       {**info, "num_docs": len(pool.corpus), "num_queries": len(c.queries), "pooled": True})
             for c in collections]

@@ -96,14 +96,16 @@ class HybridSearcher:
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"fusion weight {self.weight}: expected a value in [0, 1]")
 
-    def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
-        model_run, lexical_run, info = self.search_sides(corpus, queries, k)
+    def search(self, corpus: Corpus, queries: dict[str, str], k: int,
+               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
+        model_run, lexical_run, info = self.search_sides(corpus, queries, k, tasks)
         return self.fuse(model_run, lexical_run, k), info
 
-    def search_sides(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, Run, dict[str, Any]]:
+    def search_sides(self, corpus: Corpus, queries: dict[str, str], k: int,
+                     tasks: Sequence[str] | None = None) -> tuple[Run, Run, dict[str, Any]]:
         """The model's run and the lexical run (``depth`` documents each, at least k), and facts about both."""
         depth = max(k, self.depth)
-        model_run, model_info = self.model.search(corpus, queries, depth)
+        model_run, model_info = self.model.search(corpus, queries, depth, tasks)
         lexical_run, lexical_info = self.lexical.search(corpus, queries, depth)
         info = {**model_info, **{f"lexical_{key}": value for key, value in lexical_info.items()},
                 "fusion": self.fusion, **({"fusion_weight": self.weight} if self.fusion == "convex" else {})}

@@ -27,11 +27,19 @@ from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex
 RECALL_SAMPLE = 1000  # queries used to measure an approximate index against the exact one
 
 
+def routes_by_task(model: Any) -> bool:
+    """Whether the model's prompt is chosen by the query's task (the oracle pool, synthesizer='task')."""
+    prompt = getattr(getattr(model, "config", None), "hyper_prompt", None)
+    return isinstance(prompt, dict) and prompt.get("synthesizer") == "task"
+
+
 class Searcher(Protocol):
     """Anything that retrieves the top-k documents of a corpus for queries {query id: text}."""
 
-    def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
-        """Returns the run and facts about the search (timings, index recall) for the results file."""
+    def search(self, corpus: Corpus, queries: dict[str, str], k: int,
+               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
+        """Returns the run and facts about the search (timings, index recall) for the results file. `tasks`: the task
+        of each query (in the order of `queries`), for a model whose prompts are chosen by task; others ignore it."""
         ...
 
 
@@ -43,7 +51,8 @@ class BM25Searcher:
     b: float = 0.4
     show_progress: bool = True
 
-    def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
+    def search(self, corpus: Corpus, queries: dict[str, str], k: int,
+               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
         start = time.perf_counter()
         bm25 = BM25(corpus.ids, corpus.read_rows(np.arange(len(corpus))), self.k1, self.b, self.show_progress)
         indexed = time.perf_counter()
@@ -81,11 +90,14 @@ class ModelSearcher:
     def representation(self) -> str:
         return self.encoder.representation
 
-    def encode_queries(self, queries: Sequence[str]) -> Embeddings:
+    def encode_queries(self, queries: Sequence[str], tasks: Sequence[str] | None = None) -> Embeddings:
         """Query vectors (n, dim), or CSR (n, vocab) for a sparse model. A model with a prompt pool gives its
-        attention in the same pass; it is kept per query text for :meth:`prompt_attention`."""
+        attention in the same pass; it is kept per query text for :meth:`prompt_attention`. A pool routed by task
+        is given each query's task."""
         kwargs = {"batch_size": self.encoder.batch_size, "show_progress_bar": self.encoder.show_progress,
                   **self.encoder.encode_kwargs}
+        if tasks is not None and routes_by_task(self.model):
+            kwargs["task"] = list(tasks)
         if self._has_prompt_pool() and "return_prompt_attention" in inspect.signature(
                 self.model.encode_queries).parameters:
             encoded, attention = self.model.encode_queries(list(queries), return_prompt_attention=True, **kwargs)
@@ -94,11 +106,12 @@ class ModelSearcher:
             encoded = self.model.encode_queries(list(queries), **kwargs)
         return sp.csr_matrix(encoded) if self.representation == "sparse" else np.asarray(encoded, dtype=np.float32)
 
-    def search(self, corpus: Corpus, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Any]]:
+    def search(self, corpus: Corpus, queries: dict[str, str], k: int,
+               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
         start = time.perf_counter()
         store, cache_hit = self.encoder.encode_corpus(corpus)
         encoded = time.perf_counter()
-        query_vectors = self.encode_queries(list(queries.values()))
+        query_vectors = self.encode_queries(list(queries.values()), tasks)
         info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
                                 "windows_per_doc": len(store) / len(corpus)}
         search_start = time.perf_counter()

@@ -51,7 +51,7 @@ def _at_least(minimum: float, *, strict: bool = False) -> dict[str, Any]:
 # The prompt settings are declared once, in modeling_hyper's HyperPromptConfig (type, default and help); the YAML's
 # model section takes them under the same names. What the backbone fills in and what is informational stays there.
 NOT_SETTINGS = ("num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path", "backbone_frozen",
-                "peft_type", "task_type")
+                "task_names", "peft_type", "task_type")
 _PROMPT_FIELDS = [f for f in dataclasses.fields(HyperPromptConfig) if f.name not in NOT_SETTINGS]
 PROMPT_SETTINGS = tuple(f.name for f in _PROMPT_FIELDS)
 _PROMPT_HINTS = typing.get_type_hints(HyperPromptConfig)
@@ -70,7 +70,9 @@ class ModelSettings(PromptSettings):
     representation: Literal["dense", "sparse"] = "sparse"
     pooling: Literal["mean", "cls"] = "cls"  # dense only; sparse uses SPLADE's max over tokens of log(1 + relu)
     normalize: bool = False  # L2-normalise dense vectors (the paper scores with a plain dot product)
-    prompt: Literal["none", "prefix", "hyper"] = "hyper"  # no prompt, one shared prefix, or HypeR's pool
+    # no prompt, one shared prefix, HypeR's pool, or the oracle: a prompt per training task chosen by the task id
+    # (no router; a query of any other task takes the pool's mean)
+    prompt: Literal["none", "prefix", "hyper", "task"] = "hyper"
     freeze_query_backbone: bool = False  # the paper trains it jointly (the release froze it by accident)
     share_encoders: bool = False  # the release keeps separate query and passage copies
     freeze_passage_encoder: bool = True  # frozen in the release: the passage index is built once

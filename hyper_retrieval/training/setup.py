@@ -20,19 +20,24 @@ from hyper_retrieval.training.passage_table import has_frozen_passage_encoder
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 
 
-def prompt_config(settings: ModelSettings) -> HyperPromptConfig | None:
-    """none -> no prompt; prefix -> one shared prefix (a pool of 1); hyper -> HypeR's pool of pool_size."""
+def prompt_config(settings: ModelSettings, task_names: Sequence[str] = ()) -> HyperPromptConfig | None:
+    """none -> no prompt; prefix -> one shared prefix (a pool of 1); hyper -> HypeR's pool of pool_size; task -> a
+    prompt per training task (`task_names`), chosen by the task id."""
     if settings.prompt == "none":
         return None
     values = {name: getattr(settings, name) for name in PROMPT_SETTINGS}
+    if settings.prompt == "task":
+        return HyperPromptConfig(**values | {"pool_size": len(task_names), "synthesizer": "task",
+                                             "task_names": list(task_names)})
     return HyperPromptConfig(**values | {"pool_size": 1 if settings.prompt == "prefix" else settings.pool_size})
 
 
-def build_model(settings: ModelSettings) -> HyperRetrieverModel:
-    """A HyperRetrieverModel around the configured backbone (pip-shipped weights found by from_backbone)."""
+def build_model(settings: ModelSettings, task_names: Sequence[str] = ()) -> HyperRetrieverModel:
+    """A HyperRetrieverModel around the configured backbone (pip-shipped weights found by from_backbone);
+    `task_names` (data.task_names) name the prompts of model.prompt=task."""
     return HyperRetrieverModel.from_backbone(
         settings.backbone,
-        hyper_prompt=prompt_config(settings),
+        hyper_prompt=prompt_config(settings, task_names),
         representation=settings.representation,
         pooling=settings.pooling,
         normalize=settings.normalize,
