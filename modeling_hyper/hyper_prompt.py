@@ -368,6 +368,14 @@ class HyperPrompt(nn.Module):
         self.synthesizer = PromptSynthesizer(config) if config.pool_size > 1 and config.synthesizer != "task" else None
         self.reset_pool()
 
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """The adapter's two files: hyper_prompt_config.json and hyper_prompt.safetensors."""
+        from safetensors.torch import save_file
+
+        self.config.save_pretrained(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+
     @torch.no_grad()
     def reset_pool(self) -> None:
         if self.config.prompt_init == "uniform":

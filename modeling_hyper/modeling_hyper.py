@@ -95,20 +95,21 @@ AttentionMaskInterface.register("hyper_prefix_sdpa", sdpa_mask)
 AttentionMaskInterface.register("hyper_prefix_eager", eager_mask)
 
 
-def _adapter_file(source: str | os.PathLike, name: str, **hub_kwargs) -> str:
-    """The path of an adapter's file `name`: in the folder `source`, or downloaded from the Hub repository `source`
-    (through the Hugging Face cache). FileNotFoundError naming the file when it is not there."""
+def _adapter_file(source: str | os.PathLike, name: str, subfolder: str = "", **hub_kwargs) -> str:
+    """The path of an adapter's file `name`: in the folder `source` (or its `subfolder`), or downloaded from the Hub
+    repository `source` (through the Hugging Face cache). FileNotFoundError naming the file when it is not there."""
     from transformers.utils import cached_file
 
     folder = Path(source)
     if folder.is_dir() or folder.is_absolute() or str(source).startswith((".", "~")) or folder.exists():
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: no such file (not a saved hyper-prompt adapter)")
-        return str(folder / name)
+        if not (folder / subfolder / name).is_file():
+            raise FileNotFoundError(f"{folder / subfolder / name}: no such file (not a saved hyper-prompt adapter)")
+        return str(folder / subfolder / name)
     try:
-        return cached_file(str(source), name, **hub_kwargs)
+        return cached_file(str(source), name, subfolder=subfolder, **hub_kwargs)
     except OSError as e:
-        raise FileNotFoundError(f"{source}/{name}: not found locally or on the Hub ({e})") from e
+        raise FileNotFoundError(f"{source}/{subfolder + '/' if subfolder else ''}{name}: not found locally or on the "
+                                f"Hub ({e})") from e
 
 
 @dataclass
@@ -335,12 +336,7 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         if name is None or name not in self._adapters:
             raise ValueError("this model has no hyper-prompt to save (config.hyper_prompt is None)" if name is None
                              else f"no adapter named {name!r}; loaded: {self.adapter_names}")
-        from safetensors.torch import save_file
-
-        prompt = self._adapters[name]
-        prompt.config.save_pretrained(directory)
-        state = {k: v.detach().contiguous().cpu() for k, v in prompt.state_dict().items()}
-        save_file(state, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        self._adapters[name].save_pretrained(directory)
 
     def _read_adapter(self, source: str | os.PathLike, **hub_kwargs) -> HyperPrompt:
         """A saved hyper-prompt (a folder or a Hub repository) built for this backbone; a shape that does not fit is
@@ -364,11 +360,12 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
             raise ValueError(f"{weights_path}: does not match {prompt_config} ({e})") from e
         return prompt
 
-    def load_adapter(self, adapter_path: str | os.PathLike, adapter_name: str | None = None, *,
+    def load_adapter(self, adapter_path: str | os.PathLike, adapter_name: str | None = None, *, subfolder: str = "",
                      revision: str | None = None, token: str | None = None, local_files_only: bool = False) -> str:
-        """Loads a hyper-prompt saved by `save_adapter` (a folder or a Hub repository) under `adapter_name` (default
-        "default") beside those loaded already; it becomes active only if none is (then `set_adapter`, or
-        `encode_queries(..., adapter=name)` per call). Returns the name.
+        """Loads a hyper-prompt saved by `save_adapter` (a folder or a Hub repository, or its `subfolder`: e.g.
+        "adapter" of an exported model) under `adapter_name` (default "default") beside those loaded already; it
+        becomes active only if none is (then `set_adapter`, or `encode_queries(..., adapter=name)` per call).
+        Returns the name.
 
         Only an adapter trained with its query backbone frozen works on another model's backbone, and only on the
         backbone it was trained on: anything else is refused, naming what does not match. (To put an adapter back
@@ -378,7 +375,8 @@ class HyperRetrieverModel(HyperEncodingMixin, PreTrainedModel):
         if name in self._adapters:
             raise ValueError(f"an adapter named {name!r} is loaded already (loaded: {self.adapter_names}); pass "
                              "another adapter_name or delete_adapter it first")
-        prompt = self._read_adapter(adapter_path, revision=revision, token=token, local_files_only=local_files_only)
+        prompt = self._read_adapter(adapter_path, subfolder=subfolder, revision=revision, token=token,
+                                    local_files_only=local_files_only)
         if prompt.config.backbone_frozen is not True:
             why = ("was trained with its query backbone unfrozen" if prompt.config.backbone_frozen is False else
                    "does not record whether its query backbone was frozen in training (saved by an older version)")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from hyper_retrieval.experiments.adapter_report import write_adapter_report  # noqa: E402
 from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
 from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol, model_folder  # noqa: E402
 from hyper_retrieval.experiments.report import write_report  # noqa: E402
@@ -157,9 +158,10 @@ def main() -> None:
                         help="run: leave out the BM25-fused evaluations (slow on CPU); a later run adds them")
     parser.add_argument("--to", type=Path, help="collect: the folder that receives the results (e.g. "
                         "docs/results/bbir-epoch)")
-    parser.add_argument("--section", choices=["main", "epoch"], default="main",
-                        help="report: the main generated section, or the one-epoch section (seeds, paired tests, the "
-                             "curve of HypeR − multi-task over training length)")
+    parser.add_argument("--section", choices=["main", "epoch", "adapter"], default="main",
+                        help="report: the main generated section, the one-epoch section (seeds, paired tests, the "
+                             "curve of HypeR − multi-task over training length) or the adapter regime's (the query "
+                             "backbone frozen)")
     parser.add_argument("--shorter", nargs="*", default=[], metavar="ROOT:HYPER:MULTITASK",
                         help="report --section epoch: the curve's shorter runs, e.g. "
                              "docs/results/bbir-cpu:hyper:multitask docs/results/bbir-cpu:hyper-1k:multitask-1k")
@@ -194,6 +196,8 @@ def main() -> None:
         print(f"collected {len(collect(runs, root, args.to))} files into {args.to}")
     elif args.step == "cost":
         cost(runs, root)
+    elif args.section == "adapter":
+        write_adapter_report(protocol, runs, root, args.docs)
     elif args.section == "epoch":
         shorter = [(Path(root_), hyper, multitask) for root_, hyper, multitask in (s.split(":") for s in args.shorter)]
         write_epoch_report(protocol, runs, root, args.docs, shorter)

@@ -160,6 +160,9 @@ def test_automodel_then_any_number_of_adapters(adapters, tmp_path):
         model.load_adapter(root / name, adapter_name=name)
     model.set_adapter("b")
     np.testing.assert_array_equal(model.encode_queries(QUERIES), models["b"].encode_queries(QUERIES))
+    model.load_adapter(root, subfolder="a", adapter_name="a-again")  # a folder's subfolder, as an export's adapter/
+    np.testing.assert_array_equal(model.encode_queries(QUERIES, adapter="a-again"),
+                                  models["a"].encode_queries(QUERIES))
     model.save_pretrained(tmp_path / "with-b")
     again = AutoModel.from_pretrained(tmp_path / "with-b", trust_remote_code=True)
     assert again.adapter_names == ["default"]

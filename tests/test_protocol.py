@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from hyper_retrieval.experiments.adapter_report import write_adapter_report
 from hyper_retrieval.experiments.epoch_report import write_epoch_report
 from hyper_retrieval.experiments.protocol import load_protocol, model_folder
 from hyper_retrieval.experiments.report import BEGIN, END, seeds_table, write_report
@@ -270,3 +272,45 @@ def test_epoch_report_shows_the_first_seed_read_with_maxp_and_fused_with_bm25(tm
     assert "over training length" not in text  # no log, no length: no point on the curve
     # an evaluation-only run: its evaluations' wall times, no training, the machine it was evaluated on
     assert "| hyper-read-maxp | cpu-epoch |  |  |  | 2.0 |  | 5.0 |  | CPU (x86_64, 2 cores) |" in text
+
+
+def test_adapter_report_tests_the_frozen_systems_and_sizes_their_adapters(tmp_path, minilm_path):
+    """The adapter section: seeds, paired tests and targets of the frozen systems against one prompt and multi-task,
+    each adapter's size (rebuilt from its config: equal to a saved adapter's files), routing at each dev evaluation."""
+    from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+
+    protocol, runs = load_protocol(PROTOCOL)
+    root, docs = tmp_path / "epoch", tmp_path / "docs"
+    configs = {"hyper-frozen": "bbir-hyper-frozen", "prefix-frozen": "bbir-prefix-frozen",
+               "multitask": "bbir-multitask"}
+    values = {"hyper-frozen": ([0.6, 0.5], [0.8, 0.6]), "prefix-frozen": ([0.6, 0.5], [0.6, 0.5]),
+              "multitask": ([0.7, 0.6], [0.6, 0.5])}
+    for base, (c, z) in values.items():
+        config = load_config(REPO / "configs" / f"{configs[base]}.yaml", protocol["profiles"]["cpu-epoch-fp32"])
+        for seed, shift in ((42, 0.0), (43, 0.05)):
+            name = base if seed == 42 else f"{base}-seed{seed}"
+            write_seeded_eval(root / "eval" / name, {"c": (False, [v + shift for v in c]), "z": (True, z)})
+            (root / name).mkdir(parents=True)
+            (root / name / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+            log = [{"step": 1110, "queries_per_s": 64.0 if "frozen" in base else 32.0, "routing/task_mi": 0.4,
+                    "routing/top_share": 0.5, "routing/entropy": 0.7}, {"step": 1110, "dev/ndcg@10": 0.5 + shift}]
+            (root / name / "log.jsonl").write_text("\n".join(map(json.dumps, log)))
+            (root / name / "protocol.json").write_text(json.dumps({"profile": "cpu-epoch-fp32", "train_s": 600}))
+    text = write_adapter_report(protocol, runs, root, docs).read_text()
+    assert "| **hyper-frozen** | mean ± std (2) | 57.50 ± 3.54 | 70.00 ± 0.00 |" in text
+    assert "| hyper-frozen − prefix-frozen | zero-shot | +15.00 | +15.00 (42) / +15.00 (43) |" in text
+    assert "| hyper-frozen not below prefix-frozen in-domain | +0.00 | yes |" in text
+    assert "| hyper-frozen within 1.0 of multitask in-domain | -10.00 | **no** |" in text
+    frozen = HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig(),
+                                               freeze_query_backbone=True, share_encoders=False,
+                                               freeze_passage_encoder=True)
+    frozen.save_adapter(tmp_path / "adapter")
+    size = sum(f.stat().st_size for f in (tmp_path / "adapter").iterdir())
+    parameters = sum(p.numel() for p in frozen.hyper_prompt.parameters())
+    costs = text.split("### Size and speed of each system")[1].split("###")[0]
+    row = next(line for line in costs.splitlines() if line.startswith("| hyper-frozen |")).split(" | ")
+    assert abs(int(row[1].replace(",", "")) - size) < 200  # the same tensors; the JSON names another backbone path
+    assert row[2:] == [f"{parameters:,}", "2.00", "2.00 |"]  # the frozen runs log twice multi-task's queries/s
+    assert "| multitask |  | the query encoder | 1.00 | 1.00 |" in costs
+    assert "| hyper-frozen-seed43 | 1110 | 55.00 | 0.400 | 0.500 | 0.700 |" in text
+    assert (docs / "results" / "adapter_dev_curve.png").is_file()
