@@ -5,6 +5,11 @@ sentence-transformers files, inference handler, widget page), and optionally pus
         [--baseline outputs/quickstart/eval-bm25]
     python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub \
         --push-to-hub your-name/hyper-minilm [--private]
+    python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --adapter-only \
+        --out outputs/quickstart/adapter [--push-to-hub your-name/hyper-minilm-adapter]
+
+--adapter-only writes the hyper-prompt adapter alone (hyper_prompt_config.json, hyper_prompt.safetensors and its card
+README.md: the backbone it needs, whether that was frozen in training, its size); --push-to-hub then uploads just that.
 
 Everything is written to --out first; the upload is the only step that needs the network (token from HF_TOKEN or
 `hf auth login`, or --token).
@@ -16,7 +21,7 @@ import argparse
 import sys
 
 from hyper_retrieval.core.run_folders import RunFolderError
-from hyper_retrieval.hub.export import export_for_hub, push_to_hub
+from hyper_retrieval.hub.export import NoAdapterError, export_for_hub, push_to_hub
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (never the model, a run's artefacts or a folder holding a run)")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="write only the hyper-prompt adapter (its two files, its card); the model must have one")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this model repository")
     parser.add_argument("--repo-id", help="the model's Hub id in the card's examples (default: --push-to-hub)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
@@ -45,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
                              license=args.license, base_model=args.base_model, datasets=args.datasets,
-                             overwrite=args.overwrite, baseline_dir=args.baseline)
-    except (FileExistsError, RunFolderError) as e:
+                             overwrite=args.overwrite, baseline_dir=args.baseline, adapter_only=args.adapter_only)
+    except (FileExistsError, RunFolderError, NoAdapterError) as e:
         sys.exit(f"export.py: {e}")
     print(f"exported to {out}")
     if args.push_to_hub:

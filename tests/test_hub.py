@@ -29,7 +29,7 @@ PASSAGES = ["The tilt of Earth's axis causes the seasons.", "Moby-Dick is a nove
 EXPORTED = sorted([
     "README.md", "assets/attention_heatmap.png", "config.json", "model.safetensors", "configuration_hyper.py",
     "hyper_prompt.py", "modeling_hyper.py", "encoding_hyper.py", "tokenizer.json", "tokenizer_config.json",
-    "adapter/hyper_prompt_config.json", "adapter/hyper_prompt.safetensors", "modules.json",
+    "adapter/hyper_prompt_config.json", "adapter/hyper_prompt.safetensors", "adapter/README.md", "modules.json",
     "config_sentence_transformers.json", "sentence_hyper.py", "handler.py", "widget.py", "widget.html",
 ])
 

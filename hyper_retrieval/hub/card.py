@@ -5,6 +5,10 @@ Metadata: license, base model, datasets, tags, library and pipeline tag, the eva
 examples. Body: the method, how to load the model (AutoModel, sentence-transformers, pipeline, the adapter, the
 endpoint handler and the local widget page), the training settings, the results table and attention heat map,
 limitations and the citation.
+
+The adapter's own card (`build_adapter_card`, adapter/README.md or an adapter-only export): the backbone it needs,
+whether that stayed frozen in training (only then does it load onto the plain backbone), its size and parameters, the
+same results and a snippet that loads backbone + adapter.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.evaluation import mteb_task
 from hyper_retrieval.evaluation.results import METRICS, group_averages, results_table
 from hyper_retrieval.hub.hub_files.handler import MAX_REQUEST_CHARS, MAX_REQUEST_TOKENS
+from modeling_hyper.hyper_prompt import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "retrieval", "hyper-prompt", "hyper",
         "custom_code"]
@@ -94,21 +99,25 @@ def default_license(licences: Mapping[str, Mapping[str, str]]) -> str:
     return "other" if restrictive else "apache-2.0"
 
 
+def prompt_summary(prompt: Mapping[str, Any] | None) -> str:
+    """A hyper-prompt config (a dict) in words: the pool, its prompts' length and how they are mixed."""
+    if prompt is None:
+        return "no prompt (the multi-task baseline)"
+    tokens = prompt["num_virtual_tokens"]
+    length = f"{tokens} virtual token{'s' if tokens != 1 else ''}"
+    if prompt["pool_size"] == 1:
+        return f"one shared prefix of {length} (the single-prefix baseline)"
+    return (f"a pool of {prompt['pool_size']} prompts of {length}, mixed per query "
+            f"({prompt['synthesizer']} synthesizer, temperature {prompt['synthesizer_temperature']:g})")
+
+
 def _model_summary(config: Any) -> str:
     backbone = config.backbone_config
     kind = ("sparse (SPLADE: max over tokens of log(1 + relu(MLM logits)), one weight per vocabulary term)"
             if config.representation == "sparse" else
             f"dense ({config.pooling} pooling{', L2-normalised' if config.normalize else ''}, {backbone.hidden_size} "
             "dimensions)")
-    prompt = config.hyper_prompt
-    if prompt is None:
-        prompt_line = "no prompt (the multi-task baseline)"
-    else:
-        tokens = prompt["num_virtual_tokens"]
-        length = f"{tokens} virtual token{'s' if tokens != 1 else ''}"
-        prompt_line = (f"one shared prefix of {length} (the single-prefix baseline)" if prompt["pool_size"] == 1 else
-                       f"a pool of {prompt['pool_size']} prompts of {length}, mixed per query "
-                       f"({prompt['synthesizer']} synthesizer, temperature {prompt['synthesizer_temperature']:g})")
+    prompt_line = prompt_summary(config.hyper_prompt)
     encoders = ("one encoder for queries and passages" if config.share_encoders
                 else "separate query and passage encoders")
     return "\n".join([
@@ -183,6 +192,11 @@ base.attach_adapter(f"{{folder}}/adapter")
 ```
 
 {adapter_note}
+
+An adapter trained with its query backbone frozen (`"backbone_frozen": true` in `hyper_prompt_config.json`) loads
+beside others onto one backbone, `model.load_adapter(folder, adapter_name="...")`, chosen per call with
+`model.encode_queries(texts, adapter="...")`; passages are encoded by the shared frozen backbone alone, so one passage
+index serves every adapter. `adapter/README.md` is the adapter's own card: its backbone, size and how to load it.
 
 **Evaluate with MTEB or BEIR.** MTEB calls `encode_query` and `encode_document`, so each side is read as in
 training; for a local BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`) build the task from the files:
@@ -414,4 +428,108 @@ def build_model_card(
     )
     body = card_body(config, model_name, repo_id or "path/to/this/folder", results, train_config, heatmap, baseline,
                      licences, base_model)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+ADAPTER_TAGS = ["hyper-prompt", "adapter", "hyper", "retrieval", "sentence-similarity"]
+ADAPTER_LIBRARY = "hyper-retrieval"  # the adapter alone loads through this project's modeling_hyper, not a library
+EXAMPLE_QUERY = "what causes the seasons on earth"
+
+
+def _adapter_snippet(backbone: str, source: str, subfolder: str | None, adapter_name: str) -> str:
+    """Backbone + adapter: from a folder or Hub repository `source` holding the adapter, or its `subfolder`."""
+    where = f', subfolder="{subfolder}"' if subfolder else ""
+    lines = ["from modeling_hyper import HyperRetrieverModel  # this project's model code (or the files of any export)",
+             "", f'model = HyperRetrieverModel.from_backbone("{backbone}")',
+             "# or: model = AutoModel.from_pretrained(<a saved HypeR model of this backbone>, trust_remote_code=True)",
+             f'model.load_adapter("{source}"{where}, adapter_name="{adapter_name}")  # a Hub repository or a folder']
+    lines += [f'q = model.encode_queries(["{EXAMPLE_QUERY}"], adapter="{adapter_name}")  # with this hyper-prompt',
+              'p = model.encode_corpus([{"title": "Season", "text": "Axial tilt causes the seasons."}])  '
+              "# the backbone alone",
+              "scores = q @ p.T"]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _adapter_use(prompt: Mapping[str, Any], backbone: str, source: str, subfolder: str | None, adapter_name: str,
+                 model_id: str | None) -> str:
+    frozen = prompt.get("backbone_frozen")
+    if frozen is True:
+        return "\n\n".join([
+            f"The backbone `{backbone}` stayed frozen while this adapter trained, so the adapter on the plain backbone "
+            "is the trained model. Load it beside other adapters of the same backbone and choose one per call; "
+            "passages are encoded by the backbone alone, so one passage index serves every adapter.",
+            _adapter_snippet(backbone, source, subfolder, adapter_name),
+            "`load_adapter` refuses another backbone, naming both; `model.set_adapter(name)` makes an adapter the "
+            "default for `encode_queries`."])
+    why = ("was trained together with this adapter" if frozen is False else
+           "may have trained with it: the adapter does not record whether it stayed frozen")
+    whole = (f'AutoModel.from_pretrained("{model_id}", trust_remote_code=True)' if model_id else
+             'AutoModel.from_pretrained("<the HypeR model this adapter was exported from>", trust_remote_code=True)')
+    return "\n\n".join([
+        f"**This adapter only works on its own trained model.** The query backbone {why}, so it needs its own "
+        f"backbone: on the plain `{backbone}` it is not the trained model, and `load_adapter` refuses it. Load the "
+        "full model instead:",
+        f"```python\nfrom transformers import AutoModel\n\nmodel = {whole}\n"
+        f'q = model.encode_queries(["{EXAMPLE_QUERY}"])  # this hyper-prompt on its own backbone\n```',
+        "The adapter alone is for inspecting the prompt pool, or `attach_adapter` onto that same full model."])
+
+
+def build_adapter_card(
+    prompt_config: Mapping[str, Any],
+    *,
+    size_bytes: int,
+    trainable_parameters: int,
+    results: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+    subfolder: str | None = None,
+    model_id: str | None = None,
+    license: str | None = None,
+    licences: Mapping[str, Mapping[str, str]] | None = None,
+    datasets: Sequence[str] | None = None,
+) -> ModelCard:
+    """The card of a hyper-prompt adapter alone (its `prompt_config`, hyper_prompt_config.json as a dict).
+
+    `size_bytes` is the size of its two files together, `trainable_parameters` the prompt modules' parameter count.
+    `repo_id` is where the adapter is loaded from (a repository holding it at `subfolder`, or at its root), `model_id`
+    the full model it belongs to, if published (the card of an adapter whose backbone trained points there).
+    `results` (of the trained model) are shown as in the model card; `license` and `datasets` default as there.
+    """
+    backbone = prompt_config.get("base_model_name_or_path") or "<the backbone it was trained on>"
+    name = (repo_id.split("/")[-1] if repo_id else "hyper-prompt-adapter")
+    model_name = name if not subfolder else f"{name}-{subfolder}"
+    results = relabelled(results, trained_on(train_config)) if results is not None else None
+    licences = dict(licences or {})
+    data = ModelCardData(
+        license=license or default_license(licences),
+        base_model=prompt_config.get("base_model_name_or_path") if not looks_local(backbone) else None,
+        datasets=list(datasets) if datasets is not None else default_datasets(train_config, licences) or None,
+        tags=ADAPTER_TAGS,
+        library_name=ADAPTER_LIBRARY,
+        pipeline_tag="sentence-similarity",
+        model_name=model_name,
+        eval_results=eval_results(results) if results else None,
+    )
+    frozen = {True: "yes", False: "no (the backbone trained too)", None: "not recorded"}[
+        prompt_config.get("backbone_frozen")]
+    source = repo_id or (f"path/to/the/exported/folder/{subfolder}" if subfolder else "path/to/this/folder")
+    body = "\n\n".join([
+        f"# {model_name}",
+        "A HypeR hyper-prompt adapter alone: the prompt pool and its synthesizer, without the backbone "
+        f"(`{ADAPTER_CONFIG_NAME}`, `{ADAPTER_WEIGHTS_NAME}`), exported by hyper-retrieval.",
+        "\n".join([
+            f"- backbone it needs: `{backbone}` (`base_model_name_or_path` in `{ADAPTER_CONFIG_NAME}`)",
+            f"- trained with the query backbone frozen: {frozen}",
+            f"- size: {size_bytes:,} bytes ({ADAPTER_CONFIG_NAME} + {ADAPTER_WEIGHTS_NAME}); "
+            f"{trainable_parameters:,} parameters",
+            f"- prompt: {prompt_summary(prompt_config)}",
+        ]),
+        "## How to use", _adapter_use(prompt_config, backbone, source, subfolder if repo_id else None, name,
+                                      model_id),
+        "## Method", METHOD,
+        "## Results", ("The model this adapter was trained in (its backbone with this hyper-prompt). "
+                       if results is not None else "") + _results(results, None, baseline),
+        "## Citation", f"```bibtex\n{CITATION}\n```",
+    ]) + "\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

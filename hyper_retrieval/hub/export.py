@@ -6,6 +6,10 @@ adapter alone under adapter/; the model card README.md (eval results, attention 
 sentence-transformers files (modules.json, config_sentence_transformers.json, sentence_hyper.py: every
 save_pretrained writes them); the Inference Endpoints handler (handler.py); and the local widget page (widget.py,
 widget.html). Those last three files ship verbatim from hub_files/ beside this module.
+
+An adapter-only export (`adapter_only=True`) holds the hyper-prompt alone: hyper_prompt_config.json,
+hyper_prompt.safetensors and its card README.md, the same three files as adapter/ in a full export. `push_to_hub`
+uploads either form.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
 import modeling_hyper
+from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.run_folders import check_export_target
 from hyper_retrieval.evaluation.results import load_results
-from hyper_retrieval.hub.card import build_model_card
+from hyper_retrieval.hub.card import build_adapter_card, build_model_card, default_base_model
 from hyper_retrieval.search.cache import path_fingerprint
-from modeling_hyper import HyperRetrieverModel
+from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
+from modeling_hyper.hyper_prompt import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 HUB_FILES = Path(__file__).resolve().parent / "hub_files"
 ADAPTER_DIR = "adapter"
@@ -37,6 +43,11 @@ MODEL_CODE = Path(modeling_hyper.__file__).resolve().parent
 # What an export may hold: these data formats, and the code files this project writes (the model's and the hub's)
 DATA_SUFFIXES = (".safetensors", ".json", ".md", ".png", ".html", ".txt")
 KNOWN_CODE = frozenset(p.name for folder in (MODEL_CODE, HUB_FILES) for p in folder.glob("*.py")) - {"__init__.py"}
+ADAPTER_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
+
+
+class NoAdapterError(ValueError):
+    """An adapter-only export of a model without a hyper-prompt."""
 
 
 def find_train_config(model_dir: Path) -> Path | None:
@@ -77,6 +88,7 @@ def export_for_hub(
     widget: Sequence[Mapping[str, Any]] | None = None,
     overwrite: bool = False,
     baseline_dir: str | os.PathLike | None = None,
+    adapter_only: bool = False,
 ) -> Path:
     """Writes the Hub-ready folder `out_dir` for the saved model in `model_dir`; returns its path.
 
@@ -86,13 +98,19 @@ def export_for_hub(
     examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it); the model itself, a
     folder holding a training run, or one inside a run's checkpoints/, final/, best/ or adapter/ is refused always
     (RunFolderError).
+
+    `adapter_only` writes the hyper-prompt adapter alone (its two files and its card, `write_adapter`); a model
+    without a hyper-prompt is refused (NoAdapterError). A full export holds the same under adapter/.
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     check_export_target(out, model_dir)  # never the model, a run's artefacts, or a folder holding a run
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose another folder or pass overwrite=True (--overwrite)")
     model = HyperRetrieverModel.from_pretrained(model_dir)
-    if model.tokenizer is None:
+    if adapter_only and model.hyper_prompt is None:
+        raise NoAdapterError(f"{model_dir}: the model has no hyper-prompt (config.hyper_prompt is None), so there is "
+                             "no adapter to export; export the whole model (without adapter_only / --adapter-only)")
+    if model.tokenizer is None and not adapter_only:
         raise ValueError(f"{model_dir}: no tokenizer beside the weights; the exported model could not encode text")
     results = load_results(results_dir) if results_dir is not None else None
     if results is not None:
@@ -100,12 +118,20 @@ def export_for_hub(
     baseline = load_results(baseline_dir) if baseline_dir is not None else None
     train_config_path = find_train_config(model_dir)
     train_config = yaml.safe_load(train_config_path.read_text()) if train_config_path else None
+    base_model = base_model or default_base_model(model.config, train_config)
+    licences = training_licences(train_config)
+    adapter_card = dict(results=results, train_config=train_config, baseline=baseline, repo_id=repo_id,
+                        license=license, licences=licences, base_model=base_model, datasets=datasets)
 
     if out.exists():
         shutil.rmtree(out)
+    if adapter_only:
+        write_adapter(model, out, **adapter_card)
+        check_known_files(out)
+        return out
     model.save_pretrained(out)
     if model.hyper_prompt is not None:
-        model.save_adapter(out / ADAPTER_DIR)
+        write_adapter(model, out / ADAPTER_DIR, subfolder=ADAPTER_DIR, model_id=repo_id, **adapter_card)
     shutil.copytree(HUB_FILES, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{n}" for n in NOT_UPLOADED)))
     heatmap = None
     if results_dir is not None and (Path(results_dir) / HEATMAP).is_file():
@@ -114,12 +140,33 @@ def export_for_hub(
         heatmap = HEATMAP_IN_REPO
     card = build_model_card(
         model.config, results=results, train_config=train_config, heatmap=heatmap, repo_id=repo_id, license=license,
-        base_model=base_model, datasets=datasets, widget=widget, baseline=baseline,
-        licences=training_licences(train_config),
+        base_model=base_model, datasets=datasets, widget=widget, baseline=baseline, licences=licences,
     )
     card.save(out / "README.md")
     check_known_files(out)
     return out
+
+
+def write_adapter(model: HyperRetrieverModel, folder: Path, *, base_model: str | None = None, **card_kwargs: Any
+                  ) -> None:
+    """The model's hyper-prompt alone in `folder`: hyper_prompt_config.json, hyper_prompt.safetensors and its card
+    README.md (`build_adapter_card` with `card_kwargs`).
+
+    An adapter trained from a local copy of the backbone records that path, which names nothing on another machine:
+    when `base_model` (a Hub id) is known, the exported adapter names it instead, so that
+    `from_backbone(base_model).load_adapter(...)` accepts it.
+    """
+    model.save_adapter(folder)
+    prompt_config = HyperPromptConfig.from_pretrained(folder)
+    recorded = prompt_config.base_model_name_or_path
+    if base_model and not looks_local(base_model) and (recorded is None or looks_local(recorded)):
+        prompt_config.base_model_name_or_path = base_model
+        prompt_config.save_pretrained(folder)
+    card = build_adapter_card(
+        prompt_config.to_dict(), size_bytes=sum((folder / f).stat().st_size for f in ADAPTER_FILES),
+        trainable_parameters=sum(p.numel() for p in model.hyper_prompt.parameters()), **card_kwargs,
+    )
+    card.save(folder / "README.md")
 
 
 def check_known_files(out_dir: str | os.PathLike) -> None:
@@ -147,20 +194,34 @@ def push_to_hub(
     repo_id: str,
     token: str | None = None,
     private: bool = False,
-    commit_message: str = "Upload HypeR retriever",
+    commit_message: str | None = None,
 ) -> CommitInfo:
-    """Uploads an `export_for_hub` folder to the model repository `repo_id` in one commit (creating the repo).
+    """Uploads an `export_for_hub` folder, a full export or an adapter-only one, to the model repository `repo_id` in
+    one commit (creating the repo). A folder that is neither is refused before anything is sent.
 
     The token defaults to huggingface_hub's usual places (HF_TOKEN, `hf auth login`). The card's metadata is validated
     by the Hub first, so a bad card fails before any file is sent.
     """
     out = Path(out_dir)
     files = files_to_upload(out)
-    if "README.md" not in files or "config.json" not in files:
-        raise FileNotFoundError(f"{out}: not an exported folder (no README.md / config.json); run export_for_hub")
+    kind = export_kind(out)
     check_known_files(out)
     ModelCard.load(out / "README.md").validate(repo_type="model")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(out / f)) for f in files]
-    return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, commit_message=commit_message)
+    message = commit_message or ("Upload HypeR retriever" if kind == "model" else "Upload HypeR hyper-prompt adapter")
+    return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations, commit_message=message)
+
+
+def export_kind(out_dir: str | os.PathLike) -> str:
+    """"model" for a full export (README.md, config.json), "adapter" for an adapter-only one (README.md and the
+    adapter's two files, no config.json); FileNotFoundError naming both forms for anything else."""
+    files = set(files_to_upload(out_dir))
+    if "README.md" in files and "config.json" in files:
+        return "model"
+    if {"README.md", *ADAPTER_FILES} <= files:  # README.md without config.json
+        return "adapter"
+    raise FileNotFoundError(
+        f"{out_dir}: not an exported folder: neither a model (README.md, config.json) nor an adapter (README.md, "
+        f"{', '.join(ADAPTER_FILES)}); run export_for_hub (adapter_only=True for the adapter alone)")
