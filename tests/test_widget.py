@@ -1,5 +1,7 @@
-"""The local widget page of the exported folder: its JSON endpoint, and the page as headless Chromium renders it."""
+"""The local widget page of the exported folder: its JSON endpoint, and the page as headless Chromium renders it;
+adapters chosen per request (on tiny models)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from hub_run import POOL_SIZE
 from PIL import Image
+from test_handler import HUB_FILES, alone, make_tiny_adapters
 
 QUERY = "what causes the seasons on earth"
 PASSAGES = ["The tilt of Earth's axis causes the seasons.", "Moby-Dick is a novel by Herman Melville.",
@@ -24,13 +27,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--virtual-time-budget=15000"]
 
 
-@pytest.fixture(scope="module")
-def widget_url(hub_run, tmp_path_factory):
-    """`python widget.py --port 0` run from the exported folder, offline; yields its address, then stops it."""
-    home = tmp_path_factory.mktemp("widget_home")
+@contextlib.contextmanager
+def serving(folder, home, *args: str):
+    """`python widget.py --port 0 *args` run from `folder`, offline; yields its address, then stops it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "PYTHONPATH": ""}
     with open(home / "stderr.log", "w") as stderr:
-        server = subprocess.Popen([sys.executable, "widget.py", "--port", "0"], cwd=hub_run.export_dir, env=env,
+        server = subprocess.Popen([sys.executable, "widget.py", "--port", "0", *args], cwd=folder, env=env,
                                   stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
     try:
         line = server.stdout.readline()
@@ -39,6 +41,13 @@ def widget_url(hub_run, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def widget_url(hub_run, tmp_path_factory):
+    """`python widget.py --port 0` run from the exported folder, offline; yields its address, then stops it."""
+    with serving(hub_run.export_dir, tmp_path_factory.mktemp("widget_home")) as url:
+        yield url
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -191,3 +200,49 @@ def test_twenty_parallel_clients_are_all_answered(widget_url):
     with ThreadPoolExecutor(20) as pool:
         statuses = list(pool.map(lambda _: post(widget_url, body)[0], range(20)))
     assert statuses == [200] * 20
+
+
+@pytest.fixture(scope="module")
+def adapter_widget(minilm_path, tmp_path_factory):
+    """The widget of a tiny plain backbone with adapter a under its adapters/ and b given by --adapter: its address,
+    and the folder of tests/test_handler.py's make_tiny_adapters."""
+    root = make_tiny_adapters(minilm_path, tmp_path_factory.mktemp("widget_adapters"))
+    folder = root / "served"
+    shutil.copytree(root / "backbone", folder)
+    shutil.copytree(root / "a", folder / "adapters" / "a")
+    for name in ("handler.py", "widget.py", "widget.html"):
+        shutil.copyfile(HUB_FILES / name, folder / name)
+    with serving(folder, tmp_path_factory.mktemp("widget_adapters_home"), "--adapter", f"b={root / 'b'}") as url:
+        yield url, root
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_adapters_endpoint_lists_the_loaded_ones(adapter_widget):
+    url, _ = adapter_widget
+    assert get_json(url + "api/adapters") == (200, {"adapters": ["a", "b"], "active": "a"})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert b'<select id="adapter">' in response.read()  # the page's choice, shown when two or more are listed
+
+
+def test_score_endpoint_with_an_adapter(adapter_widget):
+    url, root = adapter_widget
+    passages = alone(root, None).encode_corpus(PASSAGES)
+    scores = {}
+    for name in ("a", "b"):
+        model = alone(root, name)
+        status, answer = post(url, json.dumps({"query": QUERY, "passages": PASSAGES, "adapter": name}).encode())
+        assert status == 200
+        scores[name] = answer["scores"]
+        np.testing.assert_allclose(answer["scores"], passages @ model.encode_queries([QUERY])[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(answer["attention"], model.prompt_attention([QUERY])[0], rtol=0, atol=1e-6)
+    assert np.abs(np.array(scores["a"]) - np.array(scores["b"])).max() > 1e-3
+    assert post(url, json.dumps({"query": QUERY, "passages": PASSAGES}).encode())[1]["scores"] == scores["a"]
+    assert post(url, json.dumps({"query": QUERY, "passages": PASSAGES, "adapter": "c"}).encode()) == (
+        400, {"error": "\"adapter\": unknown adapter 'c'; loaded: ['a', 'b']"})
+    status, answer = post(url, json.dumps({"query": QUERY, "passages": PASSAGES, "adapter": 1}).encode())
+    assert status == 400 and "must be a string naming a loaded adapter" in answer["error"]
+    assert get_json(url + "api/adapters")[1]["active"] == "a"  # the requests left the active adapter as it was

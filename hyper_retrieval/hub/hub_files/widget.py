@@ -1,14 +1,19 @@
 """A local page to try the retriever in a browser, served from the model folder with the standard library.
 
-    python widget.py [--host 127.0.0.1] [--port 8000]      # then open http://127.0.0.1:8000/
+    python widget.py [--host 127.0.0.1] [--port 8000] [--adapter NAME=FOLDER ...]   # then open http://127.0.0.1:8000/
 
 Type a query and candidate passages (one per line): the page shows each passage's score and the query's attention
 over the prompt pool as a bar chart. The page can be filled from its address: /?query=...&passage=...&passage=...
-GET / serves widget.html; POST /api/score takes {"query": str, "passages": [str, ...]} and answers
-{"scores": [...], "attention": [...] or null}, or {"error": message} with a 4xx status (bad JSON or text 400, no
-length 411, a body over 1 MiB or a request over handler.py's work bound 413, too slow 408). Connections are served
-in threads (64 may wait to be accepted); a request must arrive whole within 10 s of its connection, however slowly it
-trickles in; the model answers one request at a time. Scoring and the work bound are handler.py's.
+(and &adapter=NAME). Hyper-prompt adapters: those under adapters/ beside this file and each --adapter NAME=FOLDER
+(repeatable) are loaded beside the model's own, by handler.py's EndpointHandler; with two or more, the page offers a
+choice of them, applied to the query only.
+GET / serves widget.html; GET /api/adapters answers {"adapters": [name, ...], "active": name or null} (the one used
+when a request names none); POST /api/score takes {"query": str, "passages": [str, ...], "adapter": str (optional)}
+and answers {"scores": [...], "attention": [...] or null}, or {"error": message} with a 4xx status (bad JSON or
+text, or an adapter not loaded 400, no length 411, a body over 1 MiB or a request over handler.py's work bound 413,
+too slow 408). Connections are served in threads (64 may wait to be accepted); a request must arrive whole within
+10 s of its connection, however slowly it trickles in; the model answers one request at a time. Scoring and the work
+bound are handler.py's.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
             self._deadline.cancel()
             if self.path.split("?")[0] in ("/", "/index.html"):
                 self._send(200, page, "text/html; charset=utf-8")
+            elif self.path.split("?")[0] == "/api/adapters":
+                self._send_json(200, endpoint.adapters())
             else:
                 self._send_json(404, {"error": f"no page at {self.path}"})
 
@@ -83,10 +90,13 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
                 return
             finally:
                 self._deadline.cancel()  # the request is in: answering it is bounded by handler.py's work bound
-            query, passages = request.get("query"), request.get("passages")
+            query, passages, adapter = request.get("query"), request.get("passages"), request.get("adapter")
+            payload = {"inputs": {"source_sentence": query, "sentences": passages}}
+            if "adapter" in request:
+                payload["parameters"] = {"adapter": adapter}  # checked by the handler: a loaded adapter's name
             with model_lock:
-                scores = endpoint({"inputs": {"source_sentence": query, "sentences": passages}})
-                attention = endpoint.prompt_attention(query) if not isinstance(scores, dict) else None
+                scores = endpoint(payload)
+                attention = endpoint.prompt_attention(query, adapter) if not isinstance(scores, dict) else None
             if isinstance(scores, dict):
                 self._send_json(scores.pop("status", 400), scores)
                 return
@@ -138,8 +148,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=FOLDER",
+                        help="load the hyper-prompt adapter saved in FOLDER under NAME (repeatable)")
     args = parser.parse_args(argv)
-    server = WidgetServer((args.host, args.port), make_request_handler(EndpointHandler(str(HERE))))
+    adapters: dict[str, str] = {}
+    for spec in args.adapter:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            parser.error(f"--adapter {spec!r}: expected NAME=FOLDER")
+        if name in adapters:
+            parser.error(f"--adapter {spec!r}: the name {name!r} is given twice")
+        adapters[name] = folder
+    try:
+        endpoint = EndpointHandler(str(HERE), adapters=adapters)
+    except (ValueError, OSError) as e:
+        if not adapters:
+            raise
+        parser.error(f"could not load the model with the adapters {adapters}: {e}")
+    server = WidgetServer((args.host, args.port), make_request_handler(endpoint))
     print(f"serving on http://{args.host}:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever()
