@@ -1,13 +1,19 @@
-"""BM25 through bm25s against an independent numpy implementation of Lucene BM25 on the real ropes collection."""
+"""BM25 through bm25s against an independent numpy implementation of Lucene BM25 on the real ropes collection, and
+BM25 kept off the accelerator when JAX is installed (a stand-in jax package on the path of a fresh interpreter)."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pytrec_eval
 import scipy.sparse as sp
 import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
 
 from hyper_retrieval.data.beir import load_collection
 from hyper_retrieval.evaluation.metrics import compute_metrics
@@ -19,6 +25,8 @@ TOKEN = re.compile(r"(?u)\b\w\w+\b")
 def reference_bm25(doc_texts, query_texts, k1, b, k):
     """Lucene BM25 (idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf / (tf + k1 (1 - b + b dl / avgdl))) by sparse
     matrix algebra over lower-cased, stopword-filtered, Porter2-stemmed tokens. Returns top-k (indices, scores)."""
+    from bm25s.stopwords import STOPWORDS_EN  # here: bm25s is first imported through hyper_retrieval.search.bm25
+
     stemmer, stop = Stemmer.Stemmer("english"), set(STOPWORDS_EN)
 
     def tokens(text):
@@ -75,3 +83,113 @@ def test_search_output_format_and_k():
     assert set(run) == {"q1", "q2", "q3"}
     assert set(run["q1"]) == {"a", "c"} and run["q3"] == {}
     assert list(run["q2"])[0] == "b" and all(isinstance(s, float) for s in run["q2"].values())
+
+
+# A stand-in for jax: records (as JSON lines, into the file named by $FAKE_JAX_LOG) the JAX settings it finds when it
+# is imported and every top_k it is asked for, and answers top_k with numpy so that bm25s works whatever it calls.
+FAKE_JAX = {
+    "__init__.py": """
+        import json
+        import os
+
+        IS_STAND_IN = True
+
+
+        def record(event):
+            event.update({name: os.environ.get(name) for name in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")})
+            with open(os.environ["FAKE_JAX_LOG"], "a") as log:
+                log.write(json.dumps(event) + "\\n")
+
+
+        record({"event": "import"})
+
+        from . import lax, numpy  # noqa: E402
+        """,
+    "lax.py": """
+        import numpy as np
+
+        import jax
+
+
+        def top_k(operand, k):
+            jax.record({"event": "top_k", "k": int(k)})
+            operand = np.asarray(operand)
+            indices = np.argsort(-operand, axis=-1, kind="stable")[..., :k]
+            return np.take_along_axis(operand, indices, axis=-1), indices
+        """,
+    "numpy.py": """
+        from numpy import *  # noqa: F403
+        """,
+}
+
+DOCS = [{"title": "Cats", "text": "the cat sat on the mat"}, {"title": "", "text": "dogs bark loudly at night"},
+        {"title": "", "text": "a cat and a dog play"}, {"title": "Birds", "text": "birds sing at dawn"},
+        {"title": "", "text": "the dog chased the cat up a tree"}]
+QUERIES = {"q1": "cat", "q2": "barking dog at night", "q3": "zebra", "q4": "birds and cats"}
+
+# The fresh interpreter: imports the BM25 module (and through it bm25s, which finds the stand-in jax), marks the start
+# of the search in the log, builds a BM25 and searches; writes the run and what bm25s made of jax.
+CHILD = """
+import json, os, sys
+
+from hyper_retrieval.search.bm25 import BM25
+import bm25s.selection
+import jax
+
+docs, queries, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+jax.record({"event": "search"})
+run = BM25([f"d{i}" for i in range(len(docs))], docs).search(queries, k=3)
+with open(out, "w") as f:
+    json.dump({"run": {q: list(hits.items()) for q, hits in run.items()},
+               "stand_in": getattr(jax, "IS_STAND_IN", False), "jax_available": bm25s.selection.JAX_IS_AVAILABLE}, f)
+"""
+
+
+def search_with_stand_in_jax(tmp_path: Path, **jax_env: str) -> tuple[dict, list[dict]]:
+    """Runs CHILD with the stand-in jax first on the path and `jax_env` as the only JAX settings; returns its output
+    and the stand-in's log."""
+    package = tmp_path / "fake" / "jax"
+    package.mkdir(parents=True)
+    for name, text in FAKE_JAX.items():
+        (package / name).write_text(textwrap.dedent(text))
+    repo = Path(__file__).resolve().parents[1]
+    log, out = tmp_path / "jax.log", tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    env.update(jax_env, FAKE_JAX_LOG=str(log), PYTHONPATH=os.pathsep.join([str(package.parent), str(repo)]))
+    subprocess.run([sys.executable, "-c", CHILD, json.dumps(DOCS), json.dumps(QUERIES), str(out)], cwd=repo, env=env,
+                   check=True, timeout=300)
+    return json.loads(out.read_text()), [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def expected_run() -> dict:
+    """The same search in this process, where jax is not importable."""
+    run = BM25([f"d{i}" for i in range(len(DOCS))], DOCS).search(QUERIES, k=3)
+    return {q: [[d, s] for d, s in hits.items()] for q, hits in run.items()}
+
+
+def split_log(log: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The stand-in's log before and after the child's search began."""
+    start = [e["event"] for e in log].index("search")
+    return log[:start], log[start + 1:]
+
+
+def test_jax_kept_on_cpu_and_never_asked_for_top_k(tmp_path):
+    result, log = search_with_stand_in_jax(tmp_path)
+    assert result["stand_in"] and result["jax_available"]  # bm25s did import the stand-in and would use it on "auto"
+    before, during = split_log(log)
+    assert before[0] == {"event": "import", "JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert [e["event"] for e in before].count("import") == 1
+    # bm25s 0.3.16 runs one dummy top_k when it is imported: on the CPU platform, set before jax was imported.
+    assert all(e["JAX_PLATFORMS"] == "cpu" for e in before)
+    assert during == []  # the search never asked jax for anything
+    assert result["run"] == expected_run()
+    assert any(result["run"].values()) and result["run"]["q3"] == []
+
+
+def test_users_own_jax_settings_are_kept(tmp_path):
+    result, log = search_with_stand_in_jax(tmp_path, JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="true")
+    assert result["stand_in"] and result["jax_available"]
+    before, during = split_log(log)
+    assert before[0] == {"event": "import", "JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+    assert during == []  # the user's JAX may use the GPU, but BM25's top-k is numpy's all the same
+    assert result["run"] == expected_run()
