@@ -20,7 +20,7 @@ from transformers import AutoModel
 TASKS = ("query", "document")
 # What an exported folder holds beside the network (written by the project's hub export)
 HUB_FOLDER_FILES = ("README.md", "handler.py", "widget.py", "widget.html", "adapter/hyper_prompt_config.json",
-                    "adapter/hyper_prompt.safetensors", "assets/attention_heatmap.png")
+                    "adapter/hyper_prompt.safetensors", "adapter/README.md", "assets/attention_heatmap.png")
 
 
 class HyperSentenceEncoder(InputModule):

@@ -41,6 +41,7 @@ def make_hub_run(minilm_path: str, bbir: Path, root: Path) -> HubRun:
     (root / "train_config.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG, sort_keys=False))
     samples = [sample_of(bbir / name, root / name, n_docs) for name, n_docs in (("ropes", 60), ("multirc", 40))]
     load_eval_module().main(["--model", str(root / "final"), "--data", str(samples[0]), "--zero-shot", str(samples[1]),
-                             "--out", str(root / "eval"), "--cache-dir", "", "--no-progress"])
+                             "--out", str(root / "eval"), "--cache-dir", "", "--no-progress",
+                             "--dtype", "float32"])  # as the clients it is compared with, on an AMX CPU too
     export_for_hub(root / "final", root / "hub", root / "eval", repo_id=REPO_ID)
     return HubRun(model, root / "final", root / "eval", root / "hub")

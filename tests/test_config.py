@@ -176,7 +176,7 @@ def test_prompt_settings_are_declared_once_and_keep_their_names_from_yaml_to_the
     from modeling_hyper import HyperPromptConfig
 
     filled_or_informational = {"num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path",
-                               "backbone_frozen", "peft_type", "task_type"}
+                               "backbone_frozen", "task_names", "peft_type", "task_type"}
     declared = {f.name: f for f in fields(HyperPromptConfig) if f.name not in filled_or_informational}
     settings = {f.name: f for f in fields(ModelSettings)}
     for name, f in declared.items():

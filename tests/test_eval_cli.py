@@ -265,7 +265,7 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
     HyperRetrieverModel.from_backbone(minilm_path, hyper_prompt=HyperPromptConfig()).save_pretrained(model_dir)
     out = tmp_path / "out"
     eval_cli.main(["--model", str(model_dir), "--data", str(samples[1]), "--max-length", "64", "--out", str(out),
-                   "--cache-dir", "", "--no-progress"])
+                   "--cache-dir", "", "--no-progress", "--dtype", "float32"])  # sums to 1 within 1e-4 on AMX too
     results = json.loads((out / "results.json").read_text())
     collection = load_collection(samples[1], "test")
     assert results["settings"]["max_length"] == 64 and results["settings"]["index"] == "flat"

@@ -89,7 +89,8 @@ def test_saving_through_sentence_transformers_keeps_every_file_of_the_hub_folder
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
     assert files(tmp_path / "saved") == files(exported)
-    for name in ("README.md", "handler.py", "widget.py", "adapter/hyper_prompt.safetensors", "model.safetensors"):
+    for name in ("README.md", "handler.py", "widget.py", "adapter/hyper_prompt.safetensors", "adapter/README.md",
+                 "model.safetensors"):
         assert (tmp_path / "saved" / name).read_bytes() == (exported / name).read_bytes(), name
     again = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True, device="cpu")
     assert torch.equal(torch.as_tensor(again.encode_query(QUERIES[:2])), torch.as_tensor(st.encode_query(QUERIES[:2])))

@@ -43,7 +43,7 @@ def encode_run(model, corpus, cache, processes: int, *extra: str) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            str(REPO / "encode.py"), "--model", str(model), "--corpus", str(corpus), "--cache-dir", str(cache),
-           "--shard-docs", str(SHARD_DOCS), "--no-progress", *extra]
+           "--shard-docs", str(SHARD_DOCS), "--no-progress", "--dtype", "float32", *extra]  # as the in-process encoder
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL)
 
