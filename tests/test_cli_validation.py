@@ -29,7 +29,7 @@ def refused(eval_cli, capsys, argv):
     (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
     (["--shard-docs", "0"], "argument --shard-docs: expected an integer >= 1, got 0"),
     (["--refine-factor", "0"], "argument --refine-factor: expected an integer >= 1, got 0"),
-    (["--bm25-k1", "-1"], "argument --bm25-k1: expected a number >= 0, got -1"),
+    (["--bm25-k1", "-1"], "argument --bm25-k1: expected a number in [0, 100], got -1"),
     (["--bm25-b", "1.5"], "argument --bm25-b: expected a number in [0, 1], got 1.5"),
     (["--fusion-weight", "nan"], "argument --fusion-weight: expected a number in [0, 1], got nan"),
     (["--k", "ten"], "argument --k: expected an integer >= 1, got 'ten'"),

@@ -4,6 +4,7 @@ data. argparse only: a CLI's --help imports nothing heavy."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,8 @@ def run_main(main: Callable[[], int | None]) -> None:
 
 
 def number(kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: an int or float (``kind``) within [minimum, maximum]; the error says the range."""
+    """An argparse type: an int or float (``kind``) within [minimum, maximum]; the error says the range. A float is
+    finite: nan, inf and what overflows to it (1e400) are refused whatever the range."""
     if kind is int:
         allowed = f"an integer >= {minimum:g}" if maximum is None else f"an integer in [{minimum:g}, {maximum:g}]"
     else:
@@ -37,7 +39,8 @@ def number(kind: type, minimum: float | None = None, maximum: float | None = Non
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum) or value != value:
+        if ((kind is float and not math.isfinite(value)) or (minimum is not None and value < minimum)
+                or (maximum is not None and value > maximum)):
             raise argparse.ArgumentTypeError(f"expected {allowed}, got {text}")
         return value
 

@@ -5,6 +5,7 @@ BM25 runs on the CPU only: bm25s's top-k is numpy's, never JAX's, and JAX (when 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -35,6 +36,12 @@ class BM25:
                  show_progress: bool = False) -> None:
         if len(doc_ids) != len(docs) or not docs:
             raise ValueError(f"need as many ids as documents, and at least one ({len(doc_ids)} ids, {len(docs)} docs)")
+        # eval.py's --bm25-k1/--bm25-b and the training config check these too; past k1 = 100 the saturation no
+        # longer changes, and an infinite or huge k1 overflows bm25s's float32 scores into empty runs
+        if not (math.isfinite(k1) and 0 <= k1 <= 100):
+            raise ValueError(f"BM25 k1={k1!r}: expected a number in [0, 100]")
+        if not (math.isfinite(b) and 0 <= b <= 1):
+            raise ValueError(f"BM25 b={b!r}: expected a number in [0, 1]")
         self.doc_ids = list(doc_ids)
         self.k1, self.b = k1, b
         self.show_progress = show_progress

@@ -90,6 +90,14 @@ DEFAULT_REFINE = {"ivfpq-fs": 4}  # 4-bit codes rank the neighbourhood, the stor
 INDEX_FORMAT = 2  # saved-index settings: 2 adds the checksum and the store, dimension and model it was built on
 
 
+def checked_refine_factor(value: Any, where: str = "refine_factor") -> int:
+    """``value`` as a refine factor: an integer >= 1 (a bool, float, text or None is not one); a ValueError naming
+    ``where`` otherwise, when the index is made rather than at its first search."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{where}: expected an integer >= 1, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
 def merge_topk(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns of each row of (scores, indices) (n, m), best first; ties keep the earlier column."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -157,9 +165,7 @@ class DenseIndex:
             backend = "torch" if kind == "flat" and torch.cuda.is_available() else "faiss"
         if backend == "torch" and kind != "flat":
             raise ValueError(f"the torch backend searches exactly; kind={kind!r} needs backend='faiss'")
-        refine_factor = DEFAULT_REFINE.get(kind, 1) if refine_factor is None else refine_factor
-        if refine_factor < 1:
-            raise ValueError(f"refine_factor={refine_factor}: expected >= 1")
+        refine_factor = checked_refine_factor(DEFAULT_REFINE.get(kind, 1) if refine_factor is None else refine_factor)
         self.store: ShardStore | None = store
         self.kind, self.backend = kind, backend
         self.refine_factor, self.chunk_rows = refine_factor, chunk_rows
@@ -289,6 +295,7 @@ class DenseIndex:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}.json: not the settings of a saved index ({type(e).__name__}: {e}); indexes "
                              f"saved before format {INDEX_FORMAT} carry no checksum: build it again") from None
+        checked_refine_factor(recorded["refine_factor"], f"{path}.json: refine_factor")  # the file is not checksummed
         if not path.is_file() or file_digest(path) != recorded["sha256"]:
             raise ValueError(f"{path}: does not match the checksum in {path.name}.json (damaged, or replaced "
                              "without its settings): build the index again")

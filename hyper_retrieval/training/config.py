@@ -48,6 +48,11 @@ def _at_least(minimum: float, *, strict: bool = False) -> dict[str, Any]:
     return {"min": minimum, "strict": strict}
 
 
+def _within(minimum: float, maximum: float) -> dict[str, Any]:
+    """Field metadata: the value must be in [minimum, maximum]."""
+    return {"min": minimum, "strict": False, "max": maximum}
+
+
 # The prompt settings are declared once, in modeling_hyper's HyperPromptConfig (type, default and help); the YAML's
 # model section takes them under the same names. What the backbone fills in and what is informational stays there.
 NOT_SETTINGS = ("num_layers", "num_attention_heads", "token_dim", "base_model_name_or_path", "backbone_frozen",
@@ -109,8 +114,8 @@ class DataSettings:
     num_negatives: int = field(default=19, metadata=_at_least(0))  # hard negatives per query (paper: 19)
     negatives_depth: int = field(default=100, metadata=_at_least(1))  # mined per query, gold removed (our choice)
     negatives_cache_dir: str = ".cache/negatives"
-    bm25_k1: float = field(default=1.5, metadata=_at_least(0))
-    bm25_b: float = field(default=0.75, metadata=_at_least(0))
+    bm25_k1: float = field(default=1.5, metadata=_within(0, 100))  # past a few, tf saturation no longer changes
+    bm25_b: float = field(default=0.75, metadata=_within(0, 1))  # 0: no length normalisation, 1: full
     sampling: Literal["mixed", "homogeneous"] = "mixed"  # mixed = tasks concatenated and shuffled (the paper)
     task_sampling_temperature: float = field(default=1.0, metadata=_at_least(0, strict=True))  # p_t ~ n_t^(1/T)
 
@@ -127,7 +132,7 @@ class OptimSettings:
     backbone_lr: float = field(default=2e-5, metadata=_at_least(0, strict=True))
     prompt_lr: float = field(default=1e-3, metadata=_at_least(0, strict=True))
     weight_decay: float = field(default=0.01, metadata=_at_least(0))
-    warmup_ratio: float = field(default=0.1, metadata=_at_least(0))  # our choice; ignored when warmup_steps is set
+    warmup_ratio: float = field(default=0.1, metadata=_within(0, 1))  # our choice; ignored when warmup_steps is set
     warmup_steps: int | None = field(default=None, metadata=_at_least(0))
     epochs: int = field(default=5, metadata=_at_least(1))  # paper: 5-10; ignored when max_steps is set
     max_steps: int | None = field(default=None, metadata=_at_least(1))
@@ -226,9 +231,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: base: configs include each other ({' -> '.join(map(str, seen))})")
     try:
-        raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        raw = load_yaml(path.read_bytes(), str(path))
     except StrictYamlError as err:
         raise ConfigError(str(err)) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
@@ -341,10 +348,12 @@ def _wrong(value: Any, expected: str, dotted: str, source: Path) -> typing.NoRet
 
 
 def _check_range(value: Any, metadata: typing.Mapping[str, Any], dotted: str, source: Path) -> None:
-    """Enforce a field's `min` / `strict` metadata on a number (None passes)."""
+    """Enforce a field's `min` / `strict` / `max` metadata on a number (None passes)."""
     if value is None or "min" not in metadata:
         return
-    minimum, strict = metadata["min"], metadata["strict"]
+    minimum, strict, maximum = metadata["min"], metadata["strict"], metadata.get("max")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ConfigError(f"{source}: {dotted}: expected a value in [{minimum}, {maximum}], got {short_repr(value)}")
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ConfigError(f"{source}: {dotted}: expected a value {relation} {minimum}, got {short_repr(value)}")
