@@ -10,7 +10,9 @@ token-length-sorted, in batches) and caches each one under --cache-dir as it fin
 from the shards it finished. eval.py with the same model, corpus, --cache-dir and window settings finds them all.
 With --index, the main process then trains that index on a sample, fills it from the shards chunk by chunk, saves it
 to --index-out (reopen with hyper_retrieval.search.index.DenseIndex.load, memory-mapped) and prints its bytes per
-vector.
+vector. --index-out is never an input (--model, --corpus) nor inside one, a run's artefacts, a checkpoint, a saved
+model, an export or an evaluation; the index is written atomically, so two runs saving one file leave one whole
+index (the shard cache has its own concurrency design).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 from hyper_retrieval.cli.options import POSITIVE, add_encoding_options, add_index_options, index_options, run_main
+from hyper_retrieval.core.run_folders import RunFolderError, check_output_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if bool(args.index) != bool(args.index_out):
         parser.error("--index and --index-out go together")
+    if args.index_out is not None:  # never over an input, nor into a run's artefacts, a model or an evaluation
+        try:
+            check_output_folder(args.index_out, "--index-out", None, {"--model": [args.model],
+                                                                       "--corpus": [args.corpus]}, holding=False)
+        except RunFolderError as e:
+            parser.error(str(e))
 
     from hyper_retrieval.cli.loading import launched_processes, load_retriever
     from hyper_retrieval.data.beir import load_corpus

@@ -17,7 +17,10 @@ finishes (a killed run resumes there). Under `accelerate launch` every process e
 the main process searches and scores. --index ivfpq / opq keep product-quantised codes instead of the vectors.
 
 Writes results.json, results.md, per_query.json and runs/<collection>.trec to --out (plus attention.npy,
-attention_tasks.json and the attention plots for a hyper-prompt model).
+attention_tasks.json and the attention plots for a hyper-prompt model). --out is locked while eval.py runs (a second
+eval.py into it stops at once, naming the first) and is never an input (--model, --data), a training run's
+artefacts, a checkpoint, a saved model or an export, nor inside or holding one (RUN/eval beside a run's artefacts is
+fine); results of a different evaluation there are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from hyper_retrieval.cli.options import (
     number,
     run_main,
 )
+from hyper_retrieval.core.folder_lock import FolderBusyError, lock_folder
+from hyper_retrieval.core.run_folders import EVALUATION, RunFolderError, check_output_folder
 from hyper_retrieval.core.strict_yaml import load_yaml
 
 if TYPE_CHECKING:
@@ -121,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "in-domain collections (nDCG@10)")
     parser.add_argument("--dev-split", default="dev", help="--hybrid: the split the fusion weight is chosen on")
     parser.add_argument("--prune-query-terms", type=POSITIVE, default=None, help="sparse models: keep the top-K terms")
-    parser.add_argument("--bm25-k1", type=number(float, 0), default=0.9,
-                        help="BM25 term-frequency saturation (Lucene), >= 0")
+    parser.add_argument("--bm25-k1", type=number(float, 0, 100), default=0.9,
+                        help="BM25 term-frequency saturation (Lucene), in [0, 100] (usual: 0.9-2)")
     parser.add_argument("--bm25-b", type=number(float, 0, 1), default=0.4,
                         help="BM25 length normalisation (Lucene), in [0, 1]")
     parser.add_argument("--cache-dir", default="outputs/embedding_cache", help="corpus embedding cache ('' for none)")
@@ -141,7 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config:
         try:
-            options = load_yaml(Path(args.config).read_text(encoding="utf-8"), args.config) or {}
+            options = load_yaml(Path(args.config).read_bytes(), args.config) or {}
             from_file = config_argv(parser, options, args.config)
         except (OSError, ValueError) as e:
             parser.error(str(e))
@@ -181,6 +186,11 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     results = {label: load_results(r) for label, r in zip(labels, runs, strict=True)}
+    try:  # one writer per --out, never inside or around a compared run
+        lock = lock_folder(out, check=lambda: check_output_folder(
+            out, "--out", None, {"--compare": [p.parent if p.name == "results.json" else p for p in map(Path, runs)]}))
+    except (FolderBusyError, RunFolderError) as e:
+        raise SystemExit(f"eval.py: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     table = compare_markdown(results, metric)
     per_query = {label: load_per_query(r) for label, r in zip(labels, runs, strict=True)}
@@ -190,6 +200,7 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
     plot_collection_bars({name: metric_by_collection(r, metric) for name, r in results.items()},
                          out / f"compare_{metric.replace('@', '_at_')}.png", metric=metric)
     print(table)
+    lock.release()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,9 +247,15 @@ def main(argv: list[str] | None = None) -> None:
         settings |= {"hybrid": args.hybrid, "fusion": args.fusion, "fusion_weight": args.fusion_weight,
                      "dev_split": args.dev_split, "bm25_k1": args.bm25_k1, "bm25_b": args.bm25_b}
     out = Path(args.out or Path("outputs/eval") / Path(args.model).name)
+    processes = launched_processes()  # one, or those of `accelerate launch` / torchrun
+    try:  # one writer per --out (the main process: it alone writes there); never an input, a run, a model, an export
+        lock = lock_folder(out, check=lambda: check_output_folder(
+            out, "--out", EVALUATION, {"--model": [] if is_bm25 else [args.model], "--data/--zero-shot": sources},
+        )) if processes.is_main_process else None
+    except (FolderBusyError, RunFolderError) as e:
+        raise SystemExit(f"eval.py: {e}") from None
     check_output_dir(out, settings, args.overwrite)
 
-    processes = launched_processes()  # one, or those of `accelerate launch` / torchrun
     if processes.num_processes > 1 and (is_bm25 or not args.cache_dir):
         raise SystemExit("several processes split a model's corpus encoding into shards under --cache-dir; "
                          f"{'bm25 runs on one process' if is_bm25 else '--cache-dir is empty'}")
@@ -290,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         plot_attention_projection(attention, labels, out / "attention_projection.png")
 
     print((out / "results.md").read_text())
+    lock.release()
 
 
 if __name__ == "__main__":

@@ -6,21 +6,25 @@ sentence-transformers files, inference handler, widget page), and optionally pus
     python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --out outputs/quickstart/hub \
         --push-to-hub your-name/hyper-minilm [--private]
     python export.py --model outputs/quickstart/final --results outputs/quickstart/eval --adapter-only \
-        --out outputs/quickstart/adapter [--push-to-hub your-name/hyper-minilm-adapter]
+        --out outputs/quickstart/hub-adapter [--push-to-hub your-name/hyper-minilm-adapter]
 
 --adapter-only writes the hyper-prompt adapter alone (hyper_prompt_config.json, hyper_prompt.safetensors and its card
 README.md: the backbone it needs, whether that was frozen in training, its size); --push-to-hub then uploads just that.
 
 Everything is written to --out first; the upload is the only step that needs the network (token from HF_TOKEN or
-`hf auth login`, or --token).
+`hf auth login`, or --token). --out is locked for the whole command (a second export.py into it stops at once, naming
+the first) and is never an input (--model, --results, --baseline), a training run or part of one, a checkpoint, a
+saved model or an evaluation, nor holds one; --overwrite replaces only an earlier export or a folder of other files.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from hyper_retrieval.core.run_folders import RunFolderError
+from hyper_retrieval.core.folder_lock import FolderBusyError, lock_folder
+from hyper_retrieval.core.run_folders import RunFolderError, check_export_target
 from hyper_retrieval.hub.export import NoAdapterError, export_for_hub, push_to_hub
 
 
@@ -49,16 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    try:  # one writer per --out: the lock is held until the folder is written and uploaded
+        lock = lock_folder(args.out, check=lambda: check_export_target(  # export_for_hub checks again, locked
+            Path(args.out), Path(args.model), {"--results": [args.results], "--baseline": [args.baseline]}))
         out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
                              license=args.license, base_model=args.base_model, datasets=args.datasets,
                              overwrite=args.overwrite, baseline_dir=args.baseline, adapter_only=args.adapter_only)
-    except (FileExistsError, RunFolderError, NoAdapterError) as e:
+    except (FileExistsError, RunFolderError, NoAdapterError, FolderBusyError) as e:
         sys.exit(f"export.py: {e}")
-    print(f"exported to {out}")
-    if args.push_to_hub:
-        commit = push_to_hub(out, args.push_to_hub, token=args.token, private=args.private)
-        print(f"pushed: {commit.commit_url}")
+    with lock:
+        print(f"exported to {out}")
+        if args.push_to_hub:
+            commit = push_to_hub(out, args.push_to_hub, token=args.token, private=args.private)
+            print(f"pushed: {commit.commit_url}")
 
 
 if __name__ == "__main__":

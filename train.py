@@ -11,6 +11,13 @@ Writes to train.output_dir: checkpoints/step_N (resumable; the newest two kept),
 final/ (save_pretrained: loads with AutoModel.from_pretrained(dir, trust_remote_code=True)), adapter/ (the
 hyper-prompt alone), train_config.yaml, log.jsonl (every logged loss term, learning rate and throughput) and
 tensorboard logs. SIGTERM/SIGINT save a checkpoint before exiting.
+
+train.output_dir is locked for the whole run (the main process holds .<name>.lock beside it: a second train.py on it
+stops at once, naming the first). It never lies inside another run, a checkpoint, a model, an export or an
+evaluation, nor is or holds an input (model.backbone, data.collections). A fresh start refuses a folder holding
+another run's traces (checkpoints, final/, best/, log.jsonl, an evaluation...; --resume continues it, --move-aside
+keeps it beside); a run killed before its first checkpoint, started again with the same config, starts over from
+step 0 with its log.jsonl afresh.
 """
 
 import argparse
@@ -22,14 +29,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hyper_retrieval.cli.options import POSITIVE, run_main
 from hyper_retrieval.core.atomic_files import swap_folder
+from hyper_retrieval.core.folder_lock import FolderBusyError, lock_folder
 from hyper_retrieval.core.precision import resolve_mixed_precision
-from hyper_retrieval.core.run_folders import RunFolderError, check_fresh_start, moved_aside_name, run_contents
+from hyper_retrieval.core.run_folders import RunFolderError, moved_aside_name, training_output_plan
 from hyper_retrieval.core.strict_yaml import dump_yaml
 from hyper_retrieval.evaluation.routing import RoutingWindow
 from hyper_retrieval.training.batching import BatchBuilder, TaskData
@@ -90,21 +98,35 @@ def main() -> int:
     set_seed(cfg.train.seed)
     if accelerator.device.type == "cpu":
         keep_freed_memory()  # freed activations stay mapped between steps: +10-40% on CPU (bench/train.py)
-    # ---- never over another run: a fresh start needs an empty folder (or --move-aside); --resume needs a checkpoint
-    held = run_contents(out) if not args.resume else []
-    accelerator.wait_for_everyone()  # every process has looked before the main one moves anything
-    if held and not args.move_aside:
+    # ---- one writer per run folder: the main process locks it for the whole run and alone decides how it is used
+    # (training_output_plan): never inside another run, a checkpoint, a model, an export or an evaluation, never over
+    # an input; a fresh start needs no other run's traces there (or --move-aside); --resume needs a checkpoint
+    lock, plan = None, None
+    if accelerator.is_main_process:
         try:
-            check_fresh_start(out)
-        except RunFolderError as e:
-            sys.exit(f"train.py: {e}")
-    if held and accelerator.is_main_process:
+            lock = lock_folder(out, check=lambda: training_output_plan(
+                out, resume=args.resume, move_aside=args.move_aside, config=dump_yaml(cfg.to_dict()),
+                inputs={"model.backbone": [cfg.model.backbone],
+                        "data.collections": [c.path for c in cfg.data.collections]}))
+            plan = lock.checked
+        except (FolderBusyError, RunFolderError) as e:
+            plan = f"train.py: {e}"
+    if accelerator.num_processes > 1:
+        plan = broadcast_object_list([plan])[0]  # the other processes follow the main one's plan, or stop with it
+    if plan not in ("fresh", "resume", "move-aside", "restart"):
+        sys.exit(plan)
+    if plan == "move-aside" and accelerator.is_main_process:
         aside = moved_aside_name(out)
-        out.rename(aside)
+        out.rename(aside)  # the lock stays: it is on the folder's name (a file beside it), not in it
         accelerator.print(f"moved the earlier run to {aside}")
+    if plan == "restart" and accelerator.is_main_process:  # each step logged once: the killed attempt's rows go
+        truncate_log(out / "log.jsonl", 0)
+        accelerator.print(f"{out}: this run was stopped before its first checkpoint; starting over from step 0 "
+                          "(its log.jsonl afresh)")
     accelerator.wait_for_everyone()
     if args.resume and not list_checkpoints(out):
-        sys.exit(f"train.py --resume: no checkpoint in {out / 'checkpoints'} to continue from (start without --resume)")
+        sys.exit(f"train.py --resume: no checkpoint in {out / 'checkpoints'} to continue from (start without --resume: "
+                 "a run stopped before its first checkpoint starts over from step 0)")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -259,6 +281,8 @@ def main() -> int:
                 accelerator.print(f"stopped at step {state.step} ({stop['signal'] or '--stop-after-steps'}); "
                                   f"checkpoint saved, continue with --resume")
                 accelerator.end_training()
+                if lock is not None:
+                    lock.release()
                 return 0
             if state.step >= total_steps:
                 break
@@ -276,6 +300,8 @@ def main() -> int:
         accelerator.print(f"done: {state.step} steps, final model in {out / 'final'}"
                           + (best if not math.isinf(state.best_score) else ""))
     accelerator.end_training()
+    if lock is not None:
+        lock.release()
     return 0
 
 

@@ -95,15 +95,18 @@ def export_for_hub(
     `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results; it must
     have been computed by this model (its fingerprint). `baseline_dir` is another system's eval.py output on the same
     collections (BM25 in the same run), compared with in the card. `repo_id` names the model in the card's code
-    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it); the model itself, a
-    folder holding a training run, or one inside a run's checkpoints/, final/, best/ or adapter/ is refused always
-    (RunFolderError).
+    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it); the model itself, the
+    results or baseline folder, a folder holding a training run, a checkpoint, a saved model or an evaluation, or
+    one inside a run's checkpoints/, final/, best/ or adapter/ (or inside any of those) is refused always
+    (RunFolderError). export.py holds the folder's lock (hyper_retrieval.core.folder_lock) around this call.
 
     `adapter_only` writes the hyper-prompt adapter alone (its two files and its card, `write_adapter`); a model
     without a hyper-prompt is refused (NoAdapterError). A full export holds the same under adapter/.
     """
     model_dir, out = Path(model_dir), Path(out_dir)
-    check_export_target(out, model_dir)  # never the model, a run's artefacts, or a folder holding a run
+    # never an input (the model, the results, the baseline), a run's artefacts, a folder holding a run, a checkpoint,
+    # a saved model or an evaluation
+    check_export_target(out, model_dir, {"--results": [results_dir], "--baseline": [baseline_dir]})
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose another folder or pass overwrite=True (--overwrite)")
     model = HyperRetrieverModel.from_pretrained(model_dir)
