@@ -3,7 +3,8 @@ on the same texts (the handler's overhead: checks, token counting), interleaved 
 
 The request is the one tests/test_widget.py sends: a query and 54 passages of 602 tokens, 32,508 tokens in all, just
 inside MAX_REQUEST_TOKENS. The model card says such a request takes under 15 s on 2 CPU cores; the last line says
-how this machine compares.
+how this machine compares. (README.md records 6.75 s with --rounds 2; longer passages, whose MaxP windows overlap by
+half, cost more for the same tokens counted: about 12 s on 2 cores in issue 32's probe, as handler.py says.)
 
     python bench/handler.py [--model FOLDER] [--rounds 3] [--threads 2]
 """

@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,11 +29,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @contextlib.contextmanager
-def serving(folder, home, *args: str):
-    """`python widget.py --port 0 *args` run from `folder`, offline; yields its address, then stops it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "PYTHONPATH": ""}
+def serving(folder, home, *args: str, script: str = "widget.py", env: dict[str, str] | None = None):
+    """`python widget.py --port 0 *args` (or `script`) run from `folder`, offline, with `env` added; yields its
+    address, then stops it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "PYTHONPATH": "", **(env or {})}
     with open(home / "stderr.log", "w") as stderr:
-        server = subprocess.Popen([sys.executable, "widget.py", "--port", "0", *args], cwd=folder, env=env,
+        server = subprocess.Popen([sys.executable, script, "--port", "0", *args], cwd=folder, env=env,
                                   stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
     try:
         line = server.stdout.readline()
@@ -194,8 +196,6 @@ def test_the_largest_request_allowed_is_answered_and_a_larger_one_is_413(widget_
 
 
 def test_twenty_parallel_clients_are_all_answered(widget_url):
-    from concurrent.futures import ThreadPoolExecutor
-
     body = json.dumps({"query": QUERY, "passages": PASSAGES}).encode()
     with ThreadPoolExecutor(20) as pool:
         statuses = list(pool.map(lambda _: post(widget_url, body)[0], range(20)))
@@ -203,10 +203,127 @@ def test_twenty_parallel_clients_are_all_answered(widget_url):
 
 
 @pytest.fixture(scope="module")
-def adapter_widget(minilm_path, tmp_path_factory):
+def tiny_root(minilm_path, tmp_path_factory):
+    """The folder of tests/test_handler.py's make_tiny_adapters."""
+    return make_tiny_adapters(minilm_path, tmp_path_factory.mktemp("widget_adapters"))
+
+
+COUNTING_WIDGET = '''"""widget.py with its model's calls logged to $WIDGET_LOG, one line each ("call QUERY"), as
+are the requests read ("read QUERY") and the POSTs ended ("done"); a request whose query is "hold" keeps the model
+until $WIDGET_LOG.release exists (at most 60 s)."""
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import handler
+import widget
+
+LOG = Path(os.environ["WIDGET_LOG"])
+RELEASE = Path(str(LOG) + ".release")
+lock = threading.Lock()
+
+
+def log(line):
+    with lock, LOG.open("a") as f:
+        f.write(line + "\\n")
+
+
+score = handler.EndpointHandler.__call__
+
+
+def counted(self, data):
+    query = data["inputs"]["source_sentence"]
+    log(f"call {query}")
+    deadline = time.monotonic() + 60
+    while query == "hold" and not RELEASE.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return score(self, data)
+
+
+handler.EndpointHandler.__call__ = counted
+make = widget.make_request_handler
+
+
+def logged(endpoint):
+    class Logged(make(endpoint)):
+        def _read_json(self):
+            request = super()._read_json()
+            log(f"read {request.get('query')}")
+            return request
+
+        def do_POST(self):
+            try:
+                super().do_POST()
+            finally:
+                log("done")
+
+    return Logged
+
+
+widget.make_request_handler = logged
+widget.main(sys.argv[1:])
+'''
+
+
+def test_abandoned_requests_are_not_computed(tiny_root, tmp_path):
+    """One request holds the model; six more arrive whole, their clients closing right after sending; a small one
+    arrives last. The six are dropped at their turn without reaching the model: the small one waits only for the
+    first (the model's calls are counted, in the server)."""
+    import socket
+    import time
+
+    folder = tmp_path / "served"
+    shutil.copytree(tiny_root / "backbone", folder)
+    for name in ("handler.py", "widget.py", "widget.html"):
+        shutil.copyfile(HUB_FILES / name, folder / name)
+    (folder / "counting_widget.py").write_text(COUNTING_WIDGET)
+    log = tmp_path / "widget.log"
+    log.touch()
+
+    def lines(prefix: str) -> list[str]:
+        return [line for line in log.read_text().splitlines() if line.startswith(prefix)]
+
+    def wait_for(prefix: str, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(lines(prefix)) < count:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+
+    def request(query: str) -> bytes:
+        body = json.dumps({"query": query, "passages": PASSAGES}).encode()
+        return b"POST /api/score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    with serving(folder, tmp_path, script="counting_widget.py", env={"WIDGET_LOG": str(log)}) as url:
+        parsed = urllib.parse.urlsplit(url)
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as holder:
+            holder.sendall(request("hold"))
+            wait_for("call hold", 1)  # the model is held
+            for i in range(6):
+                with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as gone:
+                    gone.sendall(request(f"gone {i}"))  # closed right after sending
+            wait_for("read gone", 6)  # all six read whole, waiting for the model
+            with ThreadPoolExecutor(1) as pool:
+                small = pool.submit(post, url, json.dumps({"query": "small", "passages": PASSAGES[:1]}).encode())
+                wait_for("read small", 1)
+                (tmp_path / "widget.log.release").touch()
+                status, answer = small.result(timeout=60)
+            holder.settimeout(60)
+            held = b""
+            while chunk := holder.recv(65536):
+                held += chunk
+        assert status == 200 and len(answer["scores"]) == 1
+        assert held.startswith(b"HTTP/1.0 200 ")
+        wait_for("done", 8)  # every request ended: answered or dropped
+    assert lines("call") == ["call hold", "call small"]  # the six abandoned ones never reached the model
+
+
+@pytest.fixture(scope="module")
+def adapter_widget(tiny_root, tmp_path_factory):
     """The widget of a tiny plain backbone with adapter a under its adapters/ and b given by --adapter: its address,
     and the folder of tests/test_handler.py's make_tiny_adapters."""
-    root = make_tiny_adapters(minilm_path, tmp_path_factory.mktemp("widget_adapters"))
+    root = tiny_root
     folder = root / "served"
     shutil.copytree(root / "backbone", folder)
     shutil.copytree(root / "a", folder / "adapters" / "a")

@@ -18,11 +18,14 @@ by the subfolder, in name order), and those given to EndpointHandler(adapters={n
 A malformed payload (not these forms, a blank or invalid-Unicode text, more than 256 texts or 100,000 characters in
 one, an "adapter" that is not the name of a loaded one) is answered with {"error": message}, not an exception.
 
-Work per request is bounded: at most 400,000 characters in all, and at most 32,768 tokens read in all (about 5 s of
-MiniLM on 2 CPU cores): each text counts what the model reads of it (a query up to the model's query length, a
-document up to its max_seq_length when embedded, a passage whole when scored, MaxP). A text is cut to a bounded
-prefix before it is tokenized, so a long one costs no more than what is read. Beyond the bound the answer is
-{"error": message, "status": 413}.
+Work per request is bounded: at most 400,000 characters in all, and at most 32,768 tokens read in all: each text
+counts what the model reads of it (a query up to the model's query length, a document up to its max_seq_length when
+embedded, a passage whole when scored, MaxP). A text is cut to a bounded prefix before it is tokenized, so a long one
+costs no more than what is read. Beyond the bound the answer is {"error": message, "status": 413}. The largest request
+allowed costs MiniLM 6.75-12 s on 2 CPU cores, as measured: 6.75 s for 1 query + 54 passages of 602 tokens (`python
+bench/handler.py --rounds 2`, README.md), about 12 s for long passages scored by their best window (issue 32's probe;
+a passage's MaxP windows overlap by half, so the model computes up to about twice the tokens a passage counts, the
+more so the longer the passage). The model card's bound is 15 s.
 """
 
 from __future__ import annotations

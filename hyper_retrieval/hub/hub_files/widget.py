@@ -12,14 +12,18 @@ when a request names none); POST /api/score takes {"query": str, "passages": [st
 and answers {"scores": [...], "attention": [...] or null}, or {"error": message} with a 4xx status (bad JSON or
 text, or an adapter not loaded 400, no length 411, a body over 1 MiB or a request over handler.py's work bound 413,
 too slow 408). Connections are served in threads (64 may wait to be accepted); a request must arrive whole within
-10 s of its connection, however slowly it trickles in; the model answers one request at a time. Scoring and the work
-bound are handler.py's.
+10 s of its connection, however slowly it trickles in; the model answers one request at a time. A request whose client
+has gone (closed or reset its connection) by its turn for the model is dropped unanswered, without being computed, so
+a request waits for the one being computed and those whose clients still wait, never for abandoned ones. (A client
+that only shuts down its sending side looks the same to the server, and is dropped too.) Scoring and the work bound
+are handler.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import select
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,12 +99,27 @@ def make_request_handler(endpoint: EndpointHandler) -> type[BaseHTTPRequestHandl
             if "adapter" in request:
                 payload["parameters"] = {"adapter": adapter}  # checked by the handler: a loaded adapter's name
             with model_lock:
+                if self._client_gone():
+                    self.close_connection = True
+                    self.log_message('"%s" dropped: the client left before its turn', self.requestline)
+                    return
                 scores = endpoint(payload)
                 attention = endpoint.prompt_attention(query, adapter) if not isinstance(scores, dict) else None
             if isinstance(scores, dict):
                 self._send_json(scores.pop("status", 400), scores)
                 return
             self._send_json(200, {"scores": scores, "attention": attention})
+
+        def _client_gone(self) -> bool:
+            """Whether the client has closed its end of the connection: its socket reads as ended (or reset) now,
+            without waiting. Bytes waiting to be read (a next request) mean the client is still there."""
+            if self._expired:  # the deadline shut the reading side: the socket reads as ended whoever is there
+                return False
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except (OSError, ValueError):  # reset by the client, or the socket already closed
+                return True
 
         def _read_json(self) -> dict:
             """The body as a JSON object, or RequestError with the status to answer."""
