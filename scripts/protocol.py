@@ -6,6 +6,8 @@
     python scripts/protocol.py report --section epoch --root docs/results/bbir-epoch \
         --shorter docs/results/bbir-cpu:hyper:multitask docs/results/bbir-cpu:hyper-1k:multitask-1k
     python scripts/protocol.py collect --root outputs/bbir-epoch --to docs/results/bbir-epoch  # results, no weights
+    python scripts/protocol.py run --profile gpu-epoch --root R --only hyper --seeds 42 45 --no-hybrid  # any seeds
+    python scripts/protocol.py report --section gpu --root docs/results/bbir-gpu    # scripts/gpu_protocol.sh's runs
 
 `run` trains every run with train.py and evaluates its dev-selected model (best/, else final/) with eval.py on the
 test split, per collection (BEIR style) and, for the main table, on the pooled corpus of the in-domain collections
@@ -15,6 +17,12 @@ nothing and evaluates that run's model (e.g. read with MaxP windows). A finished
 an interrupted training resumes from its last checkpoint, so the command can simply be run again. Each run's wall
 times and machine go to <output_root>/<run>/protocol.json. `report` rewrites the part of docs/RESULTS.md between its
 generated-section markers; the text around it is kept.
+
+`--seeds S ...` runs (collects, reports) the named entries at those seeds instead of the file's seed lists, with the
+file's naming rule (the entry's first seed keeps the name, others get -seed<S>); `--only` then names entries or runs.
+`--set key=value ...` adds train.py overrides after the profile's and the run's (e.g. the backbone's folder on a
+machine without the Hub); `--stop-training-at T` stops every training still running at the wall-clock time T (SIGTERM:
+train.py saves a checkpoint) and evaluates the run's dev-selected model so far (scripts/gpu_protocol.sh's time box).
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from hyper_retrieval.experiments.adapter_report import write_adapter_report  # noqa: E402
-from hyper_retrieval.experiments.epoch_report import write_epoch_report  # noqa: E402
-from hyper_retrieval.experiments.protocol import ProtocolRun, load_protocol, model_folder  # noqa: E402
-from hyper_retrieval.experiments.report import write_report  # noqa: E402
+from hyper_retrieval.experiments.protocol import ProtocolRun, at_seeds, load_protocol, model_folder  # noqa: E402
 from hyper_retrieval.training.checkpoints import list_checkpoints  # noqa: E402
+
+# The report writers (transformers, matplotlib) are imported by `report` alone: `run` and `collect` start in a second
+# or two, which counts when fifteen of them start side by side (scripts/gpu_protocol.sh).
 
 
 def machine() -> str:
@@ -56,6 +64,33 @@ def sh(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
+STOP_GRACE_S = 90  # after SIGTERM at the deadline: the time a training has to save its checkpoint before SIGKILL
+
+
+def sh_until(command: list[str], stop_at: float | None) -> tuple[float, bool]:
+    """sh, but a command still running at the wall-clock time `stop_at` (seconds since the epoch) gets SIGTERM (then
+    SIGKILL after STOP_GRACE_S); returns its wall seconds and whether it was stopped. A command that fails on its own
+    exits as in sh; a stopped one's exit status is not checked (the caller looks at what it left)."""
+    if stop_at is None:
+        return sh(command), False
+    print("+", " ".join(command), flush=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO)
+    try:
+        if process.wait(timeout=max(0.0, stop_at - time.time())):
+            sys.exit(f"failed: {' '.join(command)}")
+        return time.perf_counter() - start, False
+    except subprocess.TimeoutExpired:
+        print(f"--stop-training-at: the deadline has passed, stopping {command[1]} (SIGTERM)", flush=True)
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return time.perf_counter() - start, True
+
+
 def record(folder: Path, **facts) -> None:
     """Merges facts into <folder>/protocol.json."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,9 +99,11 @@ def record(folder: Path, **facts) -> None:
     path.write_text(json.dumps(known | facts, indent=1))
 
 
-def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
+def train(run: ProtocolRun, root: Path, profile: list[str], extra: list[str] = (), stop_at: float | None = None
+          ) -> None:
     """train.py for a trained run (resumed if interrupted), or the untrained model saved for a config baseline;
-    nothing for bm25 or a run that evaluates another's model."""
+    nothing for bm25 or a run that evaluates another's model. `extra`: overrides after the profile's and the run's
+    (--set; a baseline's model is built with them too); `stop_at`: --stop-training-at."""
     folder = root / run.name
     if run.model or run.source or (folder / ("final" if run.seed is not None else "model")).is_dir():
         return
@@ -74,16 +111,20 @@ def train(run: ProtocolRun, root: Path, profile: list[str]) -> None:
         from hyper_retrieval.training.config import load_config
         from hyper_retrieval.training.setup import build_model
 
-        cfg = load_config(REPO / run.config)
+        cfg = load_config(REPO / run.config, list(extra))
         build_model(cfg.model, cfg.data.task_names).save_pretrained(folder / "model")
         return
-    command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides,
+    command = [sys.executable, "train.py", "--config", run.config, *profile, *run.overrides, *extra,
                f"model.passage_windows={run.windows}", f"train.seed={run.seed}", f"train.output_dir={folder}"]
     resume = bool(list_checkpoints(folder))  # a run killed before its first checkpoint starts again
     facts = folder / "protocol.json"
     before = json.loads(facts.read_text()).get("train_s", 0) if resume and facts.exists() else 0
-    seconds = sh(command + (["--resume"] if resume else []))
-    record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine())
+    seconds, stopped = sh_until(command + (["--resume"] if resume else []), stop_at)
+    record(folder, train_command=" ".join(command), train_s=before + seconds, train_machine=machine(),
+           **({"train_stopped_at_deadline": stopped} if stop_at is not None else {}))
+    if stopped and not (folder / "best").is_dir():
+        sys.exit(f"{run.name}: training stopped at --stop-training-at before its first dev evaluation: no "
+                 "dev-selected model to evaluate (run again to resume it)")
 
 
 def eval_dtype(profile: list[str]) -> str:
@@ -93,9 +134,10 @@ def eval_dtype(profile: list[str]) -> str:
     return "float32" if settings and settings[-1] == "no" else "auto"
 
 
-def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, dtype: str = "auto") -> None:
+def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, dtype: str = "auto",
+             cache_dir: Path | None = None) -> None:
     """eval.py on the test split (in `dtype`): per collection, and pooled for the main table; skipped when already
-    done."""
+    done. `cache_dir`: eval.py's --cache-dir (default: its own)."""
     data = Path(protocol["data_root"])
     if run.held_out:
         modes = {"eval": ["--zero-shot", str(data / run.held_out)]}
@@ -109,6 +151,8 @@ def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, 
     if hybrid and run.hybrid and run.primary and run.model != "bm25":  # fused with BM25, the weight chosen on dev
         modes |= {f"{mode}-bm25": [*args, "--hybrid", "bm25"] for mode, args in modes.items()}
     windows = ["--windows", run.windows] if run.model != "bm25" else []
+    if cache_dir is not None and windows:
+        windows += ["--cache-dir", str(cache_dir)]
     for mode, args in modes.items():
         out = root / mode / run.name
         if (out / "results.json").exists():
@@ -158,10 +202,22 @@ def main() -> None:
                         help="run: leave out the BM25-fused evaluations (slow on CPU); a later run adds them")
     parser.add_argument("--to", type=Path, help="collect: the folder that receives the results (e.g. "
                         "docs/results/bbir-epoch)")
-    parser.add_argument("--section", choices=["main", "epoch", "adapter"], default="main",
+    parser.add_argument("--section", choices=["main", "epoch", "adapter", "gpu"], default="main",
                         help="report: the main generated section, the one-epoch section (seeds, paired tests, the "
-                             "curve of HypeR − multi-task over training length) or the adapter regime's (the query "
-                             "backbone frozen)")
+                             "curve of HypeR − multi-task over training length), the adapter regime's (the query "
+                             "backbone frozen) or the GPU protocol's (scripts/gpu_protocol.sh: the systems and seeds "
+                             "found under --root, or those of --only and --seeds)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="run, collect, report: the trained entries at these seeds instead of the file's seed "
+                             "lists (the entry's first seed keeps its name, others get -seed<S>); --only then names "
+                             "entries (every seed) or runs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="extra",
+                        help="run: train.py overrides after the profile's and the run's, e.g. "
+                             "model.backbone=/tmp/minilm32 (an untrained baseline's model is built with them too)")
+    parser.add_argument("--cache-dir", type=Path, help="run: eval.py's corpus embedding cache (default: eval.py's)")
+    parser.add_argument("--stop-training-at", type=float, metavar="UNIX_TIME",
+                        help="run: at this wall-clock time (seconds since the epoch) a training still running is "
+                             "stopped (SIGTERM: a checkpoint) and its dev-selected model so far evaluated")
     parser.add_argument("--shorter", nargs="*", default=[], metavar="ROOT:HYPER:MULTITASK",
                         help="report --section epoch: the curve's shorter runs, e.g. "
                              "docs/results/bbir-cpu:hyper:multitask docs/results/bbir-cpu:hyper-1k:multitask-1k")
@@ -175,7 +231,15 @@ def main() -> None:
     except ValueError as e:
         sys.exit(str(e))
     root = args.root.resolve() if args.root else REPO / protocol["output_root"]
-    if args.only:
+    every_run = runs
+    if args.seeds:
+        runs = at_seeds(runs, args.seeds)
+        if args.only:  # entries (at every seed) or runs, in the order named
+            unknown = set(args.only) - {r.name for r in runs} - {r.base for r in runs}
+            if unknown:
+                sys.exit(f"--only: no entry or run named {sorted(unknown)} in {args.protocol}")
+            runs = list({id(r): r for name in args.only for r in runs if name in (r.name, r.base)}.values())
+    elif args.only:
         by_name = {r.name: r for r in runs}
         unknown = set(args.only) - set(by_name)
         if unknown:
@@ -184,24 +248,35 @@ def main() -> None:
     if args.step == "run":
         if args.profile not in protocol["profiles"]:
             sys.exit(f"--profile {args.profile!r}: {args.protocol} has profiles {sorted(protocol['profiles'])}")
+        profile = list(protocol["profiles"][args.profile])
         for run in runs:
             print(f"==== {run.name}", flush=True)
-            train(run, root, list(protocol["profiles"][args.profile]))
+            train(run, root, profile, args.extra, args.stop_training_at)
             record(root / run.name, profile=args.profile)
-            evaluate(run, protocol, root, hybrid=not args.no_hybrid,
-                     dtype=eval_dtype(list(protocol["profiles"][args.profile])))
+            evaluate(run, protocol, root, hybrid=not args.no_hybrid, dtype=eval_dtype(profile + args.extra),
+                     cache_dir=args.cache_dir)
     elif args.step == "collect":
         if args.to is None:
             sys.exit("collect needs --to FOLDER")
         print(f"collected {len(collect(runs, root, args.to))} files into {args.to}")
     elif args.step == "cost":
         cost(runs, root)
+    elif args.section == "gpu":
+        from hyper_retrieval.experiments.gpu_report import write_gpu_report
+
+        write_gpu_report(protocol, every_run, root, args.docs, names=args.only, seeds=args.seeds)
     elif args.section == "adapter":
+        from hyper_retrieval.experiments.adapter_report import write_adapter_report
+
         write_adapter_report(protocol, runs, root, args.docs)
     elif args.section == "epoch":
+        from hyper_retrieval.experiments.epoch_report import write_epoch_report
+
         shorter = [(Path(root_), hyper, multitask) for root_, hyper, multitask in (s.split(":") for s in args.shorter)]
         write_epoch_report(protocol, runs, root, args.docs, shorter)
     else:
+        from hyper_retrieval.experiments.report import write_report
+
         write_report(protocol, runs, root, args.docs)
 
 

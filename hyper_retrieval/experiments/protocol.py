@@ -5,7 +5,7 @@ scripts/protocol.py runs it; protocol_report.py turns its saved results into doc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -95,3 +95,17 @@ def model_folder(run: ProtocolRun, root: Path) -> str:
 def seeds_of(runs: list[ProtocolRun], name: str) -> list[ProtocolRun]:
     """A run and its other-seed copies (name-seed<S>)."""
     return [r for r in runs if r.base == name]
+
+
+def at_seeds(runs: list[ProtocolRun], seeds: list[int]) -> list[ProtocolRun]:
+    """The trained entries' runs at ``seeds`` instead of their own seed lists (scripts/protocol.py --seeds), named
+    by the file's rule: the entry's first seed keeps the entry's name, any other seed S gives <name>-seed<S>. Runs
+    that train nothing (baselines, runs 'from' another) are kept as they are; the file's order is kept."""
+    expanded: list[ProtocolRun] = []
+    for run in runs:
+        if run.seed is None:
+            expanded.append(run)
+        elif run.primary:  # the entry's first seed: the template of every seed asked for
+            expanded += [replace(run, seed=seed, name=run.base if seed == run.seed else f"{run.base}-seed{seed}")
+                         for seed in dict.fromkeys(seeds)]
+    return expanded
