@@ -20,7 +20,8 @@ Writes results.json, results.md, per_query.json and runs/<collection>.trec to --
 attention_tasks.json and the attention plots for a hyper-prompt model). --out is locked while eval.py runs (a second
 eval.py into it stops at once, naming the first) and is never an input (--model, --data), a training run's
 artefacts, a checkpoint, a saved model or an export, nor inside or holding one (RUN/eval beside a run's artefacts is
-fine); results of a different evaluation there are replaced only with --overwrite.
+fine); results of a different evaluation there are replaced only with --overwrite. Each results file is
+written whole under a temporary name and renamed into place: a full disk leaves the earlier ones as they were.
 """
 
 from __future__ import annotations
@@ -183,9 +184,9 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
 
     try:
         labels = run_labels(runs)
-    except ValueError as e:
+        results = {label: load_results(r) for label, r in zip(labels, runs, strict=True)}
+    except ValueError as e:  # the same run twice; a results.json cut short (its path named)
         raise SystemExit(str(e)) from None
-    results = {label: load_results(r) for label, r in zip(labels, runs, strict=True)}
     try:  # one writer per --out, never inside or around a compared run
         lock = lock_folder(out, check=lambda: check_output_folder(
             out, "--out", None, {"--compare": [p.parent if p.name == "results.json" else p for p in map(Path, runs)]}))
@@ -212,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     from hyper_retrieval.data.beir import load_collection
     from hyper_retrieval.evaluation.hybrid import evaluate_hybrid
     from hyper_retrieval.evaluation.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
-    from hyper_retrieval.evaluation.results import build_results, check_output_dir, metric_by_collection, write_results
+    from hyper_retrieval.evaluation.results import (
+        ResultsWriteError,
+        build_results,
+        check_output_dir,
+        metric_by_collection,
+        write_results,
+    )
     from hyper_retrieval.evaluation.routing import routing_by_collection
     from hyper_retrieval.evaluation.scoring import evaluate_collections
     from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
@@ -298,7 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     if attention is not None:
         labels = [c.name for c in collections for _ in range(len(c.queries))]
         results["routing"] = routing_by_collection(attention, labels, zero_shot)
-    write_results(out, results, collection_results)
+    try:  # each file whole under a temporary name, then renamed: a full disk leaves the old results as they were
+        write_results(out, results, collection_results)
+    except ResultsWriteError as e:
+        raise SystemExit(f"eval.py: {e}") from None
     plot_collection_bars({args.model: metric_by_collection(results)}, out / "ndcg_at_10.png")
     if attention is not None:
         np.save(out / "attention.npy", attention)

@@ -15,6 +15,8 @@ Everything is written to --out first; the upload is the only step that needs the
 `hf auth login`, or --token). --out is locked for the whole command (a second export.py into it stops at once, naming
 the first) and is never an input (--model, --results, --baseline), a training run or part of one, a checkpoint, a
 saved model or an evaluation, nor holds one; --overwrite replaces only an earlier export or a folder of other files.
+The new folder is written beside the old one and swapped in by rename when whole: a failure (a full disk) leaves
+the old one as it was and names what failed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from hyper_retrieval.core.folder_lock import FolderBusyError, lock_folder
 from hyper_retrieval.core.run_folders import RunFolderError, check_export_target
-from hyper_retrieval.hub.export import NoAdapterError, export_for_hub, push_to_hub
+from hyper_retrieval.hub.export import ExportWriteError, NoAdapterError, export_for_hub, push_to_hub
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         out = export_for_hub(args.model, args.out, args.results, repo_id=args.repo_id or args.push_to_hub,
                              license=args.license, base_model=args.base_model, datasets=args.datasets,
                              overwrite=args.overwrite, baseline_dir=args.baseline, adapter_only=args.adapter_only)
-    except (FileExistsError, RunFolderError, NoAdapterError, FolderBusyError) as e:
+    except (FileExistsError, RunFolderError, NoAdapterError, FolderBusyError, ExportWriteError) as e:
         sys.exit(f"export.py: {e}")
     with lock:
         print(f"exported to {out}")

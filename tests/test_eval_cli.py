@@ -481,3 +481,86 @@ def test_compare_tells_same_named_runs_apart(eval_cli, samples, tmp_path):
     assert "Paired tests against float32/eval/hyper" in table and "| bf16/eval/hyper | in-domain |" in table
     with pytest.raises(SystemExit, match="the same run given more than once"):
         eval_cli.main(["--compare", runs[0], runs[0] + "/results.json", "--out", str(tmp_path / "cmp2")])
+
+
+def _file_size_limited(limit: int):
+    """For subprocess.run(preexec_fn=...): files in the child cannot grow past ``limit`` bytes (RLIMIT_FSIZE), and
+    a write past it fails with EFBIG ("File too large") instead of killing the child: a full disk, for one run."""
+    def limit_child() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_child
+
+
+def test_results_survive_a_full_disk_while_the_new_ones_are_written(samples, tmp_path):
+    """eval.py --overwrite over an earlier evaluation, on a disk that fills while writing: the earlier files are
+    all there, byte for byte, the command says which file failed, and --compare on the earlier results works."""
+    out = tmp_path / "bm25"
+    args = [sys.executable, "eval.py", "--model", "bm25", "--data", *map(str, samples), "--out", str(out),
+            "--no-progress"]
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {Path("results.json"), Path("per_query.json"), Path("results.md"), Path("runs/ropes.trec")} <= set(before)
+    limit = 4096  # the runs are far bigger: writing them fails
+    assert max(len(before[Path("runs/ropes.trec")]), len(before[Path("per_query.json")])) > limit
+    failed = subprocess.run([*args, "--k", "50", "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                            preexec_fn=_file_size_limited(limit))
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"eval.py: {out}" in failed.stderr and "could not be written" in failed.stderr
+    assert "the results there before are unchanged" in failed.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.rglob("*.tmp"))
+    json.loads((out / "results.json").read_text())
+    compared = subprocess.run([sys.executable, "eval.py", "--compare", str(out), "--out", str(tmp_path / "cmp")],
+                              cwd=REPO, capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    assert "| collection | bm25 |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_results_json_is_never_seen_half_written(tmp_path, monkeypatch):
+    """A reader reading results.json while it is rewritten again and again always reads a whole one (each file is
+    written under a temporary name and renamed); a write that fails leaves every earlier file as it was."""
+    import threading
+
+    from hyper_retrieval.evaluation import results as results_module
+    from hyper_retrieval.evaluation.results import ResultsWriteError, write_results
+    from hyper_retrieval.evaluation.scoring import CollectionResult
+
+    run = {f"q{i}": {f"d{j}": float(j) for j in range(50)} for i in range(200)}
+    collection = CollectionResult("c", False, {"ndcg@10": 0.5}, {q: {"ndcg@10": 0.5} for q in run}, run, {})
+
+    def results(i: int) -> dict:
+        return {"settings": {"model": "m", "split": "test", "round": i, "padding": ["x" * 100] * 20_000},
+                "collections": {"c": {"zero_shot": False, "metrics": {"ndcg@10": 0.5}, "info": {}}}, "averages": {}}
+
+    write_results(tmp_path, results(0), [collection])
+    seen, broken, done = [], [], threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                seen.append(json.loads((tmp_path / "results.json").read_text())["settings"]["round"])
+            except ValueError as e:  # a file cut short (the old in-place write_text)
+                broken.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 25):
+            write_results(tmp_path, results(i), [collection])
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 1 and not broken, broken[:1]
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def full_disk(_results):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results_module, "results_markdown", full_disk)  # the last file to write fails
+    with pytest.raises(ResultsWriteError, match=r"results\.md: could not be written.*No space left"):
+        write_results(tmp_path, results(99), [collection])
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -287,3 +287,28 @@ def test_export_writes_only_what_it_knows(hub_run, tmp_path):
     (out / "adapter" / "pytorch_model.bin").write_bytes(b"a torch pickle")
     with pytest.raises(ValueError, match=r"files an export never writes: \['adapter/pytorch_model.bin'\]"):
         push_to_hub(out, "someone/x", token="none")
+
+
+def test_export_overwrite_on_a_full_disk_keeps_the_old_export(hub_run, tmp_path):
+    """export.py --overwrite over a complete export, on a disk that fills while the new one is written (a real limit:
+    RLIMIT_FSIZE, files cannot grow past 2 MB, so the weights cannot be written): every file of the old export is
+    still there, byte for byte, nothing is left beside it, and the command exits non-zero naming what failed."""
+    from test_eval_cli import _file_size_limited
+
+    out = tmp_path / "export"
+    shutil.copytree(hub_run.export_dir, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("model.safetensors") in before and len(before) >= 16
+    result = subprocess.run([sys.executable, str(REPO / "export.py"), "--model", str(hub_run.model_dir), "--results",
+                             str(hub_run.eval_dir), "--out", str(out), "--overwrite"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=_file_size_limited(2 * 2**20))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"export.py: {out}: writing the export failed" in result.stderr
+    assert "the export there before is unchanged" in result.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]  # no temporary folder left
+    # and with room, --overwrite replaces it whole
+    export_for_hub(hub_run.model_dir, out, hub_run.eval_dir, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]

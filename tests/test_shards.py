@@ -287,3 +287,51 @@ def test_eval_reports_a_compressed_index_recall_memory_and_speed(minilm_path, bb
     assert info["index_bytes_per_vector"] < flat["collections"]["ropes"]["info"]["index_bytes_per_vector"] == 4 * 32
     assert info["index_queries_per_s"] > 0 and ivfpq["settings"]["refine_factor"] == 4
     assert ivfpq["collections"]["ropes"]["metrics"] == pytest.approx(flat["collections"]["ropes"]["metrics"])
+
+
+def test_a_saved_index_refuses_a_store_with_rows_changed_where_a_sample_would_not_look(tmp_path):
+    """Five rows changed in the store's files, none of them among the 1,024 a sampled fingerprint read: the saved
+    index is refused, both fingerprints named; an index saved with a sampled fingerprint is refused with what to do."""
+    vectors = clustered(6000, 16)
+    store = disk_store(vectors, tmp_path / "store", 2500)
+    index = DenseIndex(store, kind="ivf", nlist=16, nprobe=16)
+    index.save(tmp_path / "index.faiss")
+    DenseIndex.load(tmp_path / "index.faiss", store)  # the same store loads
+    sampled = set(np.linspace(0, len(vectors) - 1, 1024).astype(np.int64).tolist())  # what the old fingerprint read
+    unsampled = sorted(set(range(len(vectors))) - sampled)
+    changed = np.random.default_rng(1).choice(unsampled, 5, replace=False).tolist()
+    for row in changed:  # written into the shard files in place, as an outside change would be
+        shard = int(np.searchsorted(store.starts, row, side="right") - 1)
+        mapped = np.load(store.shards[shard].source / "vectors.npy", mmap_mode="r+")
+        mapped[row - store.starts[shard]] = -mapped[row - store.starts[shard]]
+        mapped.flush()
+        del mapped
+    recorded = json.loads((tmp_path / "index.faiss.json").read_text())["store"]
+    given = store.fingerprint()
+    assert given != recorded
+    with pytest.raises(ValueError, match=f"built on the store {recorded}, the store given is {given}"):
+        DenseIndex.load(tmp_path / "index.faiss", store)
+    # an index saved before every row was hashed (format 2: a sampled fingerprint) is never trusted with a store
+    settings = json.loads((tmp_path / "index.faiss.json").read_text())
+    (tmp_path / "index.faiss.json").write_text(json.dumps({**settings, "format": 2}))
+    with pytest.raises(ValueError, match="format 2.*sample of 1,024 vectors.*build the index again"):
+        DenseIndex.load(tmp_path / "index.faiss", store)
+    DenseIndex.load(tmp_path / "index.faiss")  # without a store nothing is compared: it still opens
+
+
+def test_the_store_fingerprint_sees_every_row_and_not_where_the_vectors_are_held(tmp_path):
+    vectors = clustered(3000, 8)
+    in_memory = ShardStore.from_array(vectors).fingerprint()
+    assert disk_store(vectors, tmp_path / "a", 1000).fingerprint() == in_memory  # other shards, same vectors
+    assert ShardStore.from_array(vectors).fingerprint(chunk_rows=7) == in_memory  # the blocks do not matter
+    for row in (1, 1500, 2998):
+        changed = vectors.copy()
+        changed[row, 3] += 1e-3
+        assert ShardStore.from_array(changed).fingerprint() != in_memory
+    sparse = sp.random(500, 50, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    whole = ShardStore.from_array(sparse).fingerprint()
+    assert ShardStore([Shard(sparse[:200], np.arange(200)), Shard(sparse[200:], np.arange(200, 500))]
+                      ).fingerprint() == whole
+    changed = sparse.copy()
+    changed.data[-1] += 1
+    assert ShardStore.from_array(changed).fingerprint() != whole

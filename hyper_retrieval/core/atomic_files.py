@@ -123,11 +123,16 @@ def publish_folder(tmp: Path, folder: Path, usable: Callable[[Path], bool]) -> N
 
 
 def swap_folder(save: Callable[[Path], None], folder: str | os.PathLike) -> None:
-    """Runs ``save(tmp)`` into a temporary sibling of ``folder``, then swaps it in: readers see the old or the new."""
+    """Runs ``save(tmp)`` into a temporary sibling of ``folder``, then swaps it in: readers see the old or the new.
+    Where ``save`` fails (a full disk), the temporary folder is removed and ``folder`` is left as it was."""
     folder = Path(folder)
     tmp, old = temporary_sibling(folder), folder.with_name(f".{folder.name}.{os.getpid()}.old")
     shutil.rmtree(old, ignore_errors=True)
-    save(tmp)
+    try:
+        save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

@@ -7,15 +7,17 @@ is empty).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hyper_retrieval.core.atomic_files import atomic_file
 from hyper_retrieval.evaluation.scoring import CollectionResult
 
 METRICS = {"ndcg@10": "nDCG@10", "r_precision": "R-prec", "recall@20": "R@20", "recall@100": "R@100",
@@ -31,7 +33,7 @@ def check_output_dir(out: Path, settings: Mapping[str, Any], overwrite: bool = F
     existing = out / "results.json"
     if overwrite or not existing.exists():
         return
-    previous = json.loads(existing.read_text()).get("settings", {})
+    previous = load_results(existing).get("settings", {})
     current = json.loads(json.dumps(settings))
     differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
     if differing:
@@ -119,15 +121,32 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     return run
 
 
+class ResultsWriteError(OSError):
+    """Writing the results failed (a full disk): the message names the file; the files there before are kept."""
+
+
 def write_results(out: Path, results: Mapping[str, Any], collection_results: Sequence[CollectionResult]) -> None:
-    """results.json, results.md, per_query.json and runs/<collection>.trec in ``out``."""
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    for r in collection_results:
-        write_trec_run(out / "runs" / f"{r.name}.trec", r.run, "_".join(str(results["settings"]["model"]).split()))
-    per_query = {r.name: r.per_query for r in collection_results}
-    (out / "per_query.json").write_text(json.dumps(per_query))
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(results_markdown(results))
+    """results.json, results.md, per_query.json and runs/<collection>.trec in ``out``: each written whole under a
+    temporary name first, then all renamed into place, so that a reader never sees a half-written file and a
+    failure (a full disk: ResultsWriteError naming the file) leaves every file there before as it was."""
+    tag = "_".join(str(results["settings"]["model"]).split())
+    writes: list[tuple[Path, Callable[[Path], Any]]] = [
+        *((out / "runs" / f"{r.name}.trec", lambda tmp, run=r.run: write_trec_run(tmp, run, tag))
+          for r in collection_results),
+        (out / "per_query.json", lambda tmp: tmp.write_text(json.dumps({r.name: r.per_query
+                                                                        for r in collection_results}))),
+        (out / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1))),
+        (out / "results.md", lambda tmp: tmp.write_text(results_markdown(results))),
+    ]
+    path = out
+    try:
+        with contextlib.ExitStack() as renames:  # on leaving: every file renamed into place, or every one dropped
+            for path, write in writes:
+                write(renames.enter_context(atomic_file(path)))
+            path = out
+    except OSError as e:
+        raise ResultsWriteError(f"{path}: could not be written ({type(e).__name__}: {e}); the results there before "
+                                "are unchanged") from e
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -136,14 +155,22 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results.json (run eval.py with --out there first)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a whole results.json ({e}); run eval.py there again") from None
 
 
 def load_per_query(path: str | os.PathLike) -> dict[str, Any] | None:
     """The per_query.json beside a results.json (given the file or its folder), or None where there is none."""
     path = Path(path)
     path = (path.parent if path.name == "results.json" else path) / "per_query.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a whole per_query.json ({e}); run eval.py there again") from None
 
 
 def run_labels(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
+from safetensors import SafetensorError
 
 import modeling_hyper
+from hyper_retrieval.core.atomic_files import swap_folder
 from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.run_folders import check_export_target
 from hyper_retrieval.evaluation.results import load_results
@@ -48,6 +50,10 @@ ADAPTER_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
 
 class NoAdapterError(ValueError):
     """An adapter-only export of a model without a hyper-prompt."""
+
+
+class ExportWriteError(OSError):
+    """Writing the export failed (a full disk): the message names the folder; the export there before is kept."""
 
 
 def find_train_config(model_dir: Path) -> Path | None:
@@ -95,7 +101,8 @@ def export_for_hub(
     `results_dir` is an eval.py output folder (results.json, attention_heatmap.png) for the card's results; it must
     have been computed by this model (its fingerprint). `baseline_dir` is another system's eval.py output on the same
     collections (BM25 in the same run), compared with in the card. `repo_id` names the model in the card's code
-    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it); the model itself, the
+    examples. An existing non-empty `out_dir` is refused unless `overwrite` (which replaces it: the new export is
+    written beside it and swapped in whole, so a failure, ExportWriteError, leaves it as it was); the model itself, the
     results or baseline folder, a folder holding a training run, a checkpoint, a saved model or an evaluation, or
     one inside a run's checkpoints/, final/, best/ or adapter/ (or inside any of those) is refused always
     (RunFolderError). export.py holds the folder's lock (hyper_retrieval.core.folder_lock) around this call.
@@ -126,12 +133,28 @@ def export_for_hub(
     adapter_card = dict(results=results, train_config=train_config, baseline=baseline, repo_id=repo_id,
                         license=license, licences=licences, base_model=base_model, datasets=datasets)
 
-    if out.exists():
-        shutil.rmtree(out)
-    if adapter_only:
-        write_adapter(model, out, **adapter_card)
-        check_known_files(out)
-        return out
+    def write(folder: Path) -> None:
+        if adapter_only:
+            write_adapter(model, folder, **adapter_card)
+        else:
+            write_export(model, folder, results_dir=results_dir, adapter_card=adapter_card, widget=widget)
+        check_known_files(folder)
+
+    try:  # written beside the old export, swapped in whole at the end: a failure (a full disk) leaves the old one
+        swap_folder(write, out)
+    except (OSError, SafetensorError) as e:
+        raise ExportWriteError(f"{out}: writing the export failed ({type(e).__name__}: {e}); "
+                               f"{'the export there before is unchanged' if out.exists() else 'nothing was written'}"
+                               ) from e
+    return out
+
+
+def write_export(model: HyperRetrieverModel, out: Path, *, results_dir: str | os.PathLike | None,
+                 adapter_card: dict[str, Any], widget: Sequence[Mapping[str, Any]] | None) -> None:
+    """The full export's files in the (new, empty) folder ``out``: the model, its adapter, code and card."""
+    train_config, repo_id, license = adapter_card["train_config"], adapter_card["repo_id"], adapter_card["license"]
+    base_model, datasets, baseline = adapter_card["base_model"], adapter_card["datasets"], adapter_card["baseline"]
+    results, licences = adapter_card["results"], adapter_card["licences"]
     model.save_pretrained(out)
     if model.hyper_prompt is not None:
         write_adapter(model, out / ADAPTER_DIR, subfolder=ADAPTER_DIR, model_id=repo_id, **adapter_card)
@@ -146,8 +169,6 @@ def export_for_hub(
         base_model=base_model, datasets=datasets, widget=widget, baseline=baseline, licences=licences,
     )
     card.save(out / "README.md")
-    check_known_files(out)
-    return out
 
 
 def write_adapter(model: HyperRetrieverModel, folder: Path, *, base_model: str | None = None, **card_kwargs: Any

@@ -87,7 +87,9 @@ DenseKind = Literal["flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq
 DENSE_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "hnsw-sq8", "ivfpq", "ivfpq-fs", "opq")
 IVF_KINDS = ("ivf", "ivfpq", "ivfpq-fs", "opq")
 DEFAULT_REFINE = {"ivfpq-fs": 4}  # 4-bit codes rank the neighbourhood, the stored vectors the order (docs/SCALING.md)
-INDEX_FORMAT = 2  # saved-index settings: 2 adds the checksum and the store, dimension and model it was built on
+INDEX_FORMAT = 3  # saved-index settings: 2 adds the checksum and the store, dimension and model it was built on;
+#                 3 a store fingerprint of every vector (ShardStore.fingerprint)
+STORE_FINGERPRINT_FORMAT = 3  # 3: the store's fingerprint hashes every vector (before: 1,024 of them)
 
 
 def checked_refine_factor(value: Any, where: str = "refine_factor") -> int:
@@ -294,7 +296,7 @@ class DenseIndex:
             recorded = {key: settings[key] for key in ("kind", "refine_factor", "ntotal", "dim", "sha256", "store")}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}.json: not the settings of a saved index ({type(e).__name__}: {e}); indexes "
-                             f"saved before format {INDEX_FORMAT} carry no checksum: build it again") from None
+                             "saved before format 2 carry no checksum: build it again") from None
         checked_refine_factor(recorded["refine_factor"], f"{path}.json: refine_factor")  # the file is not checksummed
         if not path.is_file() or file_digest(path) != recorded["sha256"]:
             raise ValueError(f"{path}: does not match the checksum in {path.name}.json (damaged, or replaced "
@@ -312,9 +314,13 @@ class DenseIndex:
             if store.shape != (index.ntotal, index.d):
                 raise ValueError(f"{path}: built on {index.ntotal} vectors of {index.d} dimensions; the store given "
                                  f"has {len(store)} of {store.dim}")
+            if settings.get("format", 0) < STORE_FINGERPRINT_FORMAT:
+                raise ValueError(f"{path}.json: saved with format {settings.get('format')}, whose store fingerprint "
+                                 f"({recorded['store']}) read a sample of 1,024 vectors, not every one, so it cannot "
+                                 "tell whether the store given is the one it was built on: build the index again")
             if (given := store.fingerprint()) != recorded["store"]:
                 raise ValueError(f"{path}: built on the store {recorded['store']}, the store given is {given} "
-                                 "(another model's or corpus's vectors of the same size)")
+                                 "(another model's or corpus's vectors of the same size, or vectors changed since)")
         if model is not None and settings.get("model") is not None and model != settings["model"]:
             raise ValueError(f"{path}: built with the passage encoder {settings['model']}, the model given is "
                              f"{model}")

@@ -133,15 +133,31 @@ class ShardStore:
             list(pool.map(score, groups))
         return out.reshape(rows.shape)
 
-    def fingerprint(self, rows: int = 1024) -> str:
+    def fingerprint(self, chunk_rows: int = 65_536) -> str:
         """Identity of the stored vectors: the sha256 (24 hex digits) of the shape, each vector's document row and
-        ``rows`` vectors spread evenly over the store. A sample, so it is cheap at any size; the vectors of another
-        model or corpus differ in every row. (Damage to the stored bytes is the cache's checksums' job.)"""
-        picked = self.take(np.unique(np.linspace(0, len(self) - 1, min(rows, len(self))).astype(np.int64)))
-        digest = hashlib.sha256(np.asarray(self.shape, dtype=np.int64).tobytes() + self.doc.tobytes())
-        for part in (picked.data, picked.indices, picked.indptr) if self.sparse else (picked,):
-            digest.update(np.ascontiguousarray(part).tobytes())
-        return "store:" + digest.hexdigest()[:24]
+        every vector (float32 rows; a sparse store's row lengths, term ids and weights), read one shard at a time in
+        blocks of ``chunk_rows`` rows, so that a change to any one row changes it. It depends on the vectors alone,
+        not on where they are held (memory or cache) or how they are cut into shards. Hashing runs at disk or
+        memory speed (README.md, "saved index")."""
+        head = hashlib.sha256(b"every-row\0" + np.asarray(self.shape, dtype=np.int64).tobytes() + self.doc.tobytes())
+        parts = [hashlib.sha256() for _ in range(3 if self.sparse else 1)]  # each streamed: the cuts do not matter
+        for shard in self.shards:
+            vectors = shard.open()
+            for offset in range(0, vectors.shape[0], chunk_rows):
+                block = vectors[offset: offset + chunk_rows]
+                if self.sparse:
+                    block = sp.csr_matrix(block)
+                    block.sort_indices()
+                    for digest, array in zip(parts, (np.diff(block.indptr).astype(np.int64),
+                                                     block.indices.astype(np.int64),
+                                                     block.data.astype(np.float32)), strict=True):
+                        digest.update(np.ascontiguousarray(array))
+                else:  # a float32 block of a memory-mapped shard is hashed where it lies, without a copy
+                    parts[0].update(np.ascontiguousarray(block, dtype=np.float32))
+            del vectors
+        for digest in parts:
+            head.update(digest.digest())
+        return "store:" + head.hexdigest()[:24]
 
     def sample(self, n: int, seed: int = 0) -> Embeddings:
         """``n`` distinct rows drawn at random (all rows when the store has fewer), in store order."""
