@@ -53,6 +53,14 @@ def plain_backbone(models: dict) -> HyperRetrieverModel:
     return base
 
 
+def backbone_with_both(models: dict, root) -> HyperRetrieverModel:
+    """The plain backbone with adapters a and b loaded (a active: the first loaded)."""
+    base = plain_backbone(models)
+    base.load_adapter(root / "a", adapter_name="a")
+    base.load_adapter(root / "b", adapter_name="b")
+    return base
+
+
 def test_two_adapters_on_one_backbone_give_each_ones_own_vectors(adapters):
     models, root = adapters
     base = plain_backbone(models)
@@ -74,9 +82,7 @@ def test_two_adapters_on_one_backbone_give_each_ones_own_vectors(adapters):
 
 def test_per_call_adapter_leaves_the_active_one(adapters):
     models, root = adapters
-    base = plain_backbone(models)
-    base.load_adapter(root / "a", adapter_name="a")
-    base.load_adapter(root / "b", adapter_name="b")
+    base = backbone_with_both(models, root)
     np.testing.assert_array_equal(base.encode_queries(QUERIES, adapter="b"), models["b"].encode_queries(QUERIES))
     np.testing.assert_array_equal(base.prompt_attention(QUERIES, adapter="b"), models["b"].prompt_attention(QUERIES))
     assert base.active_adapter == "a"
@@ -88,10 +94,8 @@ def test_per_call_adapter_leaves_the_active_one(adapters):
 
 def test_switching_adapters_leaves_passage_vectors_unchanged(adapters):
     models, root = adapters
-    base = plain_backbone(models)
-    plain = base.encode_corpus(PASSAGES)
-    base.load_adapter(root / "a", adapter_name="a")
-    base.load_adapter(root / "b", adapter_name="b")
+    plain = plain_backbone(models).encode_corpus(PASSAGES)
+    base = backbone_with_both(models, root)
     for name in ("a", "b", None):
         base.set_adapter(name)
         np.testing.assert_array_equal(base.encode_corpus(PASSAGES), plain)
@@ -100,10 +104,8 @@ def test_switching_adapters_leaves_passage_vectors_unchanged(adapters):
 
 def test_delete_and_set_adapter(adapters):
     models, root = adapters
-    base = plain_backbone(models)
-    plain_queries = base.encode_queries(QUERIES)
-    base.load_adapter(root / "a", adapter_name="a")
-    base.load_adapter(root / "b", adapter_name="b")
+    plain_queries = plain_backbone(models).encode_queries(QUERIES)
+    base = backbone_with_both(models, root)
     base.delete_adapter("a")
     assert base.adapter_names == ["b"] and base.active_adapter is None
     np.testing.assert_array_equal(base.encode_queries(QUERIES), plain_queries)  # the plain backbone again

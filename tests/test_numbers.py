@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_validation import refused
 from test_eval_cli import load_eval_module
 
 from hyper_retrieval.search.index import DenseIndex
@@ -21,14 +22,6 @@ DATA = "data:\n  collections: [{path: BeIR/scifact}]\n"  # a Hub id: not looked 
 @pytest.fixture(scope="module")
 def eval_cli():
     return load_eval_module()
-
-
-def refused(eval_cli, capsys, argv):
-    """The exit status and the last line of stderr of eval.py on ``argv``."""
-    with pytest.raises(SystemExit) as stopped:
-        eval_cli.main(argv)
-    lines = capsys.readouterr().err.strip().splitlines()
-    return stopped.value.code, lines[-1] if lines else str(stopped.value.code)
 
 
 def nested(depth: int) -> str:
