@@ -292,7 +292,7 @@ def test_adapter_report_tests_the_frozen_systems_and_sizes_their_adapters(tmp_pa
             write_seeded_eval(root / "eval" / name, {"c": (False, [v + shift for v in c]), "z": (True, z)})
             (root / name).mkdir(parents=True)
             (root / name / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-            log = [{"step": 1110, "queries_per_s": 64.0 if "frozen" in base else 32.0, "routing/task_mi": 0.4,
+            log = [{"step": 1100, "queries_per_s": 64.0 if "frozen" in base else 32.0, "routing/task_mi": 0.4,
                     "routing/top_share": 0.5, "routing/entropy": 0.7}, {"step": 1110, "dev/ndcg@10": 0.5 + shift}]
             (root / name / "log.jsonl").write_text("\n".join(map(json.dumps, log)))
             (root / name / "protocol.json").write_text(json.dumps({"profile": "cpu-epoch-fp32", "train_s": 600}))
@@ -310,7 +310,7 @@ def test_adapter_report_tests_the_frozen_systems_and_sizes_their_adapters(tmp_pa
     costs = text.split("### Size and speed of each system")[1].split("###")[0]
     row = next(line for line in costs.splitlines() if line.startswith("| hyper-frozen |")).split(" | ")
     assert abs(int(row[1].replace(",", "")) - size) < 200  # the same tensors; the JSON names another backbone path
-    assert row[2:] == [f"{parameters:,}", "2.00", "2.00 |"]  # the frozen runs log twice multi-task's queries/s
-    assert "| multitask |  | the query encoder | 1.00 | 1.00 |" in costs
+    assert row[2:] == [f"{parameters:,}", "2.00 (2.00)", "2.00 |"]  # the frozen runs log twice multi-task's queries/s
+    assert "| multitask |  | the query encoder | 1.00 (1.00) | 1.00 |" in costs
     assert "| hyper-frozen-seed43 | 1110 | 55.00 | 0.400 | 0.500 | 0.700 |" in text
     assert (docs / "results" / "adapter_dev_curve.png").is_file()
