@@ -169,13 +169,12 @@ class EndpointHandler:
         PayloadError (null included)."""
         if "adapter" not in parameters:
             return None
-        if not isinstance(adapter := parameters["adapter"], str):
-            raise PayloadError(f'"adapter" must be a string naming a loaded adapter, got {adapter!r}')
-        return self._adapter_name(adapter)
+        return self._adapter_name(parameters["adapter"], allow_none=False)
 
-    def _adapter_name(self, adapter: Any) -> str | None:
-        """`adapter` if it names a loaded adapter (None: the active one), else PayloadError naming those loaded."""
-        if adapter is None:
+    def _adapter_name(self, adapter: Any, allow_none: bool = True) -> str | None:
+        """`adapter` if it names a loaded adapter (None, where allowed: the active one), else PayloadError naming
+        those loaded."""
+        if adapter is None and allow_none:
             return None
         if not isinstance(adapter, str):
             raise PayloadError(f'"adapter" must be a string naming a loaded adapter, got {adapter!r}')
