@@ -1,12 +1,13 @@
 """Training throughput: queries/s of full optimizer steps for the plain multi-task model and the hyper-prompt model.
 
-Both models start from the all-MiniLM-L6-v2 weights and train on the same pre-built batches of real bbir training
-data (the six training collections, mixed tasks): each query with 1 gold passage + --negatives other passages of its
+Both models start from the all-MiniLM-L6-v2 weights and train on the same pre-built batches of real bbir training data
+(the six training collections, mixed tasks): each query with 1 gold passage + --negatives other passages of its
 collection (random ones stand in for mined hard negatives: same texts, same token lengths, same cost), tokenized by
-the project's BatchBuilder (queries up to --query-length tokens, passages up to --passage-length). One step is what
-train.py does: forward of the queries (with the prompt prefix) and of the passages, RetrievalLoss (contrastive over
-gold + hard + in-batch negatives with the false-negative mask, plus CPR on the prompt attention for the hyper-prompt
-model), backward, gradient clipping, AdamW step with the backbone / prompt parameter groups.
+the project's BatchBuilder (queries up to --query-length tokens, passages up to --passage-length). One step is
+train.py's own (training/step.py, TrainingStep): forward of the queries (with the prompt prefix) and of the passages,
+RetrievalLoss (contrastive over gold + hard + in-batch negatives with the false-negative mask, plus CPR on the prompt
+attention for the hyper-prompt model), backward, gradient clipping, AdamW step with the backbone / prompt parameter
+groups.
 
 Each model trains in every --dtypes (float32, or bfloat16 autocast as accelerate's mixed_precision=bf16 applies it,
 on the CPU as on CUDA), a copy of its own per dtype. After --warmup untimed steps per system, --rounds rounds each
@@ -24,7 +25,6 @@ ratio to the first (plain multi-task in the first dtype): hyper/plain (target >=
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -33,16 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
 from hyper_retrieval.core.precision import resolve_dtype  # noqa: E402
 from hyper_retrieval.data.beir import load_collection  # noqa: E402
 from hyper_retrieval.training.batching import BatchBuilder, TaskData, TrainBatch  # noqa: E402
-from hyper_retrieval.training.config import LossSettings  # noqa: E402
-from hyper_retrieval.training.examples import build_examples, false_negative_mask, first_queries  # noqa: E402
+from hyper_retrieval.training.config import LossSettings, OptimSettings  # noqa: E402
+from hyper_retrieval.training.examples import build_examples, first_queries  # noqa: E402
 from hyper_retrieval.training.losses import RetrievalLoss  # noqa: E402
 from hyper_retrieval.training.malloc_settings import keep_freed_memory  # noqa: E402
+from hyper_retrieval.training.optimization import build_optimizer  # noqa: E402
+from hyper_retrieval.training.step import TrainingStep  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
 
 BBIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbir"
@@ -65,34 +68,16 @@ def build_batches(tokenizer, count: int, args) -> tuple[list[TrainBatch], float]
     return batches, (time.perf_counter() - start) / count
 
 
-class Trainer:
-    """One model, its AdamW (backbone / prompt groups) and RetrievalLoss; `step(batch)` is one optimizer step."""
-
-    def __init__(self, model: HyperRetrieverModel, num_tasks: int, device: torch.device, dtype: torch.dtype):
-        self.model = model.to(device).train()
-        self.device = device
-        self.optimizer = torch.optim.AdamW(model.parameter_groups(2e-5, 1e-3))
-        pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
-        settings = LossSettings(contrastive_temperature=0.05)
-        self.loss = RetrievalLoss(settings, num_tasks, pool, sparse=False).to(device).train()
-        self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                         else contextlib.nullcontext())
-        self.steps = 0
-
-    def step(self, batch: TrainBatch) -> float:
-        batch = batch.to(self.device)
-        with self.autocast:
-            q = self.model(**batch.queries, is_query=True)
-            p = self.model(**batch.passages, is_query=False)
-            exclude = false_negative_mask(batch.positives, batch.passage_keys, batch.targets.tolist())
-            losses = self.loss(q.embeddings, p.embeddings, batch.targets, self.steps, q.prompt_attention,
-                               batch.tasks, exclude.to(self.device))
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.steps += 1
-        return float(losses["total"].detach())
+def trainer(accelerator: Accelerator, model: HyperRetrieverModel, num_tasks: int, dtype: torch.dtype) -> TrainingStep:
+    """train.py's TrainingStep for `model`: AdamW (backbone / prompt groups, fused on CUDA), RetrievalLoss, clipping
+    at 1.0, the forward passes autocast to `dtype` (float32: none)."""
+    settings = OptimSettings(backbone_lr=2e-5, prompt_lr=1e-3)
+    optimizer = build_optimizer(model, settings, accelerator.device)
+    model, optimizer = accelerator.prepare(model.train(), optimizer)
+    pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
+    loss = RetrievalLoss(LossSettings(contrastive_temperature=0.05), num_tasks, pool, sparse=False)
+    return TrainingStep(accelerator, model, optimizer, loss.to(accelerator.device).train(), grad_clip=1.0,
+                        autocast_dtype=dtype)
 
 
 def main() -> None:
@@ -129,19 +114,21 @@ def main() -> None:
     prompt = HyperPromptConfig(pool_size=args.pool_size, num_virtual_tokens=args.num_virtual_tokens)
     hyper_name = f"hyper-prompt N={args.pool_size} L={args.num_virtual_tokens}"
     models = {"plain multi-task (no prompt)": None, hyper_name: prompt}
-    trainers = {f"{name} {str(dtype).removeprefix('torch.')}": Trainer(
-        HyperRetrieverModel.from_backbone(backbone, hyper_prompt=pool, **shape), len(TRAINING_COLLECTIONS), device,
-        dtype) for dtype in dtypes for name, pool in models.items()}
-    tokenizer = next(iter(trainers.values())).model.tokenizer
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")  # each trainer autocasts on its own
+    trainers = {f"{name} {str(dtype).removeprefix('torch.')}": trainer(
+        accelerator, HyperRetrieverModel.from_backbone(backbone, hyper_prompt=pool, **shape),
+        len(TRAINING_COLLECTIONS), dtype) for dtype in dtypes for name, pool in models.items()}
+    tokenizer = accelerator.unwrap_model(next(iter(trainers.values())).model).tokenizer
     batches, build_seconds = build_batches(tokenizer, args.warmup + args.rounds * args.steps, args)
+    batches = [batch.to(device) for batch in batches]
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for trainer in trainers.values():
-        for batch in batches[: args.warmup]:
-            trainer.step(batch)
+    for step in trainers.values():
+        for number, batch in enumerate(batches[: args.warmup]):
+            step(batch, number)
     sync()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rates = {name: [] for name in trainers}
@@ -151,8 +138,8 @@ def main() -> None:
         for name in names[r % len(names):] + names[: r % len(names)]:
             sync()
             start = time.perf_counter()
-            for batch in chunk:
-                trainers[name].step(batch)
+            for number, batch in enumerate(chunk):
+                trainers[name](batch, number)
             sync()
             rates[name].append(len(chunk) * args.batch_size / (time.perf_counter() - start))
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -282,7 +282,7 @@ class PromptSynthesizer(nn.Module):
         d = len(self.running_mean)
         total, mean = stats[0], stats[1 : 1 + d] / stats[0]
         var = (stats[1 + d :] / total - mean.pow(2)).clamp_min(0.0)
-        rate = max(self.momentum, 1.0 / float(self.num_updates + 1))
+        rate = (1.0 / (self.num_updates + 1)).clamp(min=self.momentum).to(self.running_mean.dtype)  # no device wait
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), rate)
         self.running_var.lerp_(var.to(self.running_var.dtype), rate)
         self.num_updates += 1
@@ -308,7 +308,7 @@ class PromptSynthesizer(nn.Module):
     @torch.no_grad()
     def _update_balance(self, logits: torch.Tensor) -> None:
         """Moves the bias of an over-chosen prompt down and of an under-chosen one up, by the rate."""
-        load = _all_reduce_sum(torch.bincount(logits.argmax(-1), minlength=len(self.balance_bias)).float())
+        load = _all_reduce_sum(nn.functional.one_hot(logits.argmax(-1), len(self.balance_bias)).sum(0).float())
         self.balance_bias += self.balance_rate * torch.sign(load.mean() - load).to(self.balance_bias.dtype)
 
     def forward(

@@ -88,10 +88,19 @@ def _prefix_attention(kernel):
     return attention
 
 
+def _always_a_mask(mask_function):
+    """The mask function, never skipping the mask of an unpadded batch: deciding that reads ``padding_mask.all()``
+    back from the device at every forward, which stalls a GPU's queue of kernels in training and encoding."""
+    def mask(*args, **kwargs):
+        return mask_function(*args, **kwargs | {"allow_is_bidirectional_skip": False})
+
+    return mask
+
+
 # Process-global registries: the names are unique to this model.
 AttentionInterface.register("hyper_prefix_sdpa", _prefix_attention(sdpa_attention_forward))
 AttentionInterface.register("hyper_prefix_eager", _prefix_attention(eager_attention_forward))
-AttentionMaskInterface.register("hyper_prefix_sdpa", sdpa_mask)
+AttentionMaskInterface.register("hyper_prefix_sdpa", _always_a_mask(sdpa_mask))
 AttentionMaskInterface.register("hyper_prefix_eager", eager_mask)
 
 

@@ -263,7 +263,7 @@ else:
 
     from hyper_retrieval.data.beir import load_collection
     from hyper_retrieval.training.passage_table import PassageTable, has_frozen_passage_encoder
-    from hyper_retrieval.training.setup import build_model, passage_windows
+    from hyper_retrieval.training.models import build_model, passage_windows
 
     model = build_model(cfg.model, cfg.data.task_names)
     if not has_frozen_passage_encoder(model):

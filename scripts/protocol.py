@@ -109,7 +109,7 @@ def train(run: ProtocolRun, root: Path, profile: list[str], extra: list[str] = (
         return
     if run.seed is None:
         from hyper_retrieval.training.config import load_config
-        from hyper_retrieval.training.setup import build_model
+        from hyper_retrieval.training.models import build_model
 
         cfg = load_config(REPO / run.config, list(extra))
         build_model(cfg.model, cfg.data.task_names).save_pretrained(folder / "model")

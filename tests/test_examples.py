@@ -2,6 +2,9 @@
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,9 @@ from hyper_retrieval.training.examples import (
     Example,
     build_examples,
     false_negative_mask,
+    key_ids,
     load_task_examples,
+    positive_key_ids,
     sample_passages,
 )
 
@@ -92,6 +97,17 @@ def test_sample_passages_is_deterministic_and_never_gold() -> None:
 
 
 def test_false_negative_mask_hides_other_gold_but_not_the_target() -> None:
-    mask = false_negative_mask([{"c/a", "c/b"}, {"c/c"}], ["c/a", "c/x", "c/c", "c/b"], targets=[0, 2])
+    mask = false_negative_mask(positive_key_ids([{"c/a", "c/b"}, {"c/c"}]), key_ids(["c/a", "c/x", "c/c", "c/b"]),
+                               targets=torch.tensor([0, 2]))
     assert mask.tolist() == [[False, False, False, True], [False, False, False, False]]
     assert mask.dtype == torch.bool
+
+
+def test_key_ids_are_the_same_in_every_process() -> None:
+    keys = ["nq_ckc/12", "qasc/12", "drop/a b"]
+    script = ("from hyper_retrieval.training.examples import key_ids; "
+              f"print(key_ids({keys!r}).tolist())")
+    ids = [subprocess.run([sys.executable, "-c", script], env=os.environ | {"PYTHONHASHSEED": seed}, check=True,
+                          capture_output=True, text=True).stdout.strip() for seed in ("1", "2")]
+    assert ids[0] == ids[1] == str(key_ids(keys).tolist())
+    assert len(set(key_ids(keys).tolist())) == 3 and min(key_ids(keys).tolist()) >= 0

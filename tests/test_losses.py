@@ -138,12 +138,31 @@ def test_memory_bank_is_fifo_per_task_and_checkpointable() -> None:
     rows = torch.tensor([[i, 1.0] for i in range(6)])
     bank.push(rows[:3], torch.tensor([0, 0, 0]))
     bank.push(rows[3:], torch.tensor([0, 0, 1]))  # task 0 now holds 5 rows: the oldest one is gone
-    entries, tasks = bank.contents()
-    assert sorted(entries[tasks == 0, 0].tolist()) == [1, 2, 3, 4]
-    assert entries[tasks == 1, 0].tolist() == [5]
+    entries, tasks, valid = bank.contents()
+    assert sorted(entries[(tasks == 0) & valid, 0].tolist()) == [1, 2, 3, 4]
+    assert entries[(tasks == 1) & valid, 0].tolist() == [5]
     restored = AttentionMemoryBank(num_tasks=2, size=4, num_prompts=2)
     restored.load_state_dict(bank.state_dict())
     assert torch.equal(restored.contents()[0], entries)
+
+
+def test_memory_bank_keeps_each_tasks_newest_rows_like_a_fifo() -> None:
+    """Random pushes, some with more rows of a task than the bank holds, against per-task Python FIFOs."""
+    rng = np.random.default_rng(0)
+    size, num_tasks = 5, 3
+    bank = AttentionMemoryBank(num_tasks=num_tasks, size=size, num_prompts=1)
+    fifo = {t: [] for t in range(num_tasks)}
+    value = 0
+    for _ in range(40):
+        tasks = rng.integers(num_tasks, size=int(rng.integers(1, 12)))
+        rows = torch.arange(value, value + len(tasks), dtype=torch.float32)[:, None]
+        value += len(tasks)
+        bank.push(rows, torch.from_numpy(tasks))
+        for t, v in zip(tasks.tolist(), rows[:, 0].tolist(), strict=True):
+            fifo[t] = (fifo[t] + [v])[-size:]
+        entries, owners, valid = bank.contents()
+        for t in range(num_tasks):
+            assert sorted(entries[(owners == t) & valid, 0].tolist()) == fifo[t]
 
 
 def test_flops_matches_formula_and_warmup_is_linear() -> None:

@@ -69,11 +69,11 @@ def test_router_losses_against_hand_computed_values():
     tasks = torch.tensor([0, 0, 1, 1])
     p0, p1, p = torch.tensor([0.85, 0.15]), torch.tensor([0.35, 0.65]), torch.tensor([0.6, 0.4])
     kl = lambda a, b: (a * (a / b).log()).sum().item()  # noqa: E731
-    assert task_prompt_information(attention, tasks).item() == pytest.approx(0.5 * kl(p0, p) + 0.5 * kl(p1, p))
+    assert task_prompt_information(attention, tasks, 2).item() == pytest.approx(0.5 * kl(p0, p) + 0.5 * kl(p1, p))
     settings = LossSettings(router_z_weight=0.1, router_balance_weight=0.2, router_mi_weight=0.3)
     terms = RetrievalLoss(settings, 2, 2, sparse=False)(
         torch.rand(4, 8), torch.rand(4, 8), torch.arange(4), 0, attention, tasks, logits=attention.log())
-    assert terms["router_mi"].item() == pytest.approx(-0.3 * task_prompt_information(attention, tasks).item())
+    assert terms["router_mi"].item() == pytest.approx(-0.3 * task_prompt_information(attention, tasks, 2).item())
     assert terms["router_balance"].item() == pytest.approx(0.2)
     assert terms["total"].item() == pytest.approx(sum(v.item() for k, v in terms.items() if k != "total"))
 

@@ -95,16 +95,17 @@ class RoutingWindow:
         self.tasks: list[torch.Tensor] = []
 
     def add(self, attention: torch.Tensor, tasks: torch.Tensor) -> None:
-        """This process's attention (B, N) and task ids (B,), gathered across processes."""
+        """This process's attention (B, N) and task ids (B,), gathered across processes; kept on the device until
+        :meth:`diagnostics` reads the window back (at a log step), so a step never waits for the copy."""
         from accelerate.utils import gather
 
-        self.attention.append(gather(attention.detach().float()).cpu())
-        self.tasks.append(gather(tasks).cpu())
+        self.attention.append(gather(attention.detach().float()))
+        self.tasks.append(gather(tasks))
 
     def diagnostics(self, task_names: Sequence[str]) -> dict[str, float | None]:
         """routing_diagnostics over the window, which is then emptied."""
         import torch
 
-        attention, tasks = torch.cat(self.attention).numpy(), torch.cat(self.tasks).tolist()
+        attention, tasks = torch.cat(self.attention).cpu().numpy(), torch.cat(self.tasks).tolist()
         self.attention, self.tasks = [], []
         return routing_diagnostics(attention, [task_names[t] for t in tasks])

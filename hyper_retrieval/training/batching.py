@@ -3,18 +3,21 @@
 A batch of B queries carries, for each query, one gold passage and `num_negatives` hard negatives, laid out back to
 back: passages (B * (1 + k), T_p), and query b's target is passage b * (1 + k). Every other passage of the (global)
 batch is an in-batch negative, except other copies of b's gold passages, which `exclude` drops from b's softmax.
+
+Everything a batch needs from the host (token ids, looked-up passage vectors, the ids the false-negative mask
+compares) is built here, where a prefetching thread can do it while the device computes the previous step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from hyper_retrieval.data.beir import Collection, document_key
-from hyper_retrieval.training.examples import Example, sample_passages
+from hyper_retrieval.training.examples import Example, key_ids, positive_key_ids, sample_passages
 from modeling_hyper.encoding_hyper import passage_text
 
 
@@ -29,35 +32,96 @@ class TaskData:
 
 @dataclass
 class TrainBatch:
-    """Tokenized queries (B, T_q) and passages (B * (1 + k), T_p) plus what the losses need."""
+    """Tokenized queries (B, T_q) and passages (B * (1 + k), T_p), or the passages' looked-up vectors, plus what the
+    losses need. Tensors only beside `passage_keys`, so that the whole batch moves to the device in one `to`."""
 
     queries: dict[str, torch.Tensor]
-    passages: dict[str, torch.Tensor]
+    passages: dict[str, torch.Tensor]  # empty when the passages are looked up
     targets: torch.Tensor  # (B,) index of each query's gold among the local passages
     tasks: torch.Tensor  # (B,) task id
-    positives: list[set[str]]  # per query, "<collection>/<doc id>" keys of every gold passage
-    passage_keys: list[str]  # "<collection>/<doc id>" of each local passage
+    positive_ids: torch.Tensor  # (B, G) key ids of each query's gold passages, -1 padded (examples.positive_key_ids)
+    passage_ids: torch.Tensor  # (B * (1 + k),) key ids of the local passages (examples.key_ids)
+    passage_keys: list[str] = field(default_factory=list)  # "<collection>/<doc id>" of each local passage
+    passage_vectors: torch.Tensor | None = None  # (B * (1 + k), d) or (B * (1 + k), W, d) looked-up vectors
+    window_mask: torch.Tensor | None = None  # (B * (1 + k), W) the real windows of looked-up passages, or None
 
-    def to(self, device: torch.device) -> TrainBatch:
-        self.queries = {k: v.to(device) for k, v in self.queries.items()}
-        self.passages = {k: v.to(device) for k, v in self.passages.items()}
-        self.targets, self.tasks = self.targets.to(device), self.tasks.to(device)
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> TrainBatch:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, move(value))
+            elif isinstance(value, dict):
+                setattr(self, f.name, {k: move(v) for k, v in value.items()})
         return self
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> TrainBatch:
+        """Page-locked host memory, so that `to(cuda, non_blocking=True)` copies while the device computes."""
+        return self._map(torch.Tensor.pin_memory)
+
+
+class TokenizedTexts:
+    """Texts tokenized once (truncated to `max_length`), batched on demand exactly as
+    ``tokenizer(texts, padding=True, truncation=True, max_length=max_length)`` would: the ids live in one int32
+    array, so a million training queries cost a few megabytes, not a million Python lists."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_length: int, chunk: int = 8192) -> None:
+        ids = []
+        for start in range(0, len(texts), chunk):
+            ids += tokenizer(list(texts[start : start + chunk]), truncation=True, max_length=max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        self.lengths = np.array([len(row) for row in ids], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.ids = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(self.starts[-1]))
+        self.pad_id = tokenizer.pad_token_id
+        self.left = tokenizer.padding_side == "left"
+        self.names = tokenizer.model_input_names
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask (B, T) padded to the longest of `rows` (token_type_ids zeros where the
+        tokenizer returns them)."""
+        width = int(self.lengths[list(rows)].max())
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for b, row in enumerate(rows):
+            n = int(self.lengths[row])
+            columns = slice(width - n, width) if self.left else slice(0, n)
+            input_ids[b, columns] = self.ids[self.starts[row] : self.starts[row] + n]
+            mask[b, columns] = 1
+        out = {"input_ids": torch.from_numpy(input_ids)}
+        if "token_type_ids" in self.names:
+            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        if "attention_mask" in self.names:
+            out["attention_mask"] = torch.from_numpy(mask)
+        return {name: out[name] for name in self.names if name in out}
+
+
+PassageLookup = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class BatchBuilder:
-    """flat example indices (from MultiTaskBatchSampler) + the step -> TrainBatch; deterministic given the step."""
+    """flat example indices (from MultiTaskBatchSampler) + the step -> TrainBatch; deterministic given the step.
+
+    The training queries are tokenized once, here. ``lookup`` (a PassageTable's) gives the passages' vectors
+    instead of their tokens, for a frozen passage encoder.
+    """
 
     def __init__(self, tasks: Sequence[TaskData], tokenizer, num_negatives: int, max_query_length: int,
-                 max_passage_length: int, seed: int, tokenize_passages: bool = True) -> None:
-        """``tokenize_passages=False`` leaves ``TrainBatch.passages`` empty (passages looked up, not encoded)."""
+                 max_passage_length: int, seed: int, lookup: PassageLookup | None = None) -> None:
         self.tasks = list(tasks)
         self.offsets = np.cumsum([0, *(len(t.examples) for t in self.tasks)])
         self.tokenizer = tokenizer
         self.num_negatives = num_negatives
-        self.max_query_length, self.max_passage_length = max_query_length, max_passage_length
+        self.max_passage_length = max_passage_length
         self.seed = seed
-        self.tokenize_passages = tokenize_passages
+        self.lookup = lookup
+        self.queries = TokenizedTexts(tokenizer, [ex.query for t in self.tasks for ex in t.examples],
+                                      max_query_length)
         self._corpus_ids = {name: c.corpus.ids for t in self.tasks for name, c in t.collections.items()}
 
     def example(self, flat_index: int) -> tuple[int, Example]:
@@ -66,26 +130,27 @@ class BatchBuilder:
 
     def __call__(self, flat_indices: Sequence[int], step: int, rank: int = 0) -> TrainBatch:
         rng = np.random.default_rng([self.seed, step, rank])
-        queries, passages, keys, positives, task_ids = [], [], [], [], []
+        passages, keys, positives, task_ids = [], [], [], []
         for flat in flat_indices:
             task, ex = self.example(flat)
             chosen = sample_passages(ex, self.num_negatives, rng, self._corpus_ids[ex.collection])
-            queries.append(ex.query)
-            if self.tokenize_passages:
+            if self.lookup is None:
                 corpus = self.tasks[task].collections[ex.collection].corpus
                 passages += [passage_text(doc) for doc in corpus.get_many(chosen)]
             keys += [document_key(ex.collection, d) for d in chosen]
             positives.append({document_key(ex.collection, d) for d in ex.positive_ids})
             task_ids.append(task)
+        vectors, window_mask = self.lookup(keys) if self.lookup is not None else (None, None)
         group = 1 + self.num_negatives
         return TrainBatch(
-            queries=self._tokenize(queries, self.max_query_length),
-            passages=self._tokenize(passages, self.max_passage_length) if self.tokenize_passages else {},
-            targets=torch.arange(len(queries)) * group,
+            queries=self.queries.batch(flat_indices),
+            passages={} if self.lookup is not None else dict(self.tokenizer(
+                passages, padding=True, truncation=True, max_length=self.max_passage_length, return_tensors="pt")),
+            targets=torch.arange(len(flat_indices)) * group,
             tasks=torch.tensor(task_ids),
-            positives=positives,
+            positive_ids=positive_key_ids(positives),
+            passage_ids=key_ids(keys),
             passage_keys=keys,
+            passage_vectors=vectors,
+            window_mask=window_mask,
         )
-
-    def _tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))

@@ -142,6 +142,8 @@ class OptimSettings:
     # auto: bf16 where the device computes it faster than float32 (a bf16 GPU, a CPU with AMX), else no (precision.py)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     gradient_checkpointing: bool = False
+    # CUDA only: float32 matmuls in TF32 (10-bit mantissa, ~8x the float32 rate on tensor cores); the CPU ignores it
+    tf32: bool = True
 
     def warmup_for(self, total_steps: int) -> int:
         """Learning-rate warm-up steps: warmup_steps when set, else warmup_ratio of the run's total steps."""

@@ -11,6 +11,7 @@ Bad data is never dropped silently:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -130,14 +131,31 @@ def sample_passages(example: Example, num_negatives: int, rng: np.random.Generat
     return [positive, *chosen]
 
 
-def false_negative_mask(positives: Sequence[AbstractSet[str]], passage_keys: Sequence[str],
-                        targets: Sequence[int]) -> torch.Tensor:
+def key_ids(keys: Sequence[str]) -> torch.Tensor:
+    """(len(keys),) int64 ids of "<collection>/<doc id>" keys, the same in every process (a 63-bit BLAKE2 hash, so
+    never negative): what the device compares instead of strings. Two keys share an id with probability ~n^2 / 2^64
+    (1e-7 for a million passages); a clash would only drop one in-batch negative from a softmax."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1
+                         for k in keys], dtype=torch.long)
+
+
+def positive_key_ids(positives: Sequence[AbstractSet[str]]) -> torch.Tensor:
+    """(B, G) int64: per query the key_ids of its gold passages, padded with -1 (no passage's id) to the most any
+    query has."""
+    width = max((len(gold) for gold in positives), default=0)
+    ids = torch.full((len(positives), max(width, 1)), -1, dtype=torch.long)
+    for row, gold in enumerate(positives):
+        ids[row, : len(gold)] = key_ids(sorted(gold))
+    return ids
+
+
+def false_negative_mask(positive_ids: torch.Tensor, passage_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B, P) bool: True where passage p is gold for query b but is not b's target, to drop from the softmax.
 
-    positives[b] and passage_keys must use the same namespace (e.g. "<collection>/<doc id>", since doc ids of
-    different collections may clash); pass the keys of the global (gathered) passages to mask in-batch
-    negatives from other processes too.
+    positive_ids (B, G) from :func:`positive_key_ids`, passage_ids (P,) from :func:`key_ids` (the ids of the global,
+    gathered passages to mask in-batch negatives from other processes too), targets (B,) each query's gold among them.
+    Tensor work only, on whatever device the ids are: nothing waits for the device.
     """
-    mask = torch.tensor([[key in gold for key in passage_keys] for gold in positives], dtype=torch.bool)
-    mask[torch.arange(len(positives)), torch.as_tensor(targets)] = False
+    mask = (positive_ids[:, :, None] == passage_ids[None, None, :]).any(dim=1)
+    mask[torch.arange(len(mask), device=mask.device), targets] = False
     return mask

@@ -104,19 +104,27 @@ class AttentionMemoryBank(nn.Module):
 
     @torch.no_grad()
     def push(self, attention: Tensor, tasks: Tensor) -> None:
-        """Store attention (n, N) rows under their task ids (n,), oldest entries overwritten first."""
-        for t in tasks.unique().tolist():
-            rows = attention[tasks == t][-self.size:].detach().to(self.entries.dtype)
-            slots = (self.cursor[t] + torch.arange(len(rows), device=rows.device)) % self.size
-            self.entries[t, slots] = rows
-            self.cursor[t] = (self.cursor[t] + len(rows)) % self.size
-            self.filled[t] = torch.clamp(self.filled[t] + len(rows), max=self.size)
+        """Store attention (n, N) rows under their task ids (n,), oldest entries overwritten first: of a task's rows
+        in this call only its last `size` are kept. Tensor work only (no read-back of the task ids)."""
+        num_tasks = len(self.filled)
+        one_hot = F.one_hot(tasks, num_tasks)  # (n, T)
+        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # (n,) position of each row among its task's rows
+        count = one_hot.sum(0)  # (T,) rows per task
+        kept = count.clamp(max=self.size)
+        dropped = count[tasks] - kept[tasks]  # (n,) the first rows of an overfull task are dropped
+        slot = (self.cursor[tasks] + rank - dropped) % self.size
+        slot = torch.where(rank >= dropped, slot, self.size)  # dropped rows go to a scratch column
+        scratch = torch.cat([self.entries, self.entries.new_zeros(num_tasks, 1, self.entries.shape[2])], dim=1)
+        scratch[tasks, slot] = attention.detach().to(self.entries.dtype)
+        self.entries.copy_(scratch[:, : self.size])
+        self.cursor.copy_((self.cursor + kept) % self.size)
+        self.filled.copy_((self.filled + kept).clamp(max=self.size))
 
-    def contents(self) -> tuple[Tensor, Tensor]:
-        """All valid entries (M, N) and their task ids (M,)."""
+    def contents(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every slot (T * S, N), its task ids (T * S,) and whether it holds an entry (T * S,) bool."""
         valid = torch.arange(self.size, device=self.filled.device)[None, :] < self.filled[:, None]  # (T, S)
         tasks = torch.arange(len(self.filled), device=self.filled.device)[:, None].expand_as(valid)
-        return self.entries[valid], tasks[valid]
+        return self.entries.flatten(0, 1), tasks.flatten(), valid.flatten()
 
 
 class ContrastivePromptRegularizer(nn.Module):
@@ -141,17 +149,18 @@ class ContrastivePromptRegularizer(nn.Module):
         not_self[torch.arange(batch), own] = False
         others, other_tasks, valid = global_attention, global_tasks, not_self
         if self.bank is not None:
-            bank_attention, bank_tasks = self.bank.contents()
+            bank_attention, bank_tasks, bank_valid = self.bank.contents()
             others = torch.cat([others, bank_attention.to(attention.dtype)])
             other_tasks = torch.cat([other_tasks, bank_tasks.to(tasks.device)])
-            valid = torch.cat([valid, valid.new_ones(batch, len(bank_tasks))], dim=1)
-        js = pairwise_js_divergence(attention, others)  # (B, G + M)
+            valid = torch.cat([valid, bank_valid[None, :].expand(batch, -1)], dim=1)
+        js = pairwise_js_divergence(attention, others)  # (B, G + T * S)
         same = tasks[:, None] == other_tasks[None, :]
         scale = self.weight / batch
         zero = attention.new_zeros(())
+        # sums under masks (not js[mask]): boolean indexing would wait for the device to count the pairs
         terms = {
-            "cpr_pull": scale * self.pull_weight * js[same & valid].sum() if self.pull else zero,
-            "cpr_push": scale * self.push_weight * (1 - js[~same & valid]).sum() if self.push else zero,
+            "cpr_pull": scale * self.pull_weight * torch.where(same & valid, js, 0).sum() if self.pull else zero,
+            "cpr_push": scale * self.push_weight * torch.where(~same & valid, 1 - js, 0).sum() if self.push else zero,
         }
         if self.bank is not None and self.training:
             self.bank.push(global_attention.detach(), global_tasks)
@@ -171,19 +180,17 @@ def router_z_loss(logits: Tensor) -> Tensor:
 def router_balance_loss(attention: Tensor) -> Tensor:
     """Switch's load balance N * sum_j f_j P_j for attention (B, N): 1 when the top choices and mass are uniform."""
     num_prompts = attention.shape[-1]
-    top_share = torch.bincount(attention.argmax(-1), minlength=num_prompts).to(attention.dtype) / len(attention)
+    top_share = F.one_hot(attention.argmax(-1), num_prompts).to(attention.dtype).mean(0)
     return num_prompts * (top_share.detach() * attention.mean(0)).sum()
 
 
-def task_prompt_information(attention: Tensor, tasks: Tensor) -> Tensor:
+def task_prompt_information(attention: Tensor, tasks: Tensor, num_tasks: int) -> Tensor:
     """I(task; prompt) in nats with prompt ~ attention (B, N) of a query of task tasks (B,): sum_t pi_t KL(p_t || p)."""
     overall = attention.mean(0).clamp_min(_EPS)
-    information = attention.new_zeros(())
-    for t in tasks.unique():
-        rows = attention[tasks == t]
-        p_t = rows.mean(0).clamp_min(_EPS)
-        information = information + len(rows) / len(attention) * (p_t * (p_t.log() - overall.log())).sum()
-    return information
+    one_hot = F.one_hot(tasks, num_tasks).to(attention.dtype)  # (B, T)
+    counts = one_hot.sum(0)  # (T,) queries per task; tasks without queries weigh 0
+    p_t = (one_hot.T @ attention / counts.clamp_min(1)[:, None]).clamp_min(_EPS)  # (T, N)
+    return (counts / len(attention) * (p_t * (p_t.log() - overall.log())).sum(-1)).sum()
 
 
 def warmup_weight(weight: float, step: int, warmup_steps: int) -> float:
@@ -198,10 +205,13 @@ class RetrievalLoss(nn.Module):
     cpr_* and router_* are zero without attention (no prompt pool) or at weight 0; flops is zero for dense vectors.
     """
 
+    TERMS = ("contrastive", "cpr_pull", "cpr_push", "flops", "router_z", "router_balance", "router_mi", "total")
+
     def __init__(self, settings: LossSettings, num_tasks: int, num_prompts: int, sparse: bool) -> None:
         super().__init__()
         self.settings = settings
         self.sparse = sparse
+        self.num_tasks = num_tasks
         self.cpr = ContrastivePromptRegularizer(
             num_tasks, num_prompts, settings.cpr_weight, settings.cpr_pull_weight, settings.cpr_push_weight,
             settings.cpr_pull, settings.cpr_push, settings.memory_bank_size,
@@ -227,7 +237,7 @@ class RetrievalLoss(nn.Module):
         terms["router_z"] = s.router_z_weight * router_z_loss(logits) if routed and s.router_z_weight else zero
         terms["router_balance"] = (s.router_balance_weight * router_balance_loss(attention)
                                    if routed and s.router_balance_weight else zero)
-        terms["router_mi"] = (-s.router_mi_weight * task_prompt_information(attention, tasks)
+        terms["router_mi"] = (-s.router_mi_weight * task_prompt_information(attention, tasks, self.num_tasks)
                               if routed and tasks is not None and s.router_mi_weight else zero)
         terms["total"] = sum(terms.values())
         return terms
