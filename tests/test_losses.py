@@ -212,3 +212,28 @@ def test_two_processes_gather_passages_with_gradient(tmp_path: Path) -> None:
         torch.testing.assert_close(result["q_grad"] / world, q.grad[rows])
         torch.testing.assert_close(result["p_grad"] / world, p.grad[prows])  # includes the other rank's queries
         torch.testing.assert_close(result["logits_grad"] / world, logits.grad[rows])
+
+
+@pytest.mark.parametrize("bank_size", [0, 4])
+def test_cpr_is_the_same_whether_it_compacts_or_masks(monkeypatch, bank_size) -> None:
+    """CPU runs compact the bank's filled slots and the summed pairs; accelerators keep every slot and mask (no count
+    read back): the same terms and gradients, up to the order of the additions."""
+    from hyper_retrieval.training import losses
+
+    rng = np.random.default_rng(5)
+    batches = [(torch.tensor(rng.dirichlet(np.ones(4), size=6), requires_grad=True),
+                torch.from_numpy(rng.integers(3, size=6))) for _ in range(4)]
+    results = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(losses, "COMPACTING_DEVICES", devices)
+        cpr = ContrastivePromptRegularizer(num_tasks=3, num_prompts=4, bank_size=bank_size)
+        steps = []
+        for attention, tasks in batches:
+            attention.grad = None
+            terms = cpr(attention, tasks)
+            (terms["cpr_pull"] + terms["cpr_push"]).backward()
+            steps.append((terms["cpr_pull"].item(), terms["cpr_push"].item(), attention.grad.clone()))
+        results.append(steps)
+    for (pull, push, grad), (pull2, push2, grad2) in zip(*results, strict=True):
+        assert pull == pytest.approx(pull2, rel=1e-6) and push == pytest.approx(push2, rel=1e-6)
+        assert torch.allclose(grad, grad2, rtol=1e-5, atol=1e-7)

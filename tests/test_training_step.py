@@ -12,10 +12,11 @@ from accelerate import Accelerator
 from transformers import AutoTokenizer
 
 from hyper_retrieval.data.beir import load_collection
+from hyper_retrieval.training import losses
 from hyper_retrieval.training.batching import BatchBuilder, TaskData, TokenizedTexts
 from hyper_retrieval.training.config import LossSettings
 from hyper_retrieval.training.examples import build_examples, first_queries
-from hyper_retrieval.training.losses import RetrievalLoss
+from hyper_retrieval.training.losses import RetrievalLoss, masked_sum
 from hyper_retrieval.training.prefetch import prefetched
 from hyper_retrieval.training.step import NonFiniteLoss, TrainingStep
 from tests.tiny import tiny_model
@@ -118,7 +119,9 @@ def step_for(model, num_tasks: int, settings: LossSettings, **step_options) -> T
 
 def test_a_step_reads_nothing_back_from_the_device(tokenizer, tasks, monkeypatch):
     """HypeR's pool with its synthesizer statistics and balance bias, CPR with the memory bank, the router terms, the
-    false-negative mask, clipping, fused AdamW: several steps, and not one tensor read back to Python."""
+    false-negative mask, clipping, fused AdamW: several steps, and not one tensor read back to Python (the CPU taking
+    the accelerators' path for masked sums)."""
+    monkeypatch.setattr(losses, "COMPACTING_DEVICES", ())
     model = tiny_model(pool_size=4, prompt={"balance_bias_rate": 0.01})
     settings = LossSettings(memory_bank_size=4, router_z_weight=0.1, router_balance_weight=0.1, router_mi_weight=0.1)
     step = step_for(model, len(tasks), settings)
@@ -151,3 +154,12 @@ def test_a_non_finite_loss_is_caught_at_the_next_check_with_its_step_and_terms(t
         step.check()
     assert caught.value.step == 1 and np.isnan(caught.value.terms["total"])
     assert np.isfinite(caught.value.terms["cpr_push"])
+
+
+def test_masked_sums_agree_on_both_paths(monkeypatch):
+    torch.manual_seed(0)
+    values, mask = torch.rand(32, 224), torch.rand(32, 224) < 0.3
+    compacted = masked_sum(values, mask)
+    monkeypatch.setattr(losses, "COMPACTING_DEVICES", ())
+    assert torch.allclose(masked_sum(values, mask), compacted, rtol=1e-6)
+    assert float(masked_sum(values, torch.zeros_like(mask))) == 0.0

@@ -83,6 +83,20 @@ def contrastive_loss(queries: Tensor, passages: Tensor, targets: Tensor, tempera
     return F.cross_entropy(scores, targets + _rank() * passages.shape[0])
 
 
+# Devices where CPR compacts what it selects (the memory bank's filled slots, the pairs a term sums), as it always has,
+# so CPU runs reproduce earlier ones bit for bit. Elsewhere the count of selected values would have to be read back
+# from the device (a stall every step), so CPR keeps every slot and sums under torch.where: the same values, added
+# (forward and backward) in another order.
+COMPACTING_DEVICES = ("cpu",)
+
+
+def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
+    """The sum of `values` where `mask` (same shape), a scalar; never waits for the device (COMPACTING_DEVICES)."""
+    if values.device.type in COMPACTING_DEVICES:
+        return values[mask].sum()
+    return torch.where(mask, values, 0).sum()
+
+
 def pairwise_js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """Pairwise Jensen-Shannon divergence in nats: p (B, N), q (M, N) distributions -> (B, M), in [0, ln 2]."""
     p, q = p.unsqueeze(1), q.unsqueeze(0)  # (B, 1, N), (1, M, N)
@@ -121,9 +135,12 @@ class AttentionMemoryBank(nn.Module):
         self.filled.copy_((self.filled + kept).clamp(max=self.size))
 
     def contents(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Every slot (T * S, N), its task ids (T * S,) and whether it holds an entry (T * S,) bool."""
+        """Entries (M, N), their task ids (M,) and whether each holds an entry (M,) bool: on COMPACTING_DEVICES the
+        filled slots only (all True), elsewhere every slot, M = T * S (no count read back from the device)."""
         valid = torch.arange(self.size, device=self.filled.device)[None, :] < self.filled[:, None]  # (T, S)
         tasks = torch.arange(len(self.filled), device=self.filled.device)[:, None].expand_as(valid)
+        if self.entries.device.type in COMPACTING_DEVICES:
+            return self.entries[valid], tasks[valid], valid[valid]
         return self.entries.flatten(0, 1), tasks.flatten(), valid.flatten()
 
 
@@ -157,10 +174,9 @@ class ContrastivePromptRegularizer(nn.Module):
         same = tasks[:, None] == other_tasks[None, :]
         scale = self.weight / batch
         zero = attention.new_zeros(())
-        # sums under masks (not js[mask]): boolean indexing would wait for the device to count the pairs
         terms = {
-            "cpr_pull": scale * self.pull_weight * torch.where(same & valid, js, 0).sum() if self.pull else zero,
-            "cpr_push": scale * self.push_weight * torch.where(~same & valid, 1 - js, 0).sum() if self.push else zero,
+            "cpr_pull": scale * self.pull_weight * masked_sum(js, same & valid) if self.pull else zero,
+            "cpr_push": scale * self.push_weight * masked_sum(1 - js, ~same & valid) if self.push else zero,
         }
         if self.bank is not None and self.training:
             self.bank.push(global_attention.detach(), global_tasks)
