@@ -9,10 +9,12 @@ from hyper_retrieval.training.config import OptimSettings
 
 
 def build_optimizer(model, settings: OptimSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over model.parameter_groups (backbone and prompt learning rates really differ); fused on CUDA (one
-    kernel for every parameter, and its step counters stay on the device)."""
+    """AdamW over model.parameter_groups (backbone and prompt learning rates really differ). Fused on CUDA: one kernel
+    for every parameter, its step counters on the device. Elsewhere torch's default form: the CPU's fused kernel
+    rounds differently, so earlier CPU runs would no longer reproduce (bench/profile_step.py: AdamW is a fifth of a
+    CPU step)."""
     groups = model.parameter_groups(settings.backbone_lr, settings.prompt_lr, settings.weight_decay)
-    return torch.optim.AdamW(groups, fused=device.type == "cuda" or None)
+    return torch.optim.AdamW(groups, fused=True if device.type == "cuda" else None)
 
 
 def total_steps(settings: OptimSettings, batches_per_epoch: int) -> int:
