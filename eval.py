@@ -74,7 +74,7 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
                   zero_shot: set[str]) -> tuple[float, dict[str, Any]]:
     """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
     (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
-    from hyper_retrieval.data.beir import load_collection, load_split
+    from hyper_retrieval.data.beir import load_other_split
     from hyper_retrieval.evaluation.hybrid import choose_fusion_weight
 
     if args.fusion != "convex":
@@ -85,8 +85,7 @@ def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: lis
     if not in_domain:
         raise SystemExit("--hybrid: choosing the fusion weight needs in-domain collections (--data) with a "
                          f"{args.dev_split!r} split; give --fusion-weight for zero-shot collections alone")
-    dev = [load_split(s, args.dev_split, c.corpus, args.on_unknown) if Path(s).exists()
-           else load_collection(s, args.dev_split, on_unknown=args.on_unknown) for s, c in in_domain]
+    dev = [load_other_split(s, args.dev_split, c.corpus, args.on_unknown) for s, c in in_domain]
     weight, means = choose_fusion_weight(hybrid, dev, args.k)
     return weight, {"weight": weight, "weight_from": f"{args.dev_split} split, mean nDCG@10 of "
                     + ", ".join(c.name for c in dev), "dev_ndcg@10_by_weight": means}

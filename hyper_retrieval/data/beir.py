@@ -392,6 +392,17 @@ def load_split(folder: str | os.PathLike, split: str, corpus: Corpus,
     return Collection(folder.name, corpus, {q: queries[q] for q in qrels}, qrels)
 
 
+
+def load_other_split(source: str | os.PathLike, split: str, corpus: Corpus,
+                     on_unknown: Literal["raise", "skip"] = "raise") -> Collection:
+    """`split` of a collection whose `corpus` is already loaded (the dev split beside the training or test one): the
+    local folder's queries and qrels read beside that corpus, or the whole split from the Hub for a Hub name. What
+    train.py's dev scoring and eval.py's fusion weight both use."""
+    if Path(source).exists():
+        return load_split(source, split, corpus, on_unknown)
+    return load_collection(source, split, on_unknown=on_unknown)
+
+
 def _qrels_file(folder: Path, split: str) -> Path:
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():

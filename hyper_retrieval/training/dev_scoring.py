@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hyper_retrieval.core.atomic_files import swap_folder
-from hyper_retrieval.data.beir import Collection, Corpus, load_collection, load_split
+from hyper_retrieval.data.beir import Collection, Corpus, load_other_split
 from hyper_retrieval.evaluation.scoring import evaluate_collections
 from hyper_retrieval.search.cache import passage_encoder_fingerprint
 from hyper_retrieval.search.corpus_encoder import FIRST_WINDOW, CorpusEncoder, PassageWindows
@@ -35,8 +35,7 @@ def load_dev_collections(data: DataSettings, corpora: dict[str, Corpus]) -> list
     if data.dev_split is None:
         return []
     paths = dict.fromkeys(c.path for c in data.collections)
-    return [load_split(path, data.dev_split, corpora[path]) if Path(path).exists()
-            else load_collection(path, data.dev_split) for path in paths]
+    return [load_other_split(path, data.dev_split, corpora[path]) for path in paths]
 
 
 def dev_score(model: HyperRetrieverModel, collections: list[Collection], metric: str,
