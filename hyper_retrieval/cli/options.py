@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hyper_retrieval.core.strict_yaml import short_repr
+from hyper_retrieval.core.types import WINDOW_MODES
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -105,7 +106,7 @@ def add_encoding_options(parser: argparse.ArgumentParser) -> None:
                         help="tokens per passage window, at most the backbone's positions (512 for MiniLM); "
                              "default: the model's max_seq_length. A HypeR model reads queries at its own query "
                              "length (max_query_length); another model's encoders get max_length for both")
-    parser.add_argument("--windows", choices=["first", "max"], default="first",
+    parser.add_argument("--windows", choices=WINDOW_MODES, default="first",
                         help="long passages: first = FirstP, the first window only (truncated); max = MaxP, every "
                              "window encoded, a document scored by its best")
     parser.add_argument("--window-stride", type=POSITIVE, default=None,

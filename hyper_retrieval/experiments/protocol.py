@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from hyper_retrieval.core.types import WINDOW_MODES, WindowMode
+
 KNOWN_RUN_KEYS = {"name", "config", "model", "from", "seeds", "overrides", "table", "pooled", "held_out",
                   "in_domain", "windows", "hybrid"}
 
@@ -29,7 +31,7 @@ class ProtocolRun:
     overrides: tuple[str, ...] = ()
     held_out: str | None = None
     in_domain: tuple[str, ...] = ()  # empty: the protocol's in-domain collections
-    windows: str = "first"  # how long passages are read, in training and evaluation: first (FirstP) or max (MaxP)
+    windows: WindowMode = "first"  # how long passages are read, in training and evaluation (core/types.py)
     hybrid: bool = False  # also evaluated fused with BM25 (eval.py --hybrid bm25), the primary seed only
     source: str | None = None  # the run whose dev-selected model this one evaluates (trains nothing)
 
@@ -67,7 +69,7 @@ def load_protocol(path: Path) -> tuple[dict, list[ProtocolRun]]:
                                         tuple(entry.get("overrides", ())), entry.get("held_out"),
                                         tuple(entry.get("in_domain", ())), entry.get("windows", "first"),
                                         bool(entry.get("hybrid", False)), entry.get("from")))
-                if runs[-1].windows not in ("first", "max"):
+                if runs[-1].windows not in WINDOW_MODES:
                     raise ValueError(f"{path}: {section}[{i}]: windows {runs[-1].windows!r}: expected first or max")
     check_sources(path, runs)
     return protocol, runs

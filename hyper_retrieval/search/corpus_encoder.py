@@ -19,12 +19,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from hyper_retrieval.core.types import WINDOW_MODES, WindowMode
 from hyper_retrieval.data.beir import Corpus
 from hyper_retrieval.search.cache import (
     Embeddings,
@@ -36,14 +37,12 @@ from hyper_retrieval.search.cache import (
 )
 from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
 
-WINDOW_MODES = ("first", "max")
-
 
 @dataclass(frozen=True)
 class PassageWindows:
     """How a passage longer than the passage length is read. The window length is the encoder's max_length."""
 
-    mode: Literal["first", "max"] = "first"  # first: FirstP, the first window only; max: MaxP, best of all windows
+    mode: WindowMode = "first"  # first: FirstP, the first window only; max: MaxP, best of all windows
     stride: int | None = None  # text tokens between window starts (None: half a window); MaxP only
 
     def __post_init__(self) -> None:

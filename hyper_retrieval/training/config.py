@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.strict_yaml import StrictYamlError, load_yaml, short_repr
+from hyper_retrieval.core.types import WindowMode
 from modeling_hyper import HyperPromptConfig, PromptSettingError
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
@@ -85,7 +86,7 @@ class ModelSettings(PromptSettings):
     max_passage_length: int = field(default=256, metadata=_at_least(1))  # our choice; the window length
     # Long passages: first = FirstP (first window only, truncated); max = MaxP, a passage scored by its best window
     # (training too, through the frozen passage table: needs freeze_passage_encoder and share_encoders false)
-    passage_windows: Literal["first", "max"] = "first"
+    passage_windows: WindowMode = "first"
     passage_window_stride: int | None = field(default=None, metadata=_at_least(1))  # None: half a window
 
 
