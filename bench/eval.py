@@ -2,7 +2,8 @@
 
 One run, the same all-MiniLM-L6-v2 weights, the same real bbir passages (evenly spaced over the nine corpora), the same
 max length and batch size. Encoding systems:
-- sentence-transformers `SentenceTransformer.encode` (the reference, ratio 1.0);
+- sentence-transformers `SentenceTransformer.encode` (the reference, ratio 1.0), and again in --also-dtype (the
+  anchor of our model in that dtype: on a GPU `--also-dtype float32` gives both float32 and bf16 anchors);
 - our `HyperRetrieverModel.encode_corpus` (cold: tokenization included; batches sorted by token count; on a GPU the
   batches are padded ahead in a thread, copied asynchronously, and embeddings stay on the device until the end);
 - our `encode_tokenized` from the corpus's token ids cached on disk (memory-mapped, as eval.py keeps them), as a
@@ -132,10 +133,13 @@ def main() -> None:
     reference.to(dtype)
     model = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, dtype).eval()
     other_dtype = getattr(torch, args.also_dtype) if args.also_dtype != "none" else dtype
-    other = None
-    if other_dtype != dtype:
+    other = other_reference = None
+    if other_dtype != dtype:  # both models in the other dtype too: sentence-transformers is its anchor there
         other = HyperRetrieverModel.from_backbone(backbone, max_seq_length=args.max_length).to(device, other_dtype)
         other.eval()
+        other_reference = SentenceTransformer(backbone, device=str(device))
+        other_reference.max_seq_length = args.max_length
+        other_reference.to(other_dtype)
     if args.compile:
         model.compile(dynamic=True)
     tokenizer = model.tokenizer
@@ -181,7 +185,9 @@ def main() -> None:
         "encode_corpus (cold)": run_ours,
         "encode_tokenized, cached token ids (memmap)": run_cached,
         **({f"encode_corpus (cold), {args.also_dtype}": lambda rows: other.encode_corpus([docs[i] for i in rows],
-                                                                                        batch_size=args.batch_size)}
+                                                                                        batch_size=args.batch_size),
+            f"sentence-transformers encode (cold), {args.also_dtype}": lambda rows: other_reference.encode(
+                [texts[i] for i in rows], batch_size=args.batch_size, convert_to_numpy=True)}
            if other is not None else {}),
         "tokenize only, per batch (as ST does)": run_tokenize_batches,
         "tokenize only, whole list at once": run_tokenize_all,
@@ -224,14 +230,18 @@ def main() -> None:
           f"batch {args.batch_size}, {device.type} {str(dtype).removeprefix('torch.')}, "
           f"{args.threads} threads{', compiled' if args.compile else ''}, {args.rounds} interleaved rounds")
     print(f"load average before {load_before}, after {load_after}; token cache built in {cache_build:.2f} s")
-    print(f"{'system':<42}{'passages/s':>12}{'vs ST':>8}{'median round vs ST':>20}{'rounds min..max':>17}"
+    print(f"{'system':<46}{'passages/s':>12}{'vs ST':>8}{'median round vs ST':>20}{'rounds min..max':>17}"
           f"{'min cos vs ST':>15}")
     for name in systems:
         rate = len(docs) / seconds[name]
         round_ratio = statistics.median(a / b for a, b in zip(per_round[name], per_round[ref_name], strict=True))
         spread = f"{min(per_round[name]):.0f}..{max(per_round[name]):.0f}"
         cos = "" if outputs[name].shape[1] == 0 else f"{min_cosine(outputs[name], ref_emb):.6f}"
-        print(f"{name:<42}{rate:>12.1f}{rate / ref_rate:>8.3f}{round_ratio:>20.3f}{spread:>17}{cos:>15}")
+        print(f"{name:<46}{rate:>12.1f}{rate / ref_rate:>8.3f}{round_ratio:>20.3f}{spread:>17}{cos:>15}")
+    if other is not None:
+        ours, theirs = (seconds[f"{system}, {args.also_dtype}"] for system in ("encode_corpus (cold)",
+                                                                             "sentence-transformers encode (cold)"))
+        print(f"in {args.also_dtype}: encode_corpus (cold) {theirs / ours:.3f}x sentence-transformers there")
 
     # ------------------------------------------------------------------------------------------------- search
     queries = load_queries(args.queries)
