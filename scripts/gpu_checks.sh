@@ -48,7 +48,7 @@ PYTHON
   CORPUS=../shared/data/bbir/ropes SHARD=200
   SCALE="--sizes 2000 --queries 16 --collections ropes multirc --encode-docs 0 --rounds 1"
 else
-  EVAL="--passages 40000 --batch-size 256 --rounds 8"
+  EVAL="--passages 40000 --batch-size 256 --rounds 8 --also-dtype float32"  # ST anchors in bf16 and float32
   TRAIN="--batch-size 32 --passage-length 256 --rounds 3 --steps 4"
   CORPUS=../shared/data/bbir/nq_ckc SHARD=5000
   SCALE="--sizes 1000000 --queries 1000 --encode-docs 0 --threads 16"
