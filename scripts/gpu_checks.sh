@@ -20,7 +20,9 @@ DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 OUT=${OUT:-outputs/gpu_checks}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The benches run one process at a time: the tokenizer may use every core (false would keep it on one, and encoding
+# on a 16-core GPU machine then waits for a single tokenizing thread)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 PY=${PYTHON:-python}
 
 # Weights and data: the carried copies on the GPU machine, else the pip weights and ../shared/data/bbir.
@@ -48,7 +50,7 @@ PYTHON
   CORPUS=../shared/data/bbir/ropes SHARD=200
   SCALE="--sizes 2000 --queries 16 --collections ropes multirc --encode-docs 0 --rounds 1"
 else
-  EVAL="--passages 40000 --batch-size 256 --rounds 8 --also-dtype float32"  # ST anchors in bf16 and float32
+  EVAL="--passages 40000 --batch-size 256 --rounds 8 --also-dtype float32 --threads 16"  # ST in bf16 and float32
   TRAIN="--batch-size 32 --passage-length 256 --rounds 3 --steps 4"
   CORPUS=../shared/data/bbir/nq_ckc SHARD=5000
   SCALE="--sizes 1000000 --queries 1000 --encode-docs 0 --threads 16"
