@@ -371,3 +371,29 @@ def test_two_evaluations_into_one_folder(published, tmp_path):
     base = ["eval.py", "--model", "bm25", "--data", str(SAMPLE / "ropes"), "--out", str(out), "--no-progress"]
     race(tmp_path, out, [*base, "--bm25-k1", "0.9"], [*base, "--bm25-k1", "1.2"])
     assert json.loads((out / "results.json").read_text())["settings"]["bm25_k1"] == 0.9  # the first's, kept
+
+
+def test_replace_folder_keeps_one_whole_copy_whatever_happens(tmp_path, monkeypatch):
+    """The new folder replaces the old one; if it cannot be put in place, the old one is back where it was."""
+    from hyper_retrieval.core.atomic_files import replace_folder
+
+    folder, finished = tmp_path / "step_4", tmp_path / ".partial_step_4"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("old")
+    finished.mkdir()
+    (finished / "model.safetensors").write_text("new")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(src) == finished:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space"):
+        replace_folder(finished, folder)
+    assert (folder / "model.safetensors").read_text() == "old"
+    monkeypatch.setattr(os, "replace", real_replace)
+    replace_folder(finished, folder)
+    assert (folder / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_4"]

@@ -126,16 +126,29 @@ def swap_folder(save: Callable[[Path], None], folder: str | os.PathLike) -> None
     """Runs ``save(tmp)`` into a temporary sibling of ``folder``, then swaps it in: readers see the old or the new.
     Where ``save`` fails (a full disk), the temporary folder is removed and ``folder`` is left as it was."""
     folder = Path(folder)
-    tmp, old = temporary_sibling(folder), folder.with_name(f".{folder.name}.{os.getpid()}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = temporary_sibling(folder)
     try:
         save(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_folder(tmp, folder)
+
+
+def replace_folder(finished: Path, folder: Path) -> None:
+    """Puts the finished folder ``finished`` in place of ``folder``: an earlier ``folder`` is moved aside first and
+    removed only once the new one is in place (put back if the new one cannot be), so a crash leaves one of the two
+    whole, never neither."""
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
-    os.replace(tmp, folder)
+    try:
+        os.replace(finished, folder)
+    except BaseException:
+        if old.exists():
+            os.replace(old, folder)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hyper_retrieval.core.atomic_files import ManifestError, check_manifest, write_manifest
+from hyper_retrieval.core.atomic_files import ManifestError, check_manifest, replace_folder, write_manifest
 from hyper_retrieval.core.run_folders import STEP
 
 STATE_FILE = "train_state.json"
@@ -111,9 +111,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: Mappi
         (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, partial / TENSORS_FILE)
         write_manifest(partial, {"step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+        replace_folder(partial, final)
         # the newest `keep` of this run's checkpoints up to this step stay; never this one, never a later step's
         older = [folder for s, folder in list_checkpoints(output_dir) if s < step]
         for old in older[: max(0, len(older) - (keep - 1))]:
