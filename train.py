@@ -30,21 +30,19 @@ from accelerate.utils import set_seed
 
 from hyper_retrieval.cli.options import POSITIVE, run_main
 from hyper_retrieval.core.strict_yaml import dump_yaml
-from hyper_retrieval.training.batching import BatchBuilder
 from hyper_retrieval.training.checkpoints import latest_checkpoint
 from hyper_retrieval.training.config import ConfigError, load_config
 from hyper_retrieval.training.dev_scoring import CALIBRATION_QUERIES, DevSelection, sample_queries
 from hyper_retrieval.training.launch import claim_output_folder, start_accelerator
 from hyper_retrieval.training.losses import RetrievalLoss
-from hyper_retrieval.training.models import build_model, passage_windows
+from hyper_retrieval.training.models import build_model, passage_windows, prompt_count
 from hyper_retrieval.training.optimization import build_optimizer, build_schedule, total_steps
 from hyper_retrieval.training.prefetch import prefetched
 from hyper_retrieval.training.run_log import TrainingLog
 from hyper_retrieval.training.run_outputs import RunCheckpoints, save_final
 from hyper_retrieval.training.run_state import TrainState
-from hyper_retrieval.training.sampler import MultiTaskBatchSampler
 from hyper_retrieval.training.step import NonFiniteLoss, TrainingStep
-from hyper_retrieval.training.training_data import load_training_data
+from hyper_retrieval.training.training_data import batch_builder, batch_sampler, load_training_data
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,16 +75,12 @@ def main() -> int:
         model.gradient_checkpointing_enable()
     data = load_training_data(cfg, model, accelerator, windows)
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
-    sampler = MultiTaskBatchSampler([len(t.examples) for t in data.tasks], cfg.train.batch_size, cfg.data.sampling,
-                                    cfg.data.task_sampling_temperature, cfg.train.seed,
-                                    num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    sampler = batch_sampler(cfg, data, accelerator.num_processes, accelerator.process_index)
     steps = total_steps(cfg.optim, sampler.num_batches)
     scheduler = build_schedule(optimizer, cfg.optim, steps)
-    num_prompts = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
+    num_prompts = prompt_count(model)
     loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), num_prompts, sparse=cfg.model.representation == "sparse")
-    builder = BatchBuilder(data.tasks, model.tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
-                           cfg.model.max_passage_length, cfg.train.seed,
-                           lookup=data.passage_table.lookup if data.passage_table is not None else None)
+    builder = batch_builder(cfg, data, model.tokenizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     train_step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip)
     state = TrainState()

@@ -21,15 +21,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hyper_retrieval.training.batching import BatchBuilder  # noqa: E402
 from hyper_retrieval.training.config import load_config  # noqa: E402
 from hyper_retrieval.training.launch import start_accelerator  # noqa: E402
 from hyper_retrieval.training.losses import RetrievalLoss  # noqa: E402
-from hyper_retrieval.training.models import build_model, passage_windows  # noqa: E402
+from hyper_retrieval.training.models import build_model, passage_windows, prompt_count  # noqa: E402
 from hyper_retrieval.training.optimization import build_optimizer  # noqa: E402
-from hyper_retrieval.training.sampler import MultiTaskBatchSampler  # noqa: E402
 from hyper_retrieval.training.step import TrainingStep  # noqa: E402
-from hyper_retrieval.training.training_data import load_training_data  # noqa: E402
+from hyper_retrieval.training.training_data import batch_builder, batch_sampler, load_training_data  # noqa: E402
 
 
 def main() -> None:
@@ -44,20 +42,16 @@ def main() -> None:
     accelerator = start_accelerator(cfg)
     model = build_model(cfg.model, cfg.data.task_names)
     data = load_training_data(cfg, model, accelerator, passage_windows(cfg.model))
-    sampler = MultiTaskBatchSampler([len(t.examples) for t in data.tasks], cfg.train.batch_size, cfg.data.sampling,
-                                    cfg.data.task_sampling_temperature, cfg.train.seed)
+    sampler = batch_sampler(cfg, data)
     start = time.perf_counter()
-    builder = BatchBuilder(data.tasks, model.tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
-                           cfg.model.max_passage_length, cfg.train.seed,
-                           lookup=data.passage_table.lookup if data.passage_table is not None else None)
+    builder = batch_builder(cfg, data, model.tokenizer)
     tokenize_seconds = time.perf_counter() - start
     plan = iter(sampler)
     start = time.perf_counter()
     batches = [builder(next(plan), i) for i in range(args.warmup + args.steps)]
     build_ms = (time.perf_counter() - start) / len(batches) * 1000
 
-    num_prompts = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
-    loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), num_prompts, sparse=cfg.model.representation == "sparse")
+    loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), prompt_count(model), sparse=cfg.model.representation == "sparse")
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model.train(), optimizer)
     step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip)

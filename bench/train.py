@@ -44,6 +44,7 @@ from hyper_retrieval.training.config import LossSettings, OptimSettings  # noqa:
 from hyper_retrieval.training.examples import build_examples, first_queries  # noqa: E402
 from hyper_retrieval.training.losses import RetrievalLoss  # noqa: E402
 from hyper_retrieval.training.malloc_settings import keep_freed_memory  # noqa: E402
+from hyper_retrieval.training.models import prompt_count  # noqa: E402
 from hyper_retrieval.training.optimization import build_optimizer  # noqa: E402
 from hyper_retrieval.training.step import TrainingStep  # noqa: E402
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel  # noqa: E402
@@ -74,8 +75,7 @@ def trainer(accelerator: Accelerator, model: HyperRetrieverModel, num_tasks: int
     settings = OptimSettings(backbone_lr=2e-5, prompt_lr=1e-3)
     optimizer = build_optimizer(model, settings, accelerator.device)
     model, optimizer = accelerator.prepare(model.train(), optimizer)
-    pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
-    loss = RetrievalLoss(LossSettings(contrastive_temperature=0.05), num_tasks, pool, sparse=False)
+    loss = RetrievalLoss(LossSettings(contrastive_temperature=0.05), num_tasks, prompt_count(model), sparse=False)
     return TrainingStep(accelerator, model, optimizer, loss.to(accelerator.device).train(), grad_clip=1.0,
                         autocast_dtype=dtype)
 

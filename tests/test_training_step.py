@@ -17,6 +17,7 @@ from hyper_retrieval.training.batching import BatchBuilder, TaskData, TokenizedT
 from hyper_retrieval.training.config import LossSettings
 from hyper_retrieval.training.examples import build_examples, first_queries
 from hyper_retrieval.training.losses import RetrievalLoss, masked_sum
+from hyper_retrieval.training.models import prompt_count
 from hyper_retrieval.training.prefetch import prefetched
 from hyper_retrieval.training.step import NonFiniteLoss, TrainingStep
 from tests.tiny import tiny_model
@@ -112,8 +113,8 @@ def step_for(model, num_tasks: int, settings: LossSettings, **step_options) -> T
     accelerator = Accelerator(cpu=True)
     optimizer = torch.optim.AdamW(model.parameter_groups(1e-3, 1e-2), fused=True)  # as on CUDA: counters on device
     model, optimizer = accelerator.prepare(model.train(), optimizer)
-    pool = model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
-    return TrainingStep(accelerator, model, optimizer, RetrievalLoss(settings, num_tasks, pool, sparse=False),
+    return TrainingStep(accelerator, model, optimizer, RetrievalLoss(settings, num_tasks, prompt_count(model),
+                                                                     sparse=False),
                         grad_clip=1.0, **step_options)
 
 

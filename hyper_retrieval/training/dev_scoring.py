@@ -61,7 +61,6 @@ class DevSelection:
 
     def __call__(self, model: HyperRetrieverModel, state: TrainState, is_main_process: bool) -> float:
         """The dev score of `model` (unwrapped) at state.step; a new best updates `state` and best/."""
-
         model.calibrate_synthesizer(self.calibration_queries)
         score = dev_score(model, self.collections, self.metric, self.cache_dir, self.windows)
         if score > state.best_score:

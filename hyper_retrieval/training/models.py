@@ -38,6 +38,11 @@ def build_model(settings: ModelSettings, task_names: Sequence[str] = ()) -> Hype
     )
 
 
+def prompt_count(model: HyperRetrieverModel) -> int:
+    """The prompts a model's pool holds: its pool_size, 1 without a pool (what the losses and routing logs need)."""
+    return model.hyper_prompt.config.pool_size if model.hyper_prompt is not None else 1
+
+
 def passage_windows(settings: ModelSettings) -> PassageWindows:
     """How the configured model reads long passages (model.passage_windows, model.passage_window_stride)."""
     return PassageWindows(settings.passage_windows, settings.passage_window_stride)

@@ -9,11 +9,12 @@ from accelerate import Accelerator
 
 from hyper_retrieval.data.beir import Collection
 from hyper_retrieval.search.corpus_encoder import PassageWindows
-from hyper_retrieval.training.batching import TaskData
+from hyper_retrieval.training.batching import BatchBuilder, TaskData
 from hyper_retrieval.training.config import TrainConfig
 from hyper_retrieval.training.dev_scoring import load_dev_collections
 from hyper_retrieval.training.examples import load_task_examples
 from hyper_retrieval.training.passage_table import PassageTable, has_frozen_passage_encoder
+from hyper_retrieval.training.sampler import MultiTaskBatchSampler
 from modeling_hyper import HyperRetrieverModel
 
 
@@ -46,3 +47,17 @@ def load_training_data(cfg: TrainConfig, model: HyperRetrieverModel, accelerator
                                          windows=windows)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
     return TrainingData(list(tasks.values()), dev_collections, passage_table)
+
+
+def batch_sampler(cfg: TrainConfig, data: TrainingData, num_replicas: int = 1, rank: int = 0) -> MultiTaskBatchSampler:
+    """The configured sampler over the tasks' examples (data.sampling, temperature, seed), for process `rank`."""
+    return MultiTaskBatchSampler([len(t.examples) for t in data.tasks], cfg.train.batch_size, cfg.data.sampling,
+                                 cfg.data.task_sampling_temperature, cfg.train.seed, num_replicas=num_replicas,
+                                 rank=rank)
+
+
+def batch_builder(cfg: TrainConfig, data: TrainingData, tokenizer) -> BatchBuilder:
+    """The configured BatchBuilder; passages looked up in data's passage table when there is one."""
+    lookup = data.passage_table.lookup if data.passage_table is not None else None
+    return BatchBuilder(data.tasks, tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
+                        cfg.model.max_passage_length, cfg.train.seed, lookup=lookup)
