@@ -50,7 +50,7 @@ class TrainingStep:
         self.autocast_dtype = autocast_dtype
         device = accelerator.device
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_terms = torch.zeros(len(_TERMS), device=device)
+        self.bad_terms = torch.zeros(len(RetrievalLoss.TERMS), device=device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype in (None, torch.float32):
@@ -88,7 +88,7 @@ class TrainingStep:
     def _record_non_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
         first = (~torch.isfinite(losses["total"])) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(first, torch.full_like(self.first_bad_step, step), self.first_bad_step)
-        terms = torch.stack([losses[name].detach().float() for name in _TERMS])
+        terms = torch.stack([losses[name].detach().float() for name in RetrievalLoss.TERMS])
         self.bad_terms = torch.where(first, terms, self.bad_terms)
 
     def check(self) -> None:
@@ -99,7 +99,5 @@ class TrainingStep:
         bad = [s for s in steps.tolist() if s >= 0]
         if bad:
             mine = int(self.first_bad_step) >= 0  # the terms are those of this process's queries
-            raise NonFiniteLoss(min(bad), dict(zip(_TERMS, self.bad_terms.tolist(), strict=True)) if mine else {})
-
-
-_TERMS = RetrievalLoss.TERMS
+            terms = dict(zip(RetrievalLoss.TERMS, self.bad_terms.tolist(), strict=True)) if mine else {}
+            raise NonFiniteLoss(min(bad), terms)
