@@ -9,6 +9,7 @@ would otherwise give documents the query side, silently.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from sentence_transformers.base.modules import InputModule
 from transformers import AutoModel
 
 TASKS = ("query", "document")
-# What an exported folder holds beside the network (written by the project's hub export)
-HUB_FOLDER_FILES = ("README.md", "handler.py", "widget.py", "widget.html", "adapter/hyper_prompt_config.json",
-                    "adapter/hyper_prompt.safetensors", "adapter/README.md", "assets/attention_heatmap.png")
+# A folder's list of the files it holds beside the network (a JSON list of relative paths), written by whoever
+# publishes it: `save` copies what it names, so that saving a published folder publishes it again
+EXTRA_FILES_LIST = "extra_files.json"
 
 
 class HyperSentenceEncoder(InputModule):
@@ -87,16 +88,18 @@ class HyperSentenceEncoder(InputModule):
         return backbone.vocab_size if self.model.config.representation == "sparse" else backbone.hidden_size
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
-        """The network (save_pretrained), and, for a model loaded from an exported folder, that folder's known Hub
-        files (HUB_FOLDER_FILES): ``SentenceTransformer.save`` of an export is an export again. Nothing else of the
-        source folder is copied: no pickle, no unknown script."""
+        """The network (save_pretrained), and, for a model loaded from a folder with an EXTRA_FILES_LIST, the files
+        that list names (and the list): ``SentenceTransformer.save`` of a published folder is that folder again.
+        Nothing else of the source folder is copied, and no listed path outside it."""
         self.model.save_pretrained(output_path)
         source, target = Path(self.model.name_or_path or "."), Path(output_path)
-        if source.is_dir() and source.resolve() != target.resolve():
-            for name in HUB_FOLDER_FILES:
-                if (source / name).is_file():
-                    (target / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source / name, target / name)
+        if not (source / EXTRA_FILES_LIST).is_file() or source.resolve() == target.resolve():
+            return
+        for name in [*json.loads((source / EXTRA_FILES_LIST).read_text()), EXTRA_FILES_LIST]:
+            path = (source / name).resolve()
+            if path.is_file() and path.is_relative_to(source.resolve()):
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target / name)
 
     @classmethod
     def load(

@@ -31,6 +31,7 @@ EXPORTED = sorted([
     "hyper_prompt.py", "modeling_hyper.py", "encoding_hyper.py", "tokenizer.json", "tokenizer_config.json",
     "adapter/hyper_prompt_config.json", "adapter/hyper_prompt.safetensors", "adapter/README.md", "modules.json",
     "config_sentence_transformers.json", "sentence_hyper.py", "handler.py", "widget.py", "widget.html",
+    "extra_files.json",
 ])
 
 THREE_WAYS = textwrap.dedent(

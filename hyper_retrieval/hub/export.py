@@ -34,6 +34,7 @@ from hyper_retrieval.hub.card import build_adapter_card, build_model_card, defau
 from hyper_retrieval.search.cache import path_fingerprint
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 from modeling_hyper.hyper_prompt import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from modeling_hyper.sentence_hyper import EXTRA_FILES_LIST
 
 HUB_FILES = Path(__file__).resolve().parent / "hub_files"
 ADAPTER_DIR = "adapter"
@@ -156,6 +157,7 @@ def write_export(model: HyperRetrieverModel, out: Path, *, results_dir: str | os
     base_model, datasets, baseline = adapter_card["base_model"], adapter_card["datasets"], adapter_card["baseline"]
     results, licences = adapter_card["results"], adapter_card["licences"]
     model.save_pretrained(out)
+    network_files = set(files_to_upload(out))
     if model.hyper_prompt is not None:
         write_adapter(model, out / ADAPTER_DIR, subfolder=ADAPTER_DIR, model_id=repo_id, **adapter_card)
     shutil.copytree(HUB_FILES, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(f"*{n}" for n in NOT_UPLOADED)))
@@ -169,6 +171,9 @@ def write_export(model: HyperRetrieverModel, out: Path, *, results_dir: str | os
         base_model=base_model, datasets=datasets, widget=widget, baseline=baseline, licences=licences,
     )
     card.save(out / "README.md")
+    # what the export holds beside the network, for SentenceTransformer.save of the export to copy along
+    extra = [f for f in files_to_upload(out) if f not in network_files]
+    (out / EXTRA_FILES_LIST).write_text(json.dumps(extra, indent=2) + "\n")
 
 
 def write_adapter(model: HyperRetrieverModel, folder: Path, *, base_model: str | None = None, **card_kwargs: Any
