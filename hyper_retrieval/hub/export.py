@@ -5,7 +5,8 @@ The folder holds: the weights, remote code, config with auto_map and tokenizer (
 adapter alone under adapter/; the model card README.md (eval results, attention heat map under assets/); the
 sentence-transformers files (modules.json, config_sentence_transformers.json, sentence_hyper.py: every
 save_pretrained writes them); the Inference Endpoints handler (handler.py); and the local widget page (widget.py,
-widget.html). Those last three files ship verbatim from hub_files/ beside this module.
+widget.html). Those last three files ship verbatim from hub_files/ beside this module. extra_files.json lists what
+the folder holds beside the network, for `SentenceTransformer.save` of the export to copy along.
 
 An adapter-only export (`adapter_only=True`) holds the hyper-prompt alone: hyper_prompt_config.json,
 hyper_prompt.safetensors and its card README.md, the same three files as adapter/ in a full export. `push_to_hub`
