@@ -236,7 +236,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hyper_retrieval.experiments.protocol import load_protocol
+from experiments.protocol import load_protocol
 from hyper_retrieval.training.config import load_config
 
 mode, args = sys.argv[1], sys.argv[2:]

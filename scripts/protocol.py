@@ -39,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from hyper_retrieval.experiments.protocol import ProtocolRun, at_seeds, load_protocol, model_folder  # noqa: E402
+from experiments.protocol import ProtocolRun, at_seeds, load_protocol, model_folder  # noqa: E402
 from hyper_retrieval.training.checkpoints import list_checkpoints  # noqa: E402
 
 # The report writers (transformers, matplotlib) are imported by `report` alone: `run` and `collect` start in a second
@@ -262,20 +262,20 @@ def main() -> None:
     elif args.step == "cost":
         cost(runs, root)
     elif args.section == "gpu":
-        from hyper_retrieval.experiments.gpu_report import write_gpu_report
+        from experiments.gpu_report import write_gpu_report
 
         write_gpu_report(protocol, every_run, root, args.docs, names=args.only, seeds=args.seeds)
     elif args.section == "adapter":
-        from hyper_retrieval.experiments.adapter_report import write_adapter_report
+        from experiments.adapter_report import write_adapter_report
 
         write_adapter_report(protocol, runs, root, args.docs)
     elif args.section == "epoch":
-        from hyper_retrieval.experiments.epoch_report import write_epoch_report
+        from experiments.epoch_report import write_epoch_report
 
         shorter = [(Path(root_), hyper, multitask) for root_, hyper, multitask in (s.split(":") for s in args.shorter)]
         write_epoch_report(protocol, runs, root, args.docs, shorter)
     else:
-        from hyper_retrieval.experiments.report import write_report
+        from experiments.report import write_report
 
         write_report(protocol, runs, root, args.docs)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from hyper_retrieval.experiments.gpu_report import present_runs
-from hyper_retrieval.experiments.protocol import at_seeds, load_protocol
+from experiments.gpu_report import present_runs
+from experiments.protocol import at_seeds, load_protocol
 from hyper_retrieval.training.config import load_config
 from tests.processes import REPO
 

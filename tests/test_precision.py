@@ -8,8 +8,8 @@ import torch
 from accelerate import Accelerator
 from tiny import tiny_model
 
+from experiments.protocol import load_protocol
 from hyper_retrieval.core.precision import cpu_flags, fast_bf16, resolve_dtype, resolve_mixed_precision
-from hyper_retrieval.experiments.protocol import load_protocol
 from hyper_retrieval.training.config import LossSettings, load_config
 from hyper_retrieval.training.losses import RetrievalLoss
 

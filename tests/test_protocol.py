@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hyper_retrieval.experiments.adapter_report import write_adapter_report
-from hyper_retrieval.experiments.epoch_report import write_epoch_report
-from hyper_retrieval.experiments.protocol import load_protocol, model_folder
-from hyper_retrieval.experiments.report import BEGIN, END, seeds_table, write_report
+from experiments.adapter_report import write_adapter_report
+from experiments.epoch_report import write_epoch_report
+from experiments.protocol import load_protocol, model_folder
+from experiments.report import BEGIN, END, seeds_table, write_report
 from hyper_retrieval.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,7 @@ import numpy as np
 import yaml
 from transformers import AutoConfig
 
-from hyper_retrieval.evaluation.plots import plot_gap_curve
-from hyper_retrieval.experiments.epoch_report import (
+from experiments.epoch_report import (
     Seeded,
     dev_scores,
     log_rows,
@@ -29,7 +28,8 @@ from hyper_retrieval.experiments.epoch_report import (
     targets_table,
     timing_table,
 )
-from hyper_retrieval.experiments.protocol import ProtocolRun
+from experiments.protocol import ProtocolRun
+from hyper_retrieval.evaluation.plots import plot_gap_curve
 from hyper_retrieval.training.config import CollectionSettings, ModelSettings
 from hyper_retrieval.training.models import prompt_config
 from modeling_hyper import HyperPrompt
