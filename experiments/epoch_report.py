@@ -270,8 +270,9 @@ def epoch_section(protocol: Mapping[str, Any], runs: list[ProtocolRun], root: Pa
                   "fused with BM25's top-100 (convex: min-max normalised scores, the model's weight chosen on the six "
                   "in-domain dev splits; RRF: reciprocal ranks, k = 60). Pooled: one corpus of the six in-domain "
                   "collections.", "", passages_table(root, PASSAGE_SYSTEMS), ""]
+    section_systems = {*SYSTEMS, *(name for name, _ in PASSAGE_SYSTEMS)}  # the adapter runs have their own section
     parts += ["### Dev selection, wall time and machine of each one-epoch run", "",
-              timing_table([r for r in runs if (root / r.name).is_dir()], root), ""]
+              timing_table([r for r in runs if r.base in section_systems and (root / r.name).is_dir()], root), ""]
     return "\n".join(parts)
 
 
