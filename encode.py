@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(e))
 
     from hyper_retrieval.cli.loading import launched_processes, load_retriever
+    from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.data.beir import load_corpus
-    from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
     from hyper_retrieval.search.index import DenseIndex
 

@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
+    from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.core.precision import resolve_dtype
     from hyper_retrieval.data.beir import load_collection
     from hyper_retrieval.evaluation.hybrid import evaluate_hybrid
@@ -221,7 +222,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     from hyper_retrieval.evaluation.routing import routing_by_collection
     from hyper_retrieval.evaluation.scoring import evaluate_collections
-    from hyper_retrieval.search.cache import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
     from hyper_retrieval.search.fusion import HybridSearcher
     from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher

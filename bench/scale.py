@@ -35,8 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
+from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint  # noqa: E402
 from hyper_retrieval.data.beir import load_collection  # noqa: E402
-from hyper_retrieval.search.cache import _save_entry, passage_encoder_fingerprint  # noqa: E402
+from hyper_retrieval.search.cache import _save_entry  # noqa: E402
 from hyper_retrieval.search.corpus_encoder import CorpusEncoder  # noqa: E402
 from hyper_retrieval.search.index import DenseIndex, exact_search, topk_overlap  # noqa: E402
 from hyper_retrieval.search.searchers import ModelSearcher  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from hyper_retrieval.core.atomic_files import file_digest
-from hyper_retrieval.search.cache import _save_entry, cached_entry, check_shard_vectors, entry_folder, path_fingerprint
+from hyper_retrieval.core.fingerprints import path_fingerprint
+from hyper_retrieval.search.cache import _save_entry, cached_entry, check_shard_vectors, entry_folder
 from hyper_retrieval.search.index import DenseIndex, SparseIndex, prune_query_terms, run_from_topk
 
 

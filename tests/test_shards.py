@@ -93,7 +93,7 @@ def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path
 
 
 def _fingerprint(model) -> str:
-    from hyper_retrieval.search.cache import passage_encoder_fingerprint
+    from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint
 
     return passage_encoder_fingerprint(model)
 

@@ -19,8 +19,8 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
     import torch
     from transformers import AutoModel, PretrainedConfig
 
+    from hyper_retrieval.core.fingerprints import WEIGHT_PATTERNS
     from hyper_retrieval.core.precision import resolve_dtype
-    from hyper_retrieval.search.cache import WEIGHT_PATTERNS
     from modeling_hyper import HyperConfig, HyperRetrieverModel
 
     folder = Path(name_or_path)

@@ -3,7 +3,6 @@
 - :func:`atomic_file` writes a file under a temporary name in its folder and renames it into place, so a reader (or a
   memory map already open on the old file) never sees a half-written one.
 - :func:`file_digest` is the sha256 every manifest, saved index and checkpoint records.
-- :func:`content_key` is the one way a key (a JSON-able mapping) is hashed into a name.
 - :func:`write_manifest` / :func:`check_manifest`: a folder's ``manifest.json``, written last, records each file's
   size and sha256 (and any facts the caller adds); a folder whose manifest is missing, lists no file or disagrees
   with a file was never finished or was damaged since. Cache entries and checkpoints use them.
@@ -36,11 +35,6 @@ def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (hex)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def content_key(parts: Mapping[str, Any], length: int = 24) -> str:
-    """The first ``length`` hex digits of the sha256 of ``parts`` as sorted JSON (values JSON cannot hold as str)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hyper_retrieval.core.fingerprints import short_digest
+
 logger = logging.getLogger(__name__)
 
 Document = dict[str, str]  # {"title": str, "text": str}
@@ -167,7 +169,7 @@ class Corpus(Mapping[str, Document]):
         _check_unique(ids, where, str(path))
         offsets = np.array([*starts, path.stat().st_size], dtype=np.int64)
         with open(path, "rb") as f:  # by content: a copied or re-extracted corpus keeps its caches
-            fingerprint = f"jsonl:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+            fingerprint = f"jsonl:{short_digest(hashlib.file_digest(f, 'sha256'))}"
         return cls(ids, [_JsonlRows(path, offsets)], fingerprint)
 
     @classmethod
@@ -191,7 +193,7 @@ class Corpus(Mapping[str, Document]):
                 _check_fields(row, f"{source} row {i}")
                 digest.update(json.dumps([row["_id"], row.get("title"), row["text"]]).encode())
             ids = [str(row["_id"]) for row in records]
-            fingerprint = f"records:{digest.hexdigest()}"
+            fingerprint = f"records:{short_digest(digest)}"
         _check_unique(ids, [f"{source} row {i}" for i in range(len(ids))], source)
         return cls(ids, [_RecordRows(records)], fingerprint)
 

@@ -28,11 +28,11 @@ from safetensors import SafetensorError
 
 import modeling_hyper
 from hyper_retrieval.core.atomic_files import swap_folder
+from hyper_retrieval.core.fingerprints import path_fingerprint
 from hyper_retrieval.core.locations import looks_local
 from hyper_retrieval.core.run_folders import check_export_target
 from hyper_retrieval.evaluation.results import load_results
 from hyper_retrieval.hub.card import build_adapter_card, build_model_card, default_base_model
-from hyper_retrieval.search.cache import path_fingerprint
 from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
 from modeling_hyper.hyper_prompt import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from modeling_hyper.sentence_hyper import EXTRA_FILES_LIST

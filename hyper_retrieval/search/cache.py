@@ -9,7 +9,6 @@ never leaves a half-written one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,64 +18,20 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from hyper_retrieval.core.atomic_files import (
     ManifestError,
     check_manifest,
-    content_key,
-    file_digest,
     publish_folder,
     sweep_stale,
     temporary_sibling,
     write_manifest,
 )
+from hyper_retrieval.core.fingerprints import content_key
 
 Embeddings = np.ndarray | sp.csr_matrix
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
 logger = logging.getLogger(__name__)
-
-
-def path_fingerprint(name_or_path: str | os.PathLike) -> str:
-    """Identity of a model or data location by content: for a folder, the sha256 of its weight files and
-    config.json; for a file, its sha256; otherwise (a Hub id, a fingerprint string) the string itself. A copied or
-    moved folder keeps its identity."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        files = sorted({f for pattern in (*WEIGHT_PATTERNS, "config.json") for f in path.glob(pattern)})
-        return "files:" + ",".join(f"{f.name}:{file_digest(f)[:24]}" for f in files)
-    if path.is_file():
-        return f"file:{file_digest(path)[:24]}"
-    return str(name_or_path)
-
-
-def passage_encoder_fingerprint(model: Any) -> str | None:
-    """Identity of what ``encode_corpus`` computes for a HyperRetrieverModel: the tensors of the encoder that reads
-    passages and the settings that shape passage vectors. Models that share a passage encoder (e.g. the frozen copy
-    of the benchmark's systems) then share cached corpus embeddings. None for a model without such an encoder."""
-    encoder = getattr(model, "passage_encoder", None) or getattr(model, "query_encoder", None)
-    if encoder is None:
-        return None
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    shape = {k: getattr(model.config, k, None) for k in ("representation", "pooling", "normalize", "max_seq_length")}
-    digest.update(json.dumps(shape, sort_keys=True).encode())
-    return "passage-encoder:" + digest.hexdigest()[:24]
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Identity of a tokenizer by content (its full serialisation for fast tokenizers), not by where it was loaded
-    from, so every model trained from one backbone shares a corpus's cached token ids."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # without the truncation and padding a call leaves set: they change no token id
-        text = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")},
-                          sort_keys=True)
-    else:
-        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return f"{type(tokenizer).__name__}:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 class CacheEntryError(ValueError):

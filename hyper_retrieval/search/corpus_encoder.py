@@ -25,16 +25,10 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from hyper_retrieval.core.fingerprints import tokenizer_fingerprint
 from hyper_retrieval.core.types import WINDOW_MODES, WindowMode
 from hyper_retrieval.data.beir import Corpus
-from hyper_retrieval.search.cache import (
-    Embeddings,
-    cached_arrays,
-    cached_entry,
-    check_shard_vectors,
-    entry_folder,
-    tokenizer_fingerprint,
-)
+from hyper_retrieval.search.cache import Embeddings, cached_arrays, cached_entry, check_shard_vectors, entry_folder
 from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from hyper_retrieval.core.fingerprints import short_digest
 from hyper_retrieval.search.cache import Embeddings
 
 
@@ -157,7 +158,7 @@ class ShardStore:
             del vectors
         for digest in parts:
             head.update(digest.digest())
-        return "store:" + head.hexdigest()[:24]
+        return "store:" + short_digest(head)
 
     def sample(self, n: int, seed: int = 0) -> Embeddings:
         """``n`` distinct rows drawn at random (all rows when the store has fewer), in store order."""

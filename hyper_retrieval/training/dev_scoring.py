@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from hyper_retrieval.core.atomic_files import swap_folder
+from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint
 from hyper_retrieval.data.beir import Collection, Corpus, load_other_split
 from hyper_retrieval.evaluation.scoring import evaluate_collections
-from hyper_retrieval.search.cache import passage_encoder_fingerprint
 from hyper_retrieval.search.corpus_encoder import FIRST_WINDOW, CorpusEncoder, PassageWindows
 from hyper_retrieval.search.searchers import ModelSearcher
 from hyper_retrieval.training.batching import TaskData

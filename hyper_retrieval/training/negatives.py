@@ -16,7 +16,6 @@ mine first (e.g. `with accelerator.main_process_first():`); the others then read
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from hyper_retrieval.core.atomic_files import atomic_file, content_key
+from hyper_retrieval.core.atomic_files import atomic_file
+from hyper_retrieval.core.fingerprints import content_key
 from hyper_retrieval.data.beir import Collection
 from hyper_retrieval.search.bm25 import BM25
 from hyper_retrieval.search.corpus_encoder import CorpusEncoder
@@ -139,15 +139,14 @@ def model_negatives(collection: Collection, model: Any, cache_dir: str | os.Path
 
 def _collection_key(collection: Collection) -> dict[str, str]:
     """The part of a cache key that identifies the data: corpus fingerprint and a hash of queries + judgements."""
-    digest = hashlib.sha256(json.dumps([collection.queries, collection.qrels], sort_keys=True).encode())
-    return {"corpus": collection.corpus.fingerprint, "split": digest.hexdigest()}
+    return {"corpus": collection.corpus.fingerprint, "split": content_key([collection.queries, collection.qrels])}
 
 
 def cached_negatives(cache_dir: str | os.PathLike, name: str, key: Mapping[str, Any],
                      compute: Callable[[], Negatives]) -> Negatives:
     """Load `cache_dir/<name>-<hash(key)>.json` if it holds `key`, else run `compute()` and write it atomically."""
     key = {"version": CACHE_VERSION, **key}
-    path = Path(cache_dir) / f"{name}-{content_key(key, 16)}.json"
+    path = Path(cache_dir) / f"{name}-{content_key(key)}.json"
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))

@@ -15,8 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint
 from hyper_retrieval.data.beir import Corpus, split_document_key
-from hyper_retrieval.search.cache import passage_encoder_fingerprint
 from hyper_retrieval.search.corpus_encoder import FIRST_WINDOW, CorpusEncoder, PassageWindows
 from hyper_retrieval.search.shards import ShardStore
 
