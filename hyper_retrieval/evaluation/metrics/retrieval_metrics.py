@@ -5,12 +5,12 @@ Load it offline with ``evaluate.load("<path>/retrieval_metrics.py")``. One examp
 - prediction: ``{"doc_ids": [...], "scores": [...]}``, the retrieved documents and their scores, in any order;
 - reference: ``{"doc_ids": [...], "relevance": [...]}``, the judged documents and their integer relevance.
 
-Definitions follow trec_eval (and so pytrec_eval): the ranking sorts by score descending, then doc id descending;
-a document is relevant when its relevance is >= 1; nDCG uses the relevance itself as gain with a log2(rank + 1)
-discount, and its ideal ranking takes every judged document; R-precision is the precision at rank R, R the number of
-relevant documents; MRR@k is the reciprocal rank of the first relevant document within the top k, else 0. A query
-with no retrieved document scores 0 everywhere. The module is self-contained (numpy, datasets, evaluate) because
-``evaluate`` copies it into its module cache.
+The numbers are trec_eval's, computed by pytrec_eval: the ranking sorts by score descending, then doc id
+descending; a document is relevant when its relevance is >= 1; nDCG uses the relevance itself as gain with a
+log2(rank + 1) discount, and its ideal ranking takes every judged document; R-precision is the precision at rank R, R
+the number of relevant documents; MRR@k is trec_eval's reciprocal rank where the first relevant document is within the
+top k, else 0. A query with no retrieved document scores 0 everywhere. The module is self-contained (pytrec_eval,
+numpy, datasets, evaluate) because ``evaluate`` copies it into its module cache.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import datasets
 import evaluate
 import numpy as np
+import pytrec_eval
 
 _CITATION = """\
 @inproceedings{trec_eval, title={trec_eval}, author={NIST}, url={https://github.com/usnistgov/trec_eval}}
@@ -36,30 +37,25 @@ Returns:
 """
 
 
-def rank(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
-    """Doc ids in trec_eval order: score descending, ties broken by doc id descending."""
-    return [d for _, d in sorted(zip(scores, doc_ids, strict=True), reverse=True)]
-
-
-def query_metrics(ranking: Sequence[str], judged: dict[str, int], ndcg_at: Sequence[int], recall_at: Sequence[int],
-                  mrr_at: Sequence[int]) -> dict[str, float]:
-    """All metrics of one query from its ranked doc ids and its judgements {doc id: relevance}."""
-    gains = np.array([max(judged.get(d, 0), 0) for d in ranking], dtype=np.float64)  # (n_retrieved,)
-    relevant = gains >= 1
-    n_relevant = sum(1 for r in judged.values() if r >= 1)
-    ideal = np.sort(np.array([r for r in judged.values() if r > 0], dtype=np.float64))[::-1]
-    out: dict[str, float] = {}
-    for k in ndcg_at:
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
-        idcg = float(ideal[:k] @ discounts[: min(k, len(ideal))])
-        dcg = float(gains[:k] @ discounts[: min(k, len(gains))])
-        out[f"ndcg@{k}"] = dcg / idcg if idcg > 0 else 0.0
-    out["r_precision"] = float(relevant[:n_relevant].sum()) / n_relevant if n_relevant else 0.0
-    for k in recall_at:
-        out[f"recall@{k}"] = float(relevant[:k].sum()) / n_relevant if n_relevant else 0.0
-    for k in mrr_at:
-        hits = np.flatnonzero(relevant[:k])
-        out[f"mrr@{k}"] = 1.0 / float(hits[0] + 1) if len(hits) else 0.0
+def query_metrics(runs: dict[str, dict[str, float]], judged: dict[str, dict[str, int]], ndcg_at: Sequence[int],
+                  recall_at: Sequence[int], mrr_at: Sequence[int]) -> dict[str, dict[str, float]]:
+    """{query: {metric: value}} for every query of ``judged``, from pytrec_eval over ``runs`` ({query: {doc id:
+    score}}); a query it leaves out (nothing retrieved) scores 0."""
+    measures = {f"ndcg_cut.{','.join(map(str, ndcg_at))}", f"recall.{','.join(map(str, recall_at))}", "Rprec",
+                "recip_rank"}
+    found = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(runs)
+    names = {**{f"ndcg@{k}": f"ndcg_cut_{k}" for k in ndcg_at}, "r_precision": "Rprec",
+             **{f"recall@{k}": f"recall_{k}" for k in recall_at}}
+    out = {}
+    for q in judged:
+        m = found.get(q)
+        if m is None:
+            out[q] = dict.fromkeys([*names, *(f"mrr@{k}" for k in mrr_at)], 0.0)
+            continue
+        first_relevant = round(1 / m["recip_rank"]) if m["recip_rank"] > 0 else None  # its rank
+        out[q] = {name: float(m[measure]) for name, measure in names.items()}
+        out[q].update({f"mrr@{k}": m["recip_rank"] if first_relevant is not None and first_relevant <= k else 0.0
+                       for k in mrr_at})
     return out
 
 
@@ -83,12 +79,12 @@ class RetrievalMetrics(evaluate.Metric):
 
     def _compute(self, predictions: list[dict], references: list[dict], ndcg_at: Sequence[int] = (10,),
                  recall_at: Sequence[int] = (20, 100), mrr_at: Sequence[int] = (10,)) -> dict:
-        per_query: dict[str, list[float]] = {}
-        for prediction, reference in zip(predictions, references, strict=True):
-            judged = dict(zip(reference["doc_ids"], reference["relevance"], strict=True))
-            values = query_metrics(rank(prediction["doc_ids"], prediction["scores"]), judged, ndcg_at, recall_at,
-                                   mrr_at)
-            for name, value in values.items():
-                per_query.setdefault(name, []).append(value)
-        means = {name: float(np.mean(values)) for name, values in per_query.items()}
+        keys = [str(i) for i in range(len(references))]  # pytrec_eval keys queries by name: the input order
+        judged = {k: {d: int(r) for d, r in zip(ref["doc_ids"], ref["relevance"], strict=True)}
+                  for k, ref in zip(keys, references, strict=True)}
+        runs = {k: {d: float(s) for d, s in zip(pred["doc_ids"], pred["scores"], strict=True)}
+                for k, pred in zip(keys, predictions, strict=True) if pred["doc_ids"]}
+        values = query_metrics(runs, judged, ndcg_at, recall_at, mrr_at)
+        per_query = {name: [values[k][name] for k in keys] for name in values[keys[0]]} if keys else {}
+        means = {name: float(np.mean(column)) for name, column in per_query.items()}
         return {**means, "per_query": per_query}
