@@ -250,11 +250,11 @@ def epoch_section(protocol: Mapping[str, Any], runs: list[ProtocolRun], root: Pa
     steps = sorted({n for seeds in systems.values() for s in seeds if (n := steps_of(root, s.run)) is not None})
     parts = [f"### The main systems over seeds, {' / '.join(map(str, steps))} steps (nDCG@10 × 100, test split)", "",
              main_table(systems), "",
-             "Two tests, values × 100 (hyper_retrieval/evaluation/significance.py). Over seeds: each seed's "
-             "difference of the averages is one observation (one-sample t-test and 95% t interval; it asks whether "
-             "the gain survives another seed). Over queries: per query, nDCG@10 averaged over the seeds of each "
-             "system, then the difference resampled within each collection (randomization test for p, bootstrap for "
-             "the 95% interval; 10,000 resamples; it asks whether the gain survives another draw of queries, with "
+             "Two tests, values × 100 (hyper_retrieval/evaluation/significance.py, on scipy.stats). Over seeds: each "
+             "seed's difference of the averages is one observation (one-sample t-test and 95% t interval; it asks "
+             "whether the gain survives another seed). Over queries: per query, nDCG@10 averaged over the seeds of "
+             "each system, then the difference resampled within each collection (randomization test for p, bootstrap "
+             "for the 95% interval; 10,000 resamples; it asks whether the gain survives another draw of queries, with "
              "these seeds).", "",
              significance_table(systems), "", "Targets:", "", targets_table(systems), ""]
     if rows:

@@ -4,22 +4,23 @@ The statistic is what the tables report: the difference of two systems' group av
 unweighted mean over collections of each collection's mean per-query metric. Both tests resample queries within their
 collection, so each collection keeps its weight:
 
-- p-value: the paired randomization (sign-flip) test. Under "no difference" each query's difference is as likely
-  negative as positive; p is the share of sign assignments whose statistic is at least as large in size as the one
-  observed (all 2^n assignments when n is small, else ``resamples`` random ones, counted with the observed one).
-- 95% interval: the paired bootstrap: queries drawn with replacement within each collection, the percentile
-  interval of the resampled statistic.
+- p-value: the paired randomization (sign-flip) test, scipy.stats.permutation_test. Under "no difference" each
+  query's difference is as likely negative as positive; p is twice the smaller share of sign assignments whose
+  statistic lies at or beyond the observed one (the null is symmetric, so this is the share at least as large in
+  size): all 2^n assignments when there are few queries, else ``resamples`` random ones counted with the observed
+  one, so that the smallest p of 10,000 resamples is 2 / 10,001.
+- 95% interval: the paired bootstrap, scipy.stats.bootstrap: queries drawn with replacement within each collection,
+  the percentile interval of the resampled statistic.
 
 Several seeds of each system are pooled per query: a query's difference is the mean over seeds of system A's value
 minus the mean over seeds of system B's (the seeds matched by position), so the test is over queries and the seed
 noise is averaged, not tested. :func:`seed_test` tests it: each seed's difference of the averages is one observation
-(a one-sample t-test and t interval over seeds), which asks whether the gain survives another seed, not only
+(scipy's one-sample t-test and t interval over seeds), which asks whether the gain survives another seed, not only
 another draw of queries.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,6 @@ import numpy as np
 from scipy import stats
 
 PerQuery = Mapping[str, Mapping[str, Mapping[str, float]]]  # collection -> query id -> metric -> value
-EXACT_LIMIT = 16  # at most this many queries in all: every sign assignment is enumerated
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,17 @@ class SeedTest:
 
 
 def seed_test(per_seed: Sequence[float]) -> SeedTest | None:
-    """The t-test and 95% t interval of the mean of per-seed differences (A minus B, each seed's group average);
-    None with fewer than two seeds (no spread to test against)."""
+    """scipy's one-sample t-test and 95% t interval of the mean of per-seed differences (A minus B, each seed's group
+    average); None with fewer than two seeds (no spread to test against)."""
     values = np.asarray(per_seed, dtype=np.float64)
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return None
-    mean, error = float(values.mean()), float(values.std(ddof=1) / np.sqrt(n))
-    if error == 0:  # every seed gives the same difference
-        return SeedTest(mean, mean, mean, float(mean == 0), n)
-    half = float(stats.t.ppf(0.975, n - 1)) * error
-    return SeedTest(mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / error, n - 1)), n)
+    mean = float(values.mean())
+    if np.all(values == values[0]):  # every seed gives the same difference: no spread, no t
+        return SeedTest(mean, mean, mean, float(mean == 0), len(values))
+    test = stats.ttest_1samp(values, 0.0)
+    interval = test.confidence_interval(0.95)
+    return SeedTest(mean, float(interval.low), float(interval.high), float(test.pvalue), len(values))
 
 
 def query_differences(a: Sequence[PerQuery], b: Sequence[PerQuery], collections: Sequence[str], metric: str
@@ -91,39 +91,29 @@ def query_differences(a: Sequence[PerQuery], b: Sequence[PerQuery], collections:
 
 def paired_test(differences: Mapping[str, np.ndarray], resamples: int = 10_000, seed: int = 0) -> PairedTest:
     """The randomization p-value and bootstrap interval of the mean over collections of the mean per-query
-    difference (see the module's docstring). ``differences``: collection -> (queries,) differences, A minus B."""
+    difference (see the module's docstring), both by scipy.stats. ``differences``: collection -> (queries,)
+    differences, A minus B."""
     parts = [np.asarray(d, dtype=np.float64) for d in differences.values()]
     if not parts or any(len(d) == 0 for d in parts):
         raise ValueError("paired_test needs at least one query in every collection")
     observed = float(np.mean([d.mean() for d in parts]))
-    n = sum(len(d) for d in parts)
-    rng = np.random.default_rng(seed)
-    exact = n <= EXACT_LIMIT
-    if exact:  # every assignment of signs to the n queries
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # (2^n, n)
-        starts = np.cumsum([0, *map(len, parts)])[:-1]
-        flipped = np.mean([(signs[:, start : start + len(d)] * d).mean(axis=1) for start, d in zip(starts, parts,
-                                                                                                  strict=True)], axis=0)
-        p_value = float(np.mean(np.abs(flipped) >= abs(observed) - 1e-12))
-    else:
-        extreme = 0
-        for count in _chunks(resamples):
-            flipped = np.mean([(rng.choice((1.0, -1.0), size=(count, len(d))) * d).mean(axis=1) for d in parts],
-                              axis=0)
-            extreme += int(np.sum(np.abs(flipped) >= abs(observed) - 1e-12))
-        p_value = (extreme + 1) / (resamples + 1)
-    boot = np.concatenate([
-        np.mean([d[rng.integers(0, len(d), size=(count, len(d)))].mean(axis=1) for d in parts], axis=0)
-        for count in _chunks(resamples)
-    ])
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return PairedTest(observed, float(low), float(high), p_value, n, exact)
-
-
-def _chunks(total: int, size: int = 500):
-    """Resample counts in chunks that keep the (count, queries) matrices small."""
-    for start in range(0, total, size):
-        yield min(size, total - start)
+    # the statistic is a weighted sum of the queries' differences (1 / (collections x its queries) each), and a sign
+    # flip moves one query's term alone: one sample of weighted differences, flipped query by query
+    weighted = np.concatenate([d / (len(parts) * len(d)) for d in parts])
+    n = len(weighted)
+    exact = 2**n <= resamples  # scipy enumerates every sign assignment then
+    p_value = 1.0 if n == 1 else float(stats.permutation_test(  # one query: its two signs are equally extreme
+        (weighted,), lambda x, axis: x.sum(axis=axis), vectorized=True, permutation_type="samples",
+        n_resamples=resamples, rng=seed).pvalue)
+    # each collection resampled on its own (scipy resamples the samples of a multi-sample statistic independently);
+    # a one-query collection resamples to itself, so it enters as a constant
+    varied, fixed = [d for d in parts if len(d) > 1], sum(float(d[0]) for d in parts if len(d) == 1)
+    if not varied:
+        return PairedTest(observed, observed, observed, p_value, n, exact)
+    interval = stats.bootstrap(
+        varied, lambda *ds, axis: (sum(d.mean(axis=axis) for d in ds) + fixed) / len(parts), vectorized=True,
+        paired=False, n_resamples=resamples, method="percentile", rng=seed, batch=500).confidence_interval
+    return PairedTest(observed, float(interval.low), float(interval.high), p_value, n, exact)
 
 
 def group_collections(results: Mapping) -> dict[str, list[str]]:
