@@ -11,9 +11,10 @@ groups.
 
 The anchor is sentence-transformers' own trainer on the same texts: `SentenceTransformerTrainer` with
 MultipleNegativesRankingLoss (scale 20 = temperature 0.05; in-batch + the same hard negatives), the same MiniLM, batch
-size, learning rate, clipping and passage length, each round's batches as a dataset of (anchor, positive, negative_1..k)
-texts (its sampler shuffles them within the round). Its rate counts each step from `on_step_begin` to `on_step_end` (its collator's tokenizing happens before,
-untimed, as our BatchBuilder's is); its first step of every round (optimizer creation) is untimed.
+size, learning rate, clipping and passage length, each round's batches as a dataset of (anchor, positive,
+negative_1..k) texts (its sampler shuffles them within the round). Its rate counts each step from `on_step_begin` to
+`on_step_end` (its collator's tokenizing happens before, untimed, as our BatchBuilder's is); its first step of every
+round (optimizer creation) is untimed.
 
 Each model trains in every --dtypes (float32, or bfloat16 autocast as accelerate's mixed_precision=bf16 applies it,
 on the CPU as on CUDA), a copy of its own per dtype. After --warmup untimed steps per system, --rounds rounds each
