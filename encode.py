@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     processes.wait_for_everyone()
     if not processes.is_main_process:
         return
-    store, _ = encoder.encode_corpus(corpus)  # every shard is cached now: this only reads them back
+    store, _ = encoder.encode(corpus)  # every shard is cached now: this only reads them back
     print(f"{args.corpus}: {len(corpus)} documents, {len(store)} vectors of {store.dim} dimensions in "
           f"{len(store.shards)} shards under {args.cache_dir}")
     if args.index:

@@ -54,17 +54,12 @@ if TYPE_CHECKING:
 # The rest is imported where it is used: `eval.py --help` loads neither torch nor faiss.
 
 
-def prompt_attention(searcher: Any, collections: list) -> np.ndarray | None:
-    """Every collection's queries' attention over the prompt pool (n, N), in collection order; None without a pool
-    of more than one prompt."""
+def prompt_attention(collection_results: list) -> np.ndarray | None:
+    """Every collection's queries' attention over the prompt pool (n, N), in collection order, as their searches
+    gave it; None without a pool of more than one prompt."""
     import numpy as np
 
-    from hyper_retrieval.search.searchers import ModelSearcher
-
-
-    if not isinstance(searcher, ModelSearcher):
-        return None
-    attention = [searcher.prompt_attention(list(c.queries.values())) for c in collections]
+    attention = [r.attention for r in collection_results]
     if any(a is None for a in attention) or attention[0].shape[1] < 2:
         return None
     return np.concatenate(attention)
@@ -300,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.hybrid:
         results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice, "variants": variants}
     # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
-    attention = prompt_attention(searcher, collections)
+    attention = prompt_attention(collection_results)
     if attention is not None:
         labels = [c.name for c in collections for _ in range(len(c.queries))]
         results["routing"] = routing_by_collection(attention, labels, zero_shot)

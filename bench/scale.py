@@ -79,13 +79,13 @@ def real_vectors(model, names: list[str], cache_dir: Path, shard_docs: int, quer
     stores, counts, queries = [], [], []
     for name in names:
         collection = load_collection(BBIR / name, "test")
-        store, hit = searcher.encoder.encode_corpus(collection.corpus)
+        store, hit = searcher.encoder.encode(collection.corpus)
         print(f"  {name}: {len(store)} vectors ({'cached' if hit else 'encoded now'})", flush=True)
         stores.append(store)
         counts.append(len(collection.corpus))
         queries += list(collection.queries.values())
     picked = rng.choice(len(queries), min(queries_wanted, len(queries)), replace=False)
-    query_vectors = searcher.encode_queries([queries[i] for i in picked])
+    query_vectors = searcher.queries.encode([queries[i] for i in picked], None)[0]
     return ShardStore.concatenate(stores, counts), np.asarray(query_vectors, dtype=np.float32)
 
 

@@ -277,7 +277,7 @@ def test_saved_hyper_model_through_automodel(eval_cli, samples, minilm_path, tmp
 
 
 def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
-    """Queries are encoded once: their attention over the pool comes with their vectors and is kept per text."""
+    """Queries are encoded once: their attention over the pool comes with their vectors, in the search's result."""
     from hyper_retrieval.search.corpus_encoder import CorpusEncoder
     from hyper_retrieval.search.searchers import ModelSearcher
     from modeling_hyper import HyperPromptConfig, HyperRetrieverModel
@@ -289,10 +289,9 @@ def test_search_keeps_its_queries_prompt_attention(samples, minilm_path):
     np.testing.assert_allclose(vectors, model.encode_queries(queries, batch_size=16), atol=1e-6)
     np.testing.assert_allclose(attention, model.prompt_attention(queries, batch_size=16), atol=1e-6)
     searcher = ModelSearcher(CorpusEncoder(model, "hyper", batch_size=16, show_progress=False))
-    searcher.search(collection.corpus, collection.queries, 10)
     model.prompt_attention = lambda *args, **kwargs: pytest.fail("the queries were encoded again")
-    np.testing.assert_allclose(searcher.prompt_attention(queries), attention, atol=1e-6)
-    np.testing.assert_allclose(searcher.prompt_attention(queries[3:1:-1]), attention[3:1:-1], atol=1e-6)
+    found = searcher.search(collection.corpus, collection.queries, 10)
+    np.testing.assert_allclose(found.attention, attention, atol=1e-6)
 
 
 def test_systems_sharing_a_passage_encoder_share_cached_corpus_embeddings(eval_cli, samples, minilm_path, tmp_path):
@@ -336,11 +335,11 @@ def test_pooled_corpus_reuses_the_per_collection_cache(samples, minilm_path, tmp
     model = HyperRetrieverModel.from_backbone(minilm_path)
     encoder = CorpusEncoder(model, "minilm", batch_size=16, cache_dir=tmp_path, show_progress=False)
     collections = [load_collection(s, "test") for s in samples]
-    separate = [encoder.encode_corpus(c.corpus) for c in collections]
+    separate = [encoder.encode(c.corpus) for c in collections]
     assert not any(hit for _, hit in separate)
     entries = sorted(tmp_path.glob("*.vectors"))
     model.encode_tokenized = lambda *a, **k: pytest.fail("the pool was encoded again")
-    pooled, hit = encoder.encode_corpus(pooled_collection(collections).corpus)
+    pooled, hit = encoder.encode(pooled_collection(collections).corpus)
     assert hit and sorted(tmp_path.glob("*.vectors")) == entries  # no entry of its own
     np.testing.assert_array_equal(pooled.load(), np.concatenate([e.load() for e, _ in separate]))
     np.testing.assert_array_equal(pooled.doc, np.arange(sum(len(c.corpus) for c in collections)))
@@ -364,7 +363,7 @@ def test_corpus_token_ids_are_cached_and_reused_by_another_model(samples, minilm
     for model in (first, second):
         encoder = CorpusEncoder(model, f"model-{id(model)}", batch_size=16, cache_dir=cache, show_progress=False,
                                 shard_docs=7)  # several shards, to check the offsets are joined right
-        embeddings, hit = encoder.encode_corpus(corpus)
+        embeddings, hit = encoder.encode(corpus)
         assert not hit  # a different model: its embeddings are computed, from the first model's token store
         np.testing.assert_allclose(embeddings.load(), expected[model], atol=1e-5)
     stores = sorted(cache.glob("*.tokens"), key=lambda e: json.loads((e / "manifest.json").read_text())["key"]["rows"])

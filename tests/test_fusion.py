@@ -53,9 +53,11 @@ def test_hybrid_searcher_on_a_users_own_corpus(minilm_path):
     queries = {"q1": "What is the capital of France?", "q2": "french bread"}
     model = ModelSearcher(CorpusEncoder(HyperRetrieverModel.from_backbone(minilm_path), "minilm", show_progress=False))
     hybrid = HybridSearcher(model, BM25Searcher(show_progress=False), fusion="convex", weight=0.4)
-    run, info = hybrid.search(corpus, queries, k=2)
+    found = hybrid.search(corpus, queries, k=2)
+    run, info = found.run, found.info
     assert max(run["q1"], key=run["q1"].get) == "paris" and max(run["q2"], key=run["q2"].get) == "bread"
-    model_run, lexical_run, _ = hybrid.search_sides(corpus, queries, k=2)
+    model, lexical = hybrid.search_sides(corpus, queries, k=2)
+    model_run, lexical_run = model.run, lexical.run
     assert run == convex_fusion(model_run, lexical_run, 0.4, 2) and info["fusion_weight"] == 0.4
     assert all(len(docs) == 2 for docs in run.values())
     with pytest.raises(ValueError, match="fusion 'sum'"):

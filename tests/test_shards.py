@@ -84,9 +84,9 @@ def test_two_processes_encode_what_one_does_and_a_killed_run_resumes(minilm_path
     assert len(after) == n_shards and all(after[name] == mtime for name, mtime in before.items())  # ... nor rewritten
 
     shards_of_run = CorpusEncoder(model, _fingerprint(model), cache_dir=cache, show_progress=False,
-                                  shard_docs=SHARD_DOCS).encode_corpus(corpus)
+                                  shard_docs=SHARD_DOCS).encode(corpus)
     assert shards_of_run[1]  # the processes' shards, all found
-    one_process = CorpusEncoder(model, "one", cache_dir=None, show_progress=False).encode_corpus(corpus)[0]
+    one_process = CorpusEncoder(model, "one", cache_dir=None, show_progress=False).encode(corpus)[0]
     assert len(one_process.shards) == 1
     np.testing.assert_allclose(shards_of_run[0].load(), one_process.load(), atol=2e-5)
     np.testing.assert_array_equal(shards_of_run[0].doc, np.arange(len(corpus)))

@@ -48,9 +48,8 @@ def test_a_query_takes_its_tasks_prompt_and_other_tasks_the_mean(oracle):
 def test_evaluation_gives_each_query_its_collections_task(oracle, pooled):
     collections = [load_collection(SAMPLE / name, "test") for name in ("qasc", "vitaminc", "ropes")]
     searcher = ModelSearcher(CorpusEncoder(oracle, "oracle", show_progress=False))
-    evaluate_collections(searcher, collections, zero_shot={"ropes"}, k=10, pooled=pooled)
+    results = evaluate_collections(searcher, collections, zero_shot={"ropes"}, k=10, pooled=pooled)
     expected = {"qasc": [1, 0], "vitaminc": [0, 1], "ropes": [0.5, 0.5]}
-    for collection in collections:
-        queries = list(collection.queries.values())
-        attention = searcher.prompt_attention(queries)  # what the search encoded, kept per query
-        np.testing.assert_array_equal(attention, np.tile(expected[collection.name], (len(queries), 1)))
+    for collection, result in zip(collections, results, strict=True):
+        attention = result.attention  # what the search encoded, with its results
+        np.testing.assert_array_equal(attention, np.tile(expected[collection.name], (len(collection.queries), 1)))

@@ -124,7 +124,8 @@ def test_maxp_search_equals_a_brute_force_max_over_window_vectors(minilm_path, l
     collection = load_collection(long_sample, "test")
     searcher = ModelSearcher(CorpusEncoder(model, "tiny", batch_size=16, cache_dir=tmp_path, show_progress=False,
                                            windows=PassageWindows("max", stride=20)))
-    run, info = searcher.search(collection.corpus, collection.queries, 10)
+    found = searcher.search(collection.corpus, collection.queries, 10)
+    run, info = found.run, found.info
     assert info["windows_per_doc"] > 3 and not info["corpus_cache_hit"]
 
     ids, offsets, window_doc = model.tokenize_windows(collection.corpus.get_many(collection.corpus.ids), 48, 20)
@@ -134,7 +135,8 @@ def test_maxp_search_equals_a_brute_force_max_over_window_vectors(minilm_path, l
     for row, qid in enumerate(collection.queries):
         assert list(run[qid]) == [collection.corpus.ids[j] for j in indices[row]]
         np.testing.assert_allclose(list(run[qid].values()), scores[row], rtol=1e-4, atol=1e-6)
-    again, info = searcher.search(collection.corpus, collection.queries, 10)
+    found = searcher.search(collection.corpus, collection.queries, 10)
+    again, info = found.run, found.info
     assert info["corpus_cache_hit"] and again == run
 
 
@@ -145,7 +147,7 @@ def test_the_window_length_reads_passages_and_leaves_the_model_as_it_was(minilm_
     collection = load_collection(long_sample, "test")
     config_before = model.config.to_dict()
     encoder = CorpusEncoder(model, "tiny", max_length=24, show_progress=False)
-    store, _ = encoder.encode_corpus(collection.corpus)
+    store, _ = encoder.encode(collection.corpus)
     assert model.config.to_dict() == config_before
     ids, offsets, _ = model.tokenize_windows(collection.corpus.get_many(collection.corpus.ids), 24, first_only=True)
     assert np.diff(offsets).max() == 24
@@ -153,7 +155,7 @@ def test_the_window_length_reads_passages_and_leaves_the_model_as_it_was(minilm_
     queries = [q * 5 for q in list(collection.queries.values())[:4]]  # longer than 24 tokens
     assert min(len(model.tokenizer(q)["input_ids"]) for q in queries) > 24
     q_ids, q_offsets = model.tokenize(queries, 12)
-    np.testing.assert_allclose(ModelSearcher(encoder).encode_queries(queries),
+    np.testing.assert_allclose(ModelSearcher(encoder).queries.encode(queries, None)[0],
                                model.encode_tokenized(q_ids, q_offsets, is_query=True)[0], atol=1e-6)
 
 
@@ -204,14 +206,14 @@ def test_a_pooled_corpus_keeps_each_documents_windows_together(minilm_path, long
         bbir / "ropes", tmp_path / "ropes", 20), "test")]
     encoder = CorpusEncoder(model, "tiny", cache_dir=tmp_path / "cache", show_progress=False,
                             windows=PassageWindows("max", stride=24))
-    separate = [encoder.encode_corpus(c.corpus)[0] for c in collections]
+    separate = [encoder.encode(c.corpus)[0] for c in collections]
     pool = pooled_collection(collections)
-    pooled, hit = encoder.encode_corpus(pool.corpus)
+    pooled, hit = encoder.encode(pool.corpus)
     assert hit  # the pool reuses the per-collection window vectors
     np.testing.assert_array_equal(pooled.doc, np.concatenate([separate[0].doc, separate[1].doc + 30]))
     searcher = ModelSearcher(encoder)
-    run, _ = searcher.search(pool.corpus, pool.queries, 10)
+    run = searcher.search(pool.corpus, pool.queries, 10).run
     for qid, text in list(collections[1].queries.items())[:3]:  # a ropes query over both corpora
-        alone, _ = searcher.search(collections[1].corpus, {qid: text}, 10)
+        alone = searcher.search(collections[1].corpus, {qid: text}, 10).run
         ropes_hits = {d.split("/", 1)[1]: s for d, s in run[f"ropes/{qid}"].items() if d.startswith("ropes/")}
         assert list(ropes_hits) == list(alone[qid])[: len(ropes_hits)]

@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyper_retrieval.core.types import Run
-from hyper_retrieval.data.beir import Collection, Corpus, pooled_collection, split_pooled
+from hyper_retrieval.data.beir import Collection, Corpus, split_pooled
 from hyper_retrieval.evaluation.metrics import compute_metrics
 from hyper_retrieval.evaluation.results import build_results
 from hyper_retrieval.evaluation.scoring import CollectionResult, evaluate_collections, score_run
 from hyper_retrieval.search.fusion import HybridSearcher, choose_weight, convex_fusion, reciprocal_rank_fusion
+from hyper_retrieval.search.searchers import SearchResult
 
 
 def choose_fusion_weight(hybrid: HybridSearcher, dev: Sequence[Collection], k: int, metric: str = "ndcg@10"
                          ) -> tuple[float, dict[float, float]]:
     """The model's convex weight with the best mean ``metric`` over the dev collections (each searched on its own
     corpus), and the mean of every weight tried."""
-    pairs = [hybrid.search_sides(c.corpus, c.queries, k, [c.name] * len(c.queries))[:2] for c in dev]
+    sides = [hybrid.search_sides(c.corpus, c.queries, k, [c.name] * len(c.queries)) for c in dev]
+    pairs = [(model.run, lexical.run) for model, lexical in sides]
     return choose_weight(pairs, lambda i, run: compute_metrics(run, dev[i].qrels)[metric])
 
 
@@ -31,10 +33,10 @@ class _SidesKept:
     sides: list[tuple[Run, Run]] = field(default_factory=list)
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
-               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
-        model_run, lexical_run, info = self.hybrid.search_sides(corpus, queries, k, tasks)
-        self.sides.append((model_run, lexical_run))
-        return self.hybrid.fuse(model_run, lexical_run, k), info
+               tasks: Sequence[str] | None = None) -> SearchResult:
+        model, lexical = self.hybrid.search_sides(corpus, queries, k, tasks)
+        self.sides.append((model.run, lexical.run))
+        return SearchResult(self.hybrid.fuse(model.run, lexical.run, k), model.info, model.attention)
 
 
 def evaluate_hybrid(hybrid: HybridSearcher, collections: Sequence[Collection], zero_shot: set[str], k: int,
@@ -43,7 +45,6 @@ def evaluate_hybrid(hybrid: HybridSearcher, collections: Sequence[Collection], z
     "rrf", "convex"} (collections and averages, as in results.json), from one search per collection (or pool)."""
     searcher = _SidesKept(hybrid)
     results = evaluate_collections(searcher, collections, zero_shot, k, pooled)
-    pool = pooled_collection(collections) if pooled else None
     sides = searcher.sides * len(collections) if pooled else searcher.sides
     fusions: dict[str, Callable[[Run, Run], Run]] = {
         "model": lambda m, lex: m, "bm25": lambda m, lex: lex,
@@ -52,9 +53,8 @@ def evaluate_hybrid(hybrid: HybridSearcher, collections: Sequence[Collection], z
     variants = {}
     for name, fuse in fusions.items():
         scored = []
-        for c, (model_run, lexical_run) in zip(collections, sides, strict=True):
-            run = fuse(model_run, lexical_run)
-            run, qrels = (split_pooled(run, c.name), split_pooled(pool.qrels, c.name)) if pooled else (run, c.qrels)
-            scored.append(score_run(c.name, c.name in zero_shot, run, qrels, {}))
+        for result, (model_run, lexical_run) in zip(results, sides, strict=True):
+            run = split_pooled(fuse(model_run, lexical_run), result.name) if pooled else fuse(model_run, lexical_run)
+            scored.append(score_run(result.name, result.zero_shot, run, result.qrels, {}))
         variants[name] = {key: value for key, value in build_results({}, scored).items() if key != "settings"}
     return results, variants

@@ -11,7 +11,7 @@ are cached like passage vectors, keyed by the window settings.
 
 Past one machine: a corpus is encoded in shards (``shards.py``), each cached as an entry of its own, so that several
 processes split the work (:meth:`CorpusEncoder.encode_shards`) and a killed run resumes shard by shard; a search
-reads the shards back as one store (:meth:`CorpusEncoder.encode_corpus`).
+reads the shards back as one store (:meth:`CorpusEncoder.encode`).
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ class CorpusEncoder:
         """Whether the model tokenizes passages into windows itself (a HyperRetrieverModel)."""
         return hasattr(self.model, "tokenize_windows")
 
-    def encode_corpus(self, corpus: Corpus) -> tuple[ShardStore, bool]:
+    def encode(self, corpus: Corpus) -> tuple[ShardStore, bool]:
         """The corpus's window vectors as a store of shards (document order) and whether the cache held every shard.
         A pooled corpus is its components' shards end to end: it reuses their entries and adds none of its own."""
         if corpus.components:
-            parts, hits = zip(*(self.encode_corpus(c) for c in corpus.components), strict=True)
+            parts, hits = zip(*(self.encode(c) for c in corpus.components), strict=True)
             return ShardStore.concatenate(parts, [len(c) for c in corpus.components]), all(hits)
         shards, hits = zip(*self._shards(corpus, 0, 1), strict=True)
         return ShardStore(shards), all(hits)
@@ -107,7 +107,7 @@ class CorpusEncoder:
     def encode_shards(self, corpus: Corpus, rank: int = 0, world: int = 1) -> list[bool]:
         """Encodes the shards process ``rank`` of ``world`` owns (shards rank, rank + world, ...; a pool's components
         each split so), skipping those the cache holds; returns each owned shard's cache hit. Under several
-        processes, call it on every process, wait for all, then :meth:`encode_corpus` finds every shard cached."""
+        processes, call it on every process, wait for all, then :meth:`encode` finds every shard cached."""
         if corpus.components:
             return [hit for c in corpus.components for hit in self.encode_shards(c, rank, world)]
         if world > 1 and self.cache_dir is None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from hyper_retrieval.core.types import Run
 from hyper_retrieval.data.beir import Corpus
-from hyper_retrieval.search.searchers import Searcher
+from hyper_retrieval.search.searchers import Searcher, SearchResult
 
 RRF_K = 60  # the constant of Cormack et al.
 WEIGHT_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))  # model weights tried on dev
@@ -77,7 +77,7 @@ class HybridSearcher:
     """A model searcher and a lexical one (BM25) over the same corpus, their runs fused.
 
         hybrid = HybridSearcher(ModelSearcher(CorpusEncoder(model, "my-model")), BM25Searcher(), weight=0.4)
-        run, info = hybrid.search(Corpus.from_records(docs), {"q1": "who wrote ..."}, k=10)
+        result = hybrid.search(Corpus.from_records(docs), {"q1": "who wrote ..."}, k=10)
 
     Each side retrieves ``depth`` documents (at least k) before fusion; :meth:`search_sides` gives the two runs
     unfused, to fuse them in several ways without searching again.
@@ -97,19 +97,20 @@ class HybridSearcher:
             raise ValueError(f"fusion weight {self.weight}: expected a value in [0, 1]")
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
-               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
-        model_run, lexical_run, info = self.search_sides(corpus, queries, k, tasks)
-        return self.fuse(model_run, lexical_run, k), info
+               tasks: Sequence[str] | None = None) -> SearchResult:
+        model, lexical = self.search_sides(corpus, queries, k, tasks)
+        return SearchResult(self.fuse(model.run, lexical.run, k), model.info, model.attention)
 
     def search_sides(self, corpus: Corpus, queries: dict[str, str], k: int,
-                     tasks: Sequence[str] | None = None) -> tuple[Run, Run, dict[str, Any]]:
-        """The model's run and the lexical run (``depth`` documents each, at least k), and facts about both."""
+                     tasks: Sequence[str] | None = None) -> tuple[SearchResult, SearchResult]:
+        """The model's search and the lexical one (``depth`` documents each, at least k); the model's info also
+        holds the lexical side's facts (prefixed ``lexical_``) and the fusion settings."""
         depth = max(k, self.depth)
-        model_run, model_info = self.model.search(corpus, queries, depth, tasks)
-        lexical_run, lexical_info = self.lexical.search(corpus, queries, depth)
-        info = {**model_info, **{f"lexical_{key}": value for key, value in lexical_info.items()},
-                "fusion": self.fusion, **({"fusion_weight": self.weight} if self.fusion == "convex" else {})}
-        return model_run, lexical_run, info
+        model = self.model.search(corpus, queries, depth, tasks)
+        lexical = self.lexical.search(corpus, queries, depth)
+        model.info |= {**{f"lexical_{key}": value for key, value in lexical.info.items()}, "fusion": self.fusion,
+                       **({"fusion_weight": self.weight} if self.fusion == "convex" else {})}
+        return model, lexical
 
     def fuse(self, model_run: Run, lexical_run: Run, k: int) -> Run:
         """The two runs fused as this searcher is set to, k documents per query."""

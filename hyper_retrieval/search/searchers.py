@@ -1,15 +1,16 @@
 """Searching a corpus: BM25, or a model's query encoder over an index of its corpus vectors.
 
-A searcher turns (corpus, queries, k) into a run {query id: {doc id: score}} of documents, never windows. A
-:class:`ModelSearcher` takes the corpus vectors from a :class:`CorpusEncoder` (shards, caches, windows) and encodes
-the queries with the same model: ``encode_queries(list[str], batch_size=, show_progress_bar=)`` -> (n, dim) array
-(or CSR for sparse models). A model whose ``config.hyper_prompt`` is set also gives ``prompt_attention(list[str])``
--> (n, N).
+A searcher turns (corpus, queries, k) into a :class:`SearchResult`: the run {query id: {doc id: score}} of documents
+(never windows), facts about the search, and the queries' attention over a prompt pool when the model has one. A
+:class:`ModelSearcher` takes the corpus vectors from a :class:`CorpusEncoder` (shards, caches, windows), builds the
+index over them, and encodes the queries with the same model through a :class:`QueryEncoder`: a HypeR model's
+(:class:`HyperQueryEncoder`: vectors and prompt attention from one pass, prompts chosen by task for a pool routed so)
+or any BEIR-style model's ``encode_queries(list[str], batch_size=, show_progress_bar=)`` -> (n, dim) array, or CSR
+for sparse models (:class:`BeirQueryEncoder`).
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from hyper_retrieval.search.bm25 import BM25
 from hyper_retrieval.search.cache import Embeddings
 from hyper_retrieval.search.corpus_encoder import CorpusEncoder
 from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
+from modeling_hyper import HyperRetrieverModel
 
 RECALL_SAMPLE = 1000  # queries used to measure an approximate index against the exact one
 
@@ -33,14 +35,74 @@ def routes_by_task(model: Any) -> bool:
     return isinstance(prompt, dict) and prompt.get("synthesizer") == "task"
 
 
+@dataclass
+class SearchResult:
+    """What a search gives: the run, facts about the search for the results file (timings, index recall), and the
+    queries' attention over the prompt pool, (n_queries, N) in the order of the queries, for a model with a pool."""
+
+    run: Run
+    info: dict[str, Any]
+    attention: np.ndarray | None = None
+
+
 class Searcher(Protocol):
     """Anything that retrieves the top-k documents of a corpus for queries {query id: text}."""
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
-               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
-        """Returns the run and facts about the search (timings, index recall) for the results file. `tasks`: the task
-        of each query (in the order of `queries`), for a model whose prompts are chosen by task; others ignore it."""
+               tasks: Sequence[str] | None = None) -> SearchResult:
+        """`tasks`: the task of each query (in the order of `queries`), for a model whose prompts are chosen by
+        task; others ignore it."""
         ...
+
+
+class QueryEncoder(Protocol):
+    """A model's query side: texts (and their tasks) -> vectors (n, dim) or CSR (n, vocab), and the prompt attention
+    (n, N) where the model has a pool (else None)."""
+
+    def encode(self, queries: Sequence[str], tasks: Sequence[str] | None) -> tuple[Embeddings, np.ndarray | None]:
+        ...
+
+
+@dataclass
+class HyperQueryEncoder:
+    """A HyperRetrieverModel's queries: vectors and prompt attention from one pass; a pool routed by task is given
+    each query's task."""
+
+    model: HyperRetrieverModel
+    batch_size: int
+    show_progress: bool
+
+    def encode(self, queries: Sequence[str], tasks: Sequence[str] | None) -> tuple[Embeddings, np.ndarray | None]:
+        task = list(tasks) if tasks is not None and routes_by_task(self.model) else None
+        vectors, attention = self.model.encode_queries(list(queries), batch_size=self.batch_size,
+                                                       show_progress_bar=self.show_progress,
+                                                       return_prompt_attention=True, task=task)
+        return vectors, None if attention is None else np.asarray(attention, dtype=np.float32)
+
+
+@dataclass
+class BeirQueryEncoder:
+    """Any BEIR-style model's queries (`encode_queries`), and their prompt attention where the model offers
+    ``prompt_attention(list[str], batch_size=)`` -> (n, N) (a second pass)."""
+
+    model: Any
+    batch_size: int
+    show_progress: bool
+    encode_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, queries: Sequence[str], tasks: Sequence[str] | None) -> tuple[Embeddings, np.ndarray | None]:
+        vectors = self.model.encode_queries(list(queries), batch_size=self.batch_size,
+                                            show_progress_bar=self.show_progress, **self.encode_kwargs)
+        attend = getattr(self.model, "prompt_attention", None)
+        attention = None if attend is None else attend(list(queries), batch_size=self.batch_size)
+        return vectors, None if attention is None else np.asarray(attention, dtype=np.float32)
+
+
+def query_encoder(encoder: CorpusEncoder) -> QueryEncoder:
+    """The query side of the model a corpus encoder reads passages with, in its batch size and progress setting."""
+    if isinstance(encoder.model, HyperRetrieverModel):
+        return HyperQueryEncoder(encoder.model, encoder.batch_size, encoder.show_progress)
+    return BeirQueryEncoder(encoder.model, encoder.batch_size, encoder.show_progress, encoder.encode_kwargs)
 
 
 @dataclass
@@ -52,12 +114,12 @@ class BM25Searcher:
     show_progress: bool = True
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
-               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
+               tasks: Sequence[str] | None = None) -> SearchResult:
         start = time.perf_counter()
         bm25 = BM25(corpus.ids, corpus.read_rows(np.arange(len(corpus))), self.k1, self.b, self.show_progress)
         indexed = time.perf_counter()
         run = bm25.search(queries, k)
-        return run, {"index_s": indexed - start, "search_s": time.perf_counter() - indexed}
+        return SearchResult(run, {"index_s": indexed - start, "search_s": time.perf_counter() - indexed})
 
 
 @dataclass
@@ -66,16 +128,17 @@ class ModelSearcher:
     its :class:`CorpusEncoder` gives. Queries are read at the model's own query length.
 
         searcher = ModelSearcher(CorpusEncoder(model, "my-model", cache_dir=Path("cache")), index_kind="hnsw")
-        run, info = searcher.search(corpus, {"q1": "who wrote ..."}, k=10)
+        result = searcher.search(corpus, {"q1": "who wrote ..."}, k=10)  # .run, .info, .attention
     """
 
     encoder: CorpusEncoder
     index_kind: DenseKind = "flat"
     prune_query_terms: int | None = None
     index_options: dict[str, Any] = field(default_factory=dict)  # DenseIndex settings (nprobe, pq_m, ...)
-    _attention: dict[str, np.ndarray] = field(init=False, default_factory=dict)  # query text -> (N,) from searches
+    queries: QueryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
+        self.queries = query_encoder(self.encoder)
         if self.prune_query_terms is not None and self.representation != "sparse":
             raise ValueError("query-term pruning (--prune-query-terms) applies to sparse models only")
         if self.index_kind != "flat" and self.representation == "sparse":
@@ -90,28 +153,14 @@ class ModelSearcher:
     def representation(self) -> str:
         return self.encoder.representation
 
-    def encode_queries(self, queries: Sequence[str], tasks: Sequence[str] | None = None) -> Embeddings:
-        """Query vectors (n, dim), or CSR (n, vocab) for a sparse model. A model with a prompt pool gives its
-        attention in the same pass; it is kept per query text for :meth:`prompt_attention`. A pool routed by task
-        is given each query's task."""
-        kwargs = {"batch_size": self.encoder.batch_size, "show_progress_bar": self.encoder.show_progress,
-                  **self.encoder.encode_kwargs}
-        if tasks is not None and routes_by_task(self.model):
-            kwargs["task"] = list(tasks)
-        if self._has_prompt_pool() and "return_prompt_attention" in inspect.signature(
-                self.model.encode_queries).parameters:
-            encoded, attention = self.model.encode_queries(list(queries), return_prompt_attention=True, **kwargs)
-            self._attention.update(zip(queries, np.asarray(attention, dtype=np.float32), strict=True))
-        else:
-            encoded = self.model.encode_queries(list(queries), **kwargs)
-        return sp.csr_matrix(encoded) if self.representation == "sparse" else np.asarray(encoded, dtype=np.float32)
-
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
-               tasks: Sequence[str] | None = None) -> tuple[Run, dict[str, Any]]:
+               tasks: Sequence[str] | None = None) -> SearchResult:
         start = time.perf_counter()
-        store, cache_hit = self.encoder.encode_corpus(corpus)
+        store, cache_hit = self.encoder.encode(corpus)
         encoded = time.perf_counter()
-        query_vectors = self.encode_queries(list(queries.values()), tasks)
+        query_vectors, attention = self.queries.encode(list(queries.values()), tasks)
+        query_vectors = (sp.csr_matrix(query_vectors) if self.representation == "sparse" else
+                         np.asarray(query_vectors, dtype=np.float32))
         info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
                                 "windows_per_doc": len(store) / len(corpus)}
         search_start = time.perf_counter()
@@ -131,18 +180,4 @@ class ModelSearcher:
                 info[f"index_recall@{k}"] = index.recall_against_exact(query_vectors[:RECALL_SAMPLE], k)
         info["search_s"] = time.perf_counter() - search_start
         info["queries_per_s"] = len(queries) / max(time.perf_counter() - encoded, 1e-9)
-        return run_from_topk(list(queries), corpus.ids, scores, indices), info
-
-    def _has_prompt_pool(self) -> bool:
-        return (hasattr(self.model, "prompt_attention")
-                and getattr(self.model.config, "hyper_prompt", True) is not None)
-
-    def prompt_attention(self, queries: Sequence[str]) -> np.ndarray | None:
-        """The model's attention over its prompt pool (n_queries, N), or None for a model without one; queries
-        already searched are not encoded again."""
-        if not self._has_prompt_pool():
-            return None
-        if queries and all(q in self._attention for q in queries):
-            return np.stack([self._attention[q] for q in queries])
-        attention = self.model.prompt_attention(list(queries), batch_size=self.encoder.batch_size)
-        return np.asarray(attention, dtype=np.float32)
+        return SearchResult(run_from_topk(list(queries), corpus.ids, scores, indices), info, attention)

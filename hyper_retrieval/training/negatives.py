@@ -129,7 +129,7 @@ def model_negatives(collection: Collection, model: Any, cache_dir: str | os.Path
         k = depth + max(len(g) for g in gold.values())
         queries = {q: collection.queries[q] for q in collection.qrels}
         searcher = ModelSearcher(CorpusEncoder(model, model_fingerprint=model_key, show_progress=True))
-        run, _ = searcher.search(collection.corpus, queries, k)
+        run = searcher.search(collection.corpus, queries, k).run
         return {qid: _drop_gold(sorted(hits, key=hits.get, reverse=True), gold[qid], depth)
                 for qid, hits in run.items()}
 

@@ -42,7 +42,7 @@ class PassageTable:
         encoder = CorpusEncoder(model, passage_encoder_fingerprint(model), batch_size,
                                 cache_dir=cache_dir, show_progress=show_progress, windows=windows)
         self.corpora = dict(corpora)
-        stores: dict[str, ShardStore] = {name: encoder.encode_corpus(c)[0] for name, c in corpora.items()}
+        stores: dict[str, ShardStore] = {name: encoder.encode(c)[0] for name, c in corpora.items()}
         # looked up at every step: held whole (dense: memory-mapped when the corpus is one shard; sparse: in memory)
         self.vectors = {name: store.load() for name, store in stores.items()}
         # a passage's windows are rows first[row]:first[row + 1] of its collection's vectors
