@@ -30,6 +30,7 @@ from hyper_retrieval.core.types import WINDOW_MODES, WindowMode
 from hyper_retrieval.data.beir import Corpus
 from hyper_retrieval.search.cache import Embeddings, cached_arrays, cached_entry, check_shard_vectors, entry_folder
 from hyper_retrieval.search.shards import Shard, ShardStore, shard_ranges
+from modeling_hyper import HyperConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class PassageWindows:
 
 
 FIRST_WINDOW = PassageWindows()  # FirstP, the default
+
+
+def is_hyper_model(model: Any) -> bool:
+    """Whether ``model`` is a HyperRetrieverModel: this project's class, or the same model loaded as a Hub
+    repository's remote code (its own class, the same config model_type)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == HyperConfig.model_type
 
 
 @dataclass
@@ -85,15 +92,16 @@ class CorpusEncoder:
         if self.windows.stride is not None and self.max_length and self.windows.stride > self.max_length:
             raise ValueError(f"window stride {self.windows.stride} (--window-stride) exceeds the window of "
                              f"{self.max_length} tokens: passage text between windows would never be read")
-        if hasattr(self.model, "max_window_length") and self.max_length:
+        if self._reads_windows() and self.max_length:
             limit = self.model.max_window_length()
             if self.max_length > limit:
                 raise ValueError(f"max_length={self.max_length} (the window length) exceeds the backbone's limit "
                                  f"of {limit} positions; use at most that")
 
     def _reads_windows(self) -> bool:
-        """Whether the model tokenizes passages into windows itself (a HyperRetrieverModel)."""
-        return hasattr(self.model, "tokenize_windows")
+        """Whether the model tokenizes passages into windows itself: a HyperRetrieverModel does, a BEIR-style model
+        encodes whole texts (its ``encode_corpus`` may take a ``max_length``)."""
+        return is_hyper_model(self.model)
 
     def encode(self, corpus: Corpus) -> tuple[ShardStore, bool]:
         """The corpus's window vectors as a store of shards (document order) and whether the cache held every shard.

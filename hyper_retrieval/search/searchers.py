@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from hyper_retrieval.data.beir import Corpus
 from hyper_retrieval.search.bm25 import BM25
 from hyper_retrieval.search.cache import Embeddings
-from hyper_retrieval.search.corpus_encoder import CorpusEncoder
+from hyper_retrieval.search.corpus_encoder import CorpusEncoder, is_hyper_model
 from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
 from modeling_hyper import HyperRetrieverModel
 
@@ -100,7 +100,7 @@ class BeirQueryEncoder:
 
 def query_encoder(encoder: CorpusEncoder) -> QueryEncoder:
     """The query side of the model a corpus encoder reads passages with, in its batch size and progress setting."""
-    if isinstance(encoder.model, HyperRetrieverModel):
+    if is_hyper_model(encoder.model):
         return HyperQueryEncoder(encoder.model, encoder.batch_size, encoder.show_progress)
     return BeirQueryEncoder(encoder.model, encoder.batch_size, encoder.show_progress, encoder.encode_kwargs)
 
