@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hyper_retrieval.cli.loading import launched_processes, load_retriever
 from hyper_retrieval.cli.options import (
@@ -47,43 +47,26 @@ from hyper_retrieval.core.run_folders import EVALUATION, RunFolderError, check_o
 from hyper_retrieval.core.strict_yaml import load_yaml
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from hyper_retrieval.search.fusion import HybridSearcher
+    from hyper_retrieval.evaluation.evaluation import Fusion
 
 # The rest is imported where it is used: `eval.py --help` loads neither torch nor faiss.
 
 
-def prompt_attention(collection_results: list) -> np.ndarray | None:
-    """Every collection's queries' attention over the prompt pool (n, N), in collection order, as their searches
-    gave it; None without a pool of more than one prompt."""
-    import numpy as np
-
-    attention = [r.attention for r in collection_results]
-    if any(a is None for a in attention) or attention[0].shape[1] < 2:
-        return None
-    return np.concatenate(attention)
-
-
-def fusion_weight(args: argparse.Namespace, hybrid: HybridSearcher, sources: list[str], collections: list,
-                  zero_shot: set[str]) -> tuple[float, dict[str, Any]]:
-    """The model's weight in convex fusion: --fusion-weight, else the best on the in-domain collections' dev split
-    (mean nDCG@10, each collection searched on its own corpus); with the facts for results.json."""
+def fusion(args: argparse.Namespace, sources: list[str], collections: list, zero_shot: set[str]) -> Fusion:
+    """--hybrid's settings; the in-domain collections' --dev-split when the convex weight is to be chosen there."""
     from hyper_retrieval.data.beir import load_other_split
-    from hyper_retrieval.evaluation.hybrid import choose_fusion_weight
+    from hyper_retrieval.evaluation.evaluation import Fusion
+    from hyper_retrieval.search.searchers import BM25Searcher
 
-    if args.fusion != "convex":
-        return hybrid.weight, {}
-    if args.fusion_weight is not None:
-        return args.fusion_weight, {"weight": args.fusion_weight, "weight_from": "--fusion-weight"}
+    lexical = BM25Searcher(args.bm25_k1, args.bm25_b, not args.no_progress)
+    if args.fusion != "convex" or args.fusion_weight is not None:
+        return Fusion(lexical, args.fusion, args.fusion_weight, label=args.hybrid)
     in_domain = [(s, c) for s, c in zip(sources, collections, strict=True) if c.name not in zero_shot]
     if not in_domain:
         raise SystemExit("--hybrid: choosing the fusion weight needs in-domain collections (--data) with a "
                          f"{args.dev_split!r} split; give --fusion-weight for zero-shot collections alone")
     dev = [load_other_split(s, args.dev_split, c.corpus, args.on_unknown) for s, c in in_domain]
-    weight, means = choose_fusion_weight(hybrid, dev, args.k)
-    return weight, {"weight": weight, "weight_from": f"{args.dev_split} split, mean nDCG@10 of "
-                    + ", ".join(c.name for c in dev), "dev_ndcg@10_by_weight": means}
+    return Fusion(lexical, "convex", None, dev, args.dev_split, args.hybrid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,19 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     from hyper_retrieval.core.fingerprints import passage_encoder_fingerprint, path_fingerprint
     from hyper_retrieval.core.precision import resolve_dtype
     from hyper_retrieval.data.beir import load_collection
-    from hyper_retrieval.evaluation.hybrid import evaluate_hybrid
+    from hyper_retrieval.evaluation.evaluation import evaluate
     from hyper_retrieval.evaluation.plots import plot_attention_heatmap, plot_attention_projection, plot_collection_bars
     from hyper_retrieval.evaluation.results import (
         ResultsWriteError,
-        build_results,
         check_output_dir,
         metric_by_collection,
         write_results,
     )
-    from hyper_retrieval.evaluation.routing import routing_by_collection
-    from hyper_retrieval.evaluation.scoring import evaluate_collections
     from hyper_retrieval.search.corpus_encoder import CorpusEncoder, PassageWindows
-    from hyper_retrieval.search.fusion import HybridSearcher
     from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher
 
     if args.compare:
@@ -284,23 +263,11 @@ def main(argv: list[str] | None = None) -> None:
         if not processes.is_main_process:
             return
 
-    if args.hybrid:
-        hybrid = HybridSearcher(searcher, BM25Searcher(args.bm25_k1, args.bm25_b, progress), args.fusion,
-                                depth=args.k)
-        hybrid.weight, choice = fusion_weight(args, hybrid, sources, collections, zero_shot)
-        collection_results, variants = evaluate_hybrid(hybrid, collections, zero_shot, args.k, args.pooled)
-    else:
-        collection_results = evaluate_collections(searcher, collections, zero_shot, args.k, args.pooled)
-    results = build_results(settings, collection_results)
-    if args.hybrid:
-        results["hybrid"] = {"with": args.hybrid, "fusion": args.fusion, **choice, "variants": variants}
-    # A hyper-prompt model also shows how its queries attend over the prompt pool, per task.
-    attention = prompt_attention(collection_results)
-    if attention is not None:
-        labels = [c.name for c in collections for _ in range(len(c.queries))]
-        results["routing"] = routing_by_collection(attention, labels, zero_shot)
+    spec = fusion(args, sources, collections, zero_shot) if args.hybrid else None
+    done = evaluate(searcher, collections, zero_shot, args.k, settings, args.pooled, spec)
+    results, attention, labels = done.results, done.attention, done.labels
     try:  # each file whole under a temporary name, then renamed: a full disk leaves the old results as they were
-        write_results(out, results, collection_results)
+        write_results(out, results, done.collections)
     except ResultsWriteError as e:
         raise SystemExit(f"eval.py: {e}") from None
     plot_collection_bars({args.model: metric_by_collection(results)}, out / "ndcg_at_10.png")
