@@ -1,12 +1,13 @@
 """Searching a corpus: BM25, or a model's query encoder over an index of its corpus vectors.
 
 A searcher turns (corpus, queries, k) into a :class:`SearchResult`: the run {query id: {doc id: score}} of documents
-(never windows), facts about the search, and the queries' attention over a prompt pool when the model has one. A
-:class:`ModelSearcher` takes the corpus vectors from a :class:`CorpusEncoder` (shards, caches, windows), builds the
-index over them, and encodes the queries with the same model through a :class:`QueryEncoder`: a HypeR model's
-(:class:`HyperQueryEncoder`: vectors and prompt attention from one pass, prompts chosen by task for a pool routed so)
-or any BEIR-style model's ``encode_queries(list[str], batch_size=, show_progress_bar=)`` -> (n, dim) array, or CSR
-for sparse models (:class:`BeirQueryEncoder`).
+(never windows), facts about the search, and the queries' attention over a prompt pool when the model has one.
+:func:`index_corpus` builds a :class:`CorpusIndex` once (a :class:`CorpusEncoder`'s vectors: shards, caches,
+windows; and the index over them), and an :class:`IndexSearcher` holds it with a :class:`QueryEncoder` of the same
+model and searches it as often as wanted; a :class:`ModelSearcher` does both for each corpus it is given. Query
+encoders: a HypeR model's (:class:`HyperQueryEncoder`: vectors and prompt attention from one pass, prompts chosen by
+task for a pool routed so) or any BEIR-style model's ``encode_queries(list[str], batch_size=, show_progress_bar=)``
+-> (n, dim) array, or CSR for sparse models (:class:`BeirQueryEncoder`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hyper_retrieval.search.bm25 import BM25
 from hyper_retrieval.search.cache import Embeddings
 from hyper_retrieval.search.corpus_encoder import CorpusEncoder, is_hyper_model
 from hyper_retrieval.search.index import DenseIndex, DenseKind, Run, SparseIndex, run_from_topk, top_documents
+from hyper_retrieval.search.shards import ShardStore
 from modeling_hyper import HyperRetrieverModel
 
 RECALL_SAMPLE = 1000  # queries used to measure an approximate index against the exact one
@@ -155,29 +157,62 @@ class ModelSearcher:
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
                tasks: Sequence[str] | None = None) -> SearchResult:
+        """The corpus indexed (:func:`index_corpus`), then searched once (:class:`IndexSearcher`)."""
+        index = index_corpus(self.encoder, corpus, self.index_kind, self.index_options)
+        return IndexSearcher(index, self.queries, self.prune_query_terms).search(queries, k, tasks)
+
+
+@dataclass
+class CorpusIndex:
+    """A corpus's vectors (a store of shards, one row per window) and the index over them, built once by
+    :func:`index_corpus`; an :class:`IndexSearcher` searches it as often as wanted."""
+
+    corpus: Corpus
+    store: ShardStore
+    index: DenseIndex | SparseIndex
+    info: dict[str, Any]  # encode_corpus_s, corpus_cache_hit, windows_per_doc, index_build_s, index_bytes_per_vector
+
+
+def index_corpus(encoder: CorpusEncoder, corpus: Corpus, kind: DenseKind = "flat",
+                 options: dict[str, Any] | None = None) -> CorpusIndex:
+    """The corpus encoded (or read from the cache) by ``encoder`` and indexed: dense vectors by a :class:`DenseIndex`
+    of ``kind`` (``options``: nprobe, pq_m, ...), sparse ones by a :class:`SparseIndex`; both steps timed."""
+    start = time.perf_counter()
+    store, cache_hit = encoder.encode(corpus)
+    encoded = time.perf_counter()
+    index = (SparseIndex(store, encoder.show_progress) if encoder.representation == "sparse" else
+             DenseIndex(store, kind=kind, show_progress=encoder.show_progress, **(options or {})))
+    info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
+                            "windows_per_doc": len(store) / len(corpus), "index_build_s": time.perf_counter() - encoded}
+    if isinstance(index, DenseIndex):
+        info["index_bytes_per_vector"] = index.bytes_per_vector()
+    return CorpusIndex(corpus, store, index, info)
+
+
+@dataclass
+class IndexSearcher:
+    """A query encoder over one corpus index: queries -> the corpus's top-k documents (a document scores its best
+    window). An approximate dense index is checked against exact search on the first RECALL_SAMPLE queries."""
+
+    index: CorpusIndex
+    queries: QueryEncoder
+    prune_query_terms: int | None = None  # sparse: keep each query's top terms
+
+    def search(self, queries: dict[str, str], k: int, tasks: Sequence[str] | None = None) -> SearchResult:
         start = time.perf_counter()
-        store, cache_hit = self.encoder.encode(corpus)
+        vectors, attention = self.queries.encode(list(queries.values()), tasks)
+        index, store = self.index.index, self.index.store
         encoded = time.perf_counter()
-        query_vectors, attention = self.queries.encode(list(queries.values()), tasks)
-        query_vectors = (sp.csr_matrix(query_vectors) if self.representation == "sparse" else
-                         np.asarray(query_vectors, dtype=np.float32))
-        info: dict[str, Any] = {"encode_corpus_s": encoded - start, "corpus_cache_hit": cache_hit,
-                                "windows_per_doc": len(store) / len(corpus)}
-        search_start = time.perf_counter()
-        if self.representation == "sparse":
-            sparse_index = SparseIndex(store, self.encoder.show_progress)
-            scores, indices = top_documents(
-                lambda q, m: sparse_index.search(q, m, self.prune_query_terms), query_vectors, k, store.doc)
+        if isinstance(index, SparseIndex):
+            scores, indices = top_documents(lambda q, m: index.search(q, m, self.prune_query_terms),
+                                            sp.csr_matrix(vectors), k, store.doc)
         else:
-            index = DenseIndex(store, kind=self.index_kind, show_progress=self.encoder.show_progress,
-                               **self.index_options)
-            index_built = time.perf_counter()
-            scores, indices = top_documents(index.search, query_vectors, k, store.doc)
-            info["index_build_s"] = index_built - search_start
-            info["index_queries_per_s"] = len(queries) / max(time.perf_counter() - index_built, 1e-9)
-            info["index_bytes_per_vector"] = index.bytes_per_vector()
-            if self.index_kind != "flat":
-                info[f"index_recall@{k}"] = index.recall_against_exact(query_vectors[:RECALL_SAMPLE], k)
-        info["search_s"] = time.perf_counter() - search_start
-        info["queries_per_s"] = len(queries) / max(time.perf_counter() - encoded, 1e-9)
-        return SearchResult(run_from_topk(list(queries), corpus.ids, scores, indices), info, attention)
+            vectors = np.asarray(vectors, dtype=np.float32)
+            scores, indices = top_documents(index.search, vectors, k, store.doc)
+        info = {**self.index.info, "search_s": time.perf_counter() - encoded,
+                "queries_per_s": len(queries) / max(time.perf_counter() - start, 1e-9)}
+        if isinstance(index, DenseIndex):
+            info["index_queries_per_s"] = len(queries) / max(info["search_s"], 1e-9)
+            if index.kind != "flat":
+                info[f"index_recall@{k}"] = index.recall_against_exact(vectors[:RECALL_SAMPLE], k)
+        return SearchResult(run_from_topk(list(queries), self.index.corpus.ids, scores, indices), info, attention)
