@@ -46,7 +46,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyper_retrieval.core.backbones import resolve_backbone  # noqa: E402
@@ -126,8 +126,10 @@ def st_round(backbone: str, device: torch.device, dtype: torch.dtype, args, sync
             learning_rate=2e-5, max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0,
             bf16=dtype == torch.bfloat16, use_cpu=device.type == "cpu", report_to=[], save_strategy="no",
             logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, seed=0)
-        SentenceTransformerTrainer(model=st, args=settings, train_dataset=dataset, loss=loss,
-                                   callbacks=[times]).train()
+        trainer = SentenceTransformerTrainer(model=st, args=settings, train_dataset=dataset, loss=loss,
+                                             callbacks=[times])
+        trainer.remove_callback(PrinterCallback)  # without a progress bar it prints every round's summary
+        trainer.train()
         return sum(times.seconds[1:])
 
     return run
