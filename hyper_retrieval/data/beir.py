@@ -394,7 +394,6 @@ def load_split(folder: str | os.PathLike, split: str, corpus: Corpus,
     return Collection(folder.name, corpus, {q: queries[q] for q in qrels}, qrels)
 
 
-
 def load_other_split(source: str | os.PathLike, split: str, corpus: Corpus,
                      on_unknown: Literal["raise", "skip"] = "raise") -> Collection:
     """`split` of a collection whose `corpus` is already loaded (the dev split beside the training or test one): the

@@ -64,9 +64,9 @@ def evaluate(searcher: Searcher, collections: Sequence[Collection], zero_shot: s
         scored, variants = evaluate_hybrid(hybrid, collections, zero_shot, k, pooled)
         results = build_results(settings, scored)
         results["hybrid"] = {"with": fusion.label, "fusion": fusion.kind, **choice, "variants": variants}
-    attention = [r.attention for r in scored]
-    if any(a is None for a in attention) or attention[0].shape[1] < 2:
+    if any(r.attention is None for r in scored) or scored[0].attention.shape[1] < 2:
         return Evaluation(results, scored)
-    labels = [r.name for r, a in zip(scored, attention, strict=True) for _ in range(len(a))]
-    results["routing"] = routing_by_collection(np.concatenate(attention), labels, zero_shot)
-    return Evaluation(results, scored, np.concatenate(attention), labels)
+    attention = np.concatenate([r.attention for r in scored])
+    labels = [r.name for r in scored for _ in range(len(r.attention))]
+    results["routing"] = routing_by_collection(attention, labels, zero_shot)
+    return Evaluation(results, scored, attention, labels)

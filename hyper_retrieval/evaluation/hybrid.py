@@ -36,7 +36,7 @@ class _SidesKept:
                tasks: Sequence[str] | None = None) -> SearchResult:
         model, lexical = self.hybrid.search_sides(corpus, queries, k, tasks)
         self.sides.append((model.run, lexical.run))
-        return SearchResult(self.hybrid.fuse(model.run, lexical.run, k), model.info, model.attention)
+        return self.hybrid.fused(model, lexical, k)
 
 
 def evaluate_hybrid(hybrid: HybridSearcher, collections: Sequence[Collection], zero_shot: set[str], k: int,

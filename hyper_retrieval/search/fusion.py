@@ -98,8 +98,7 @@ class HybridSearcher:
 
     def search(self, corpus: Corpus, queries: dict[str, str], k: int,
                tasks: Sequence[str] | None = None) -> SearchResult:
-        model, lexical = self.search_sides(corpus, queries, k, tasks)
-        return SearchResult(self.fuse(model.run, lexical.run, k), model.info, model.attention)
+        return self.fused(*self.search_sides(corpus, queries, k, tasks), k)
 
     def search_sides(self, corpus: Corpus, queries: dict[str, str], k: int,
                      tasks: Sequence[str] | None = None) -> tuple[SearchResult, SearchResult]:
@@ -111,6 +110,10 @@ class HybridSearcher:
         model.info |= {**{f"lexical_{key}": value for key, value in lexical.info.items()}, "fusion": self.fusion,
                        **({"fusion_weight": self.weight} if self.fusion == "convex" else {})}
         return model, lexical
+
+    def fused(self, model: SearchResult, lexical: SearchResult, k: int) -> SearchResult:
+        """The two sides' search results as one: the fused run, the model side's facts and prompt attention."""
+        return SearchResult(self.fuse(model.run, lexical.run, k), model.info, model.attention)
 
     def fuse(self, model_run: Run, lexical_run: Run, k: int) -> Run:
         """The two runs fused as this searcher is set to, k documents per query."""
