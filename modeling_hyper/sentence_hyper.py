@@ -24,6 +24,22 @@ TASKS = ("query", "document")
 EXTRA_FILES_LIST = "extra_files.json"
 
 
+def _extra_files(listed: Path) -> list[str]:
+    """The relative paths an EXTRA_FILES_LIST names, each inside its folder; ValueError naming the file and the
+    entry otherwise."""
+    try:
+        names = json.loads(listed.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{listed}: not readable as JSON ({e}); it should list the folder's extra files") from e
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{listed}: expected a JSON list of relative paths, got {type(names).__name__}")
+    folder = listed.parent.resolve()
+    outside = [n for n in names if not (folder / n).resolve().is_relative_to(folder)]
+    if outside:
+        raise ValueError(f"{listed}: {outside} lie outside {listed.parent}; only files inside it are copied")
+    return names
+
+
 class HyperSentenceEncoder(InputModule):
     """Tokenizes and encodes in one module; `task` ("query" or "document") picks the side."""
 
@@ -90,16 +106,16 @@ class HyperSentenceEncoder(InputModule):
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         """The network (save_pretrained), and, for a model loaded from a folder with an EXTRA_FILES_LIST, the files
         that list names (and the list): ``SentenceTransformer.save`` of a published folder is that folder again.
-        Nothing else of the source folder is copied, and no listed path outside it."""
-        self.model.save_pretrained(output_path)
+        Nothing else of the source folder is copied. A list that is not a JSON list of relative paths inside the
+        folder is refused (ValueError naming it) before anything is written; a listed file that is gone is skipped."""
         source, target = Path(self.model.name_or_path or "."), Path(output_path)
-        if not (source / EXTRA_FILES_LIST).is_file() or source.resolve() == target.resolve():
-            return
-        for name in [*json.loads((source / EXTRA_FILES_LIST).read_text()), EXTRA_FILES_LIST]:
-            path = (source / name).resolve()
-            if path.is_file() and path.is_relative_to(source.resolve()):
+        listed = source / EXTRA_FILES_LIST
+        names = _extra_files(listed) if listed.is_file() and source.resolve() != target.resolve() else None
+        self.model.save_pretrained(output_path)
+        for name in [] if names is None else [*names, EXTRA_FILES_LIST]:
+            if (source / name).is_file():
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target / name)
+                shutil.copyfile(source / name, target / name)
 
     @classmethod
     def load(

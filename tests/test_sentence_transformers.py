@@ -1,5 +1,7 @@
 """Training a HypeR model through sentence-transformers' own trainer: the task switch and the frozen parts hold."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -55,6 +57,25 @@ def test_the_trainer_with_a_router_mapping_trains_the_query_side_only(exported, 
     query = [k for k in after if k.startswith(("query_encoder.", "hyper_prompt."))]
     assert passage and all(torch.equal(after[k], before[k]) for k in passage)  # bit-identical
     assert any(not torch.equal(after[k], before[k]) for k in query)
+
+
+@pytest.mark.parametrize(("listed", "says"), [
+    ("[\"README.md\"", "not readable as JSON"),
+    ('{"README.md": 1}', "expected a JSON list of relative paths, got dict"),
+    ('["README.md", "../outside.txt"]', r"\['../outside.txt'\] lie outside"),
+])
+def test_a_broken_extra_files_list_is_refused_before_anything_is_written(exported, tmp_path, listed, says):
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    (tmp_path / "outside.txt").write_text("not part of the export")
+    (folder / "extra_files.json").write_text(listed)
+    st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    with pytest.raises(ValueError, match=says) as error:
+        st.save(str(tmp_path / "saved"))
+    assert "extra_files.json" in str(error.value)
+    assert not (tmp_path / "saved" / "model.safetensors").exists()
 
 
 def test_every_saved_folder_loads_in_sentence_transformers_as_the_model_encodes(exported, splade_path, tmp_path):
