@@ -27,6 +27,7 @@ written whole under a temporary name and renamed into place: a full disk leaves 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--on-unknown", choices=["raise", "skip"], default="raise",
                         help="qrels naming unknown ids: fail (default) or skip them with a warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="no PNG figures (the results and attention files are written all the same); for a "
+                             "machine without matplotlib")
     parser.add_argument("--compare", nargs="+", metavar="RUN", help="output folders (or results.json) to compare")
     parser.add_argument("--metric", default="ndcg@10", help="metric of the --compare table and chart")
     return parser
@@ -138,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--window-stride {args.window_stride}: a stride goes with --windows max")
     if args.window_stride is not None and args.max_length is not None and args.window_stride > args.max_length:
         parser.error(f"--window-stride {args.window_stride}: at most the window, --max-length {args.max_length}")
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+        parser.error("the figures need matplotlib (pip install matplotlib), or pass --no-plots")
     if args.hybrid and args.model == "bm25":
         parser.error("--hybrid bm25 fuses BM25 with a model; --model is bm25 already")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -145,9 +151,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def compare(runs: list[str], out: Path, metric: str) -> None:
-    """Side-by-side Markdown table and bar chart of saved evaluations; where every run has its per_query.json,
-    each run's paired test against the first (hyper_retrieval/evaluation/significance.py)."""
+def compare(runs: list[str], out: Path, metric: str, plots: bool = True) -> None:
+    """Side-by-side Markdown table (and bar chart, with `plots`) of saved evaluations; where every run has its
+    per_query.json, each run's paired test against the first (hyper_retrieval/evaluation/significance.py)."""
     from hyper_retrieval.evaluation.plots import plot_collection_bars
     from hyper_retrieval.evaluation.results import (
         compare_markdown,
@@ -175,8 +181,9 @@ def compare(runs: list[str], out: Path, metric: str) -> None:
     if len(runs) > 1 and all(q is not None for q in per_query.values()):
         table += "\n" + significance_markdown({n: (results[n], per_query[n]) for n in results}, metric)
     (out / "compare.md").write_text(table)
-    plot_collection_bars({name: metric_by_collection(r, metric) for name, r in results.items()},
-                         out / f"compare_{metric.replace('@', '_at_')}.png", metric=metric)
+    if plots:
+        plot_collection_bars({name: metric_by_collection(r, metric) for name, r in results.items()},
+                             out / f"compare_{metric.replace('@', '_at_')}.png", metric=metric)
     print(table)
     lock.release()
 
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     from hyper_retrieval.search.searchers import BM25Searcher, ModelSearcher
 
     if args.compare:
-        compare(args.compare, Path(args.out or "outputs/eval/compare"), args.metric)
+        compare(args.compare, Path(args.out or "outputs/eval/compare"), args.metric, plots=not args.no_plots)
         return
 
     # What is evaluated: --data entries are in-domain; --zero-shot names some of them or adds collections.
@@ -270,12 +277,14 @@ def main(argv: list[str] | None = None) -> None:
         write_results(out, results, done.collections)
     except ResultsWriteError as e:
         raise SystemExit(f"eval.py: {e}") from None
-    plot_collection_bars({args.model: metric_by_collection(results)}, out / "ndcg_at_10.png")
     if attention is not None:
         np.save(out / "attention.npy", attention)
         (out / "attention_tasks.json").write_text(json.dumps(labels))
-        plot_attention_heatmap(attention, labels, out / "attention_heatmap.png")
-        plot_attention_projection(attention, labels, out / "attention_projection.png")
+    if not args.no_plots:
+        plot_collection_bars({args.model: metric_by_collection(results)}, out / "ndcg_at_10.png")
+        if attention is not None:
+            plot_attention_heatmap(attention, labels, out / "attention_heatmap.png")
+            plot_attention_projection(attention, labels, out / "attention_projection.png")
 
     print((out / "results.md").read_text())
     lock.release()

@@ -66,7 +66,11 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OF
 # bm25s imports jax, and JAX on a GPU takes 75% of its memory in every process that starts it: keep it on the CPU,
 # before anything imports bm25s (hyper_retrieval/search/bm25.py sets the same defaults)
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
-WHEELS="bm25s==0.3.16 PyStemmer==3.1.0 evaluate==0.4.6 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19"
+# What the GPU image has (../shared/docs/STACK-NOTES.md, "Seen on the H200"; their own requirements come with them)
+# and the wheels of the rest that the runs import (tests/test_gpu_protocol.py runs the dry run with nothing else)
+IMAGE="torch transformers accelerate sentence-transformers peft jax"
+WHEELS="bm25s==0.3.16 PyStemmer==3.1.0 evaluate==0.4.6 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+        pytrec-eval-terrier==0.5.11"
 LIMIT=$((64 * 1024 * 1024))
 
 # ---------------------------------------------------------------- --pack DIR: here, what the device call carries
@@ -182,7 +186,8 @@ else
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; } > "$LOGS/machine.log" 2>&1
 fi
 BACKBONE=$WORK/minilm32
-logged setup-float32 120 "$PY" - "$CARRY/minilm" "$BACKBONE" "$DRY" <<'PYTHON' \
+# shellcheck disable=SC2086  # a distribution a word
+logged setup-float32 120 "$PY" - "$CARRY/minilm" "$BACKBONE" "$DRY" $IMAGE $(sed 's/==[^ ]*//g' <<< "$WHEELS") <<'PYTHON' \
   || fail "the float32 backbone, the imports or the GPU (logs/setup-float32.log)"
 import json, shutil, sys
 from safetensors.torch import load_file, save_file
@@ -194,8 +199,15 @@ config = json.load(open(f"{target}/config.json"))  # transformers loads in the c
 config.update({k: "float32" for k in ("torch_dtype", "dtype") if k in config})
 json.dump(config, open(f"{target}/config.json", "w"), indent=2)
 print(f"{len(weights)} tensors to float32 in {target} ({sorted({str(v.dtype) for v in weights.values()})} before)")
-import bm25s, Stemmer, datasets, evaluate, torch  # noqa: E401,F401  what the wheels brought, and the GPU
-print(f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}, bm25s {bm25s.__version__}, evaluate {evaluate.__version__}")
+from importlib.metadata import PackageNotFoundError, version
+def installed(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "missing"
+print("image and wheels:", ", ".join(f"{name} {installed(name)}" for name in sys.argv[4:]))
+import bm25s, pytrec_eval, Stemmer, datasets, evaluate, torch  # noqa: E401,F401  what the wheels brought, the GPU
+print(f"CUDA {torch.cuda.is_available()}")
 assert torch.cuda.is_available() or dry, "no CUDA device: train.py and eval.py would run on the CPU"
 PYTHON
 phase setup "$t"
@@ -222,7 +234,7 @@ PYTHON
 fi
 # shellcheck disable=SC2206  # a name a word
 SYSTEM_LIST=($SYSTEMS) SEED_LIST=($SEEDS)
-RUN_ARGS=(--protocol "$PROTOCOL" --profile gpu-epoch --root "$ROOT" --no-hybrid --cache-dir "$CACHE/embeddings")
+RUN_ARGS=(--protocol "$PROTOCOL" --profile gpu-epoch --root "$ROOT" --no-hybrid --no-plots --cache-dir "$CACHE/embeddings")
 
 # ---- prepare, side by side: BM25 negatives (a process per training collection), the frozen passage table, the backbone
 t=$(date +%s)

@@ -135,9 +135,9 @@ def eval_dtype(profile: list[str]) -> str:
 
 
 def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, dtype: str = "auto",
-             cache_dir: Path | None = None) -> None:
+             cache_dir: Path | None = None, plots: bool = True) -> None:
     """eval.py on the test split (in `dtype`): per collection, and pooled for the main table; skipped when already
-    done. `cache_dir`: eval.py's --cache-dir (default: its own)."""
+    done. `cache_dir`: eval.py's --cache-dir (default: its own); `plots`: False for eval.py --no-plots."""
     data = Path(protocol["data_root"])
     if run.held_out:
         modes = {"eval": ["--zero-shot", str(data / run.held_out)]}
@@ -161,7 +161,8 @@ def evaluate(run: ProtocolRun, protocol: dict, root: Path, hybrid: bool = True, 
         if mode == "eval-pooled-bm25" and chosen.exists():  # the weight the per-collection run chose on dev
             args = [*args, "--fusion-weight", str(json.loads(chosen.read_text())["hybrid"]["weight"])]
         seconds = sh([sys.executable, "eval.py", "--model", model_folder(run, root), *args, *windows,
-                      "--split", "test", "--out", str(out), "--no-progress", *(["--dtype", dtype] if windows else [])])
+                      "--split", "test", "--out", str(out), "--no-progress", *(["--dtype", dtype] if windows else []),
+                      *([] if plots else ["--no-plots"])])
         record(root / run.name, **{f"{mode}_s": seconds, f"{mode}_machine": machine()})
 
 
@@ -200,6 +201,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run names to do, in this order (default: all, in the file's)")
     parser.add_argument("--no-hybrid", action="store_true",
                         help="run: leave out the BM25-fused evaluations (slow on CPU); a later run adds them")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="run: eval.py --no-plots (no figures; a machine without matplotlib, the GPU image)")
     parser.add_argument("--to", type=Path, help="collect: the folder that receives the results (e.g. "
                         "docs/results/bbir-epoch)")
     parser.add_argument("--section", choices=["main", "epoch", "adapter", "gpu"], default="main",
@@ -254,7 +257,7 @@ def main() -> None:
             train(run, root, profile, args.extra, args.stop_training_at)
             record(root / run.name, profile=args.profile)
             evaluate(run, protocol, root, hybrid=not args.no_hybrid, dtype=eval_dtype(profile + args.extra),
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, plots=not args.no_plots)
     elif args.step == "collect":
         if args.to is None:
             sys.exit("collect needs --to FOLDER")

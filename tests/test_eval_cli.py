@@ -87,6 +87,20 @@ def test_pooled_mode(eval_cli, samples, tmp_path):
         assert entry["info"]["num_docs"] == n_docs
 
 
+def test_without_matplotlib_eval_refuses_up_front_unless_told_no_plots(eval_cli, samples, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on the GPU image: not installed
+    args = ["--model", "bm25", "--data", str(samples[0]), "--no-progress"]
+    with pytest.raises(SystemExit):
+        eval_cli.main([*args, "--out", str(tmp_path / "plots")])
+    assert "the figures need matplotlib (pip install matplotlib), or pass --no-plots" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()  # refused before any work
+    eval_cli.main([*args, "--out", str(tmp_path / "no-plots"), "--no-plots"])
+    assert (tmp_path / "no-plots" / "results.json").is_file() and not list((tmp_path / "no-plots").glob("*.png"))
+    eval_cli.main(["--compare", str(tmp_path / "no-plots"), "--out", str(tmp_path / "cmp"), "--no-plots"])
+    assert (tmp_path / "cmp" / "compare.md").is_file() and not list((tmp_path / "cmp").glob("*.png"))
+
+
 def test_output_folder_with_different_results_is_refused(eval_cli, samples, tmp_path):
     args = ["--model", "bm25", "--data", str(samples[0]), "--out", str(tmp_path / "o"), "--no-progress"]
     eval_cli.main(args)

@@ -1,15 +1,18 @@
 """scripts/gpu_protocol.sh: the protocol on one GPU in one call. Its --dry-run runs every step on the CPU on tiny inputs
 (no faiss, as on the GPU); protocol.py's --seeds names runs by the file's rule; the gpu-epoch profile is one epoch."""
 
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import time
 
 import pytest
+from packaging.requirements import Requirement
 
 from experiments.gpu_report import present_runs
 from experiments.protocol import at_seeds, load_protocol
@@ -18,6 +21,45 @@ from tests.processes import REPO
 
 PROTOCOL = REPO / "configs" / "bbir-protocol.yaml"
 SCRIPT = REPO / "scripts" / "gpu_protocol.sh"
+GPU_IMAGE = REPO / "tests" / "fixtures" / "gpu_image"  # its sitecustomize hides what the GPU image lacks
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def gpu_image_distributions() -> set[str]:
+    """What a GPU run may import: the image's distributions and the pack's wheels (gpu_protocol.sh's IMAGE and
+    WHEELS), with what they require as installed here (the wheels install with --no-deps: what they need the image
+    had), and this project."""
+    text = SCRIPT.read_text()
+    listed = re.search(r'^IMAGE="([^"]*)"', text, re.M).group(1).split()
+    listed += [w.split("==")[0] for w in re.search(r'^WHEELS="([^"]*)"', text, re.M).group(1).split()]
+    allowed, todo = {"hyper-retrieval"}, listed
+    while todo:
+        name = _normalized(todo.pop())
+        if name in allowed:
+            continue
+        allowed.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:  # jax: on the image, not here
+            continue
+        todo += [r.name for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return allowed
+
+
+def test_the_gpu_image_refuses_what_it_lacks_and_allows_the_wheels(tmp_path):
+    probe = ("import importlib, importlib.util, sys\n"
+             "for name in sys.argv[1:]:\n"
+             "    try:\n        importlib.import_module(name); print(name, 'ok')\n"
+             "    except ModuleNotFoundError as e:\n        print(name, 'refused' if 'halted' in str(e) else e)\n"
+             "print('find_spec', importlib.util.find_spec('matplotlib'))\n")
+    env = {**os.environ, "PYTHONPATH": str(GPU_IMAGE), "HYPER_GPU_IMAGE_ALLOWED": ",".join(gpu_image_distributions())}
+    run = subprocess.run([sys.executable, "-c", probe, "faiss", "matplotlib", "pytrec_eval", "bm25s", "torch", "json"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.stdout.split("\n")[:-1] == ["faiss refused", "matplotlib refused", "pytrec_eval ok", "bm25s ok",
+                                           "torch ok", "json ok", "find_spec None"], run.stderr
 
 
 def protocol_script():
@@ -96,11 +138,11 @@ def test_pack_refuses_a_folder_that_would_pack_itself():
 
 @pytest.mark.slow
 def test_the_dry_run_trains_every_system_and_seed_side_by_side_and_reports_them(tmp_path):
-    hidden = tmp_path / "no-faiss" / "faiss"  # the GPU image has no faiss: no step may need it
-    hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text('raise ImportError("faiss hidden: the GPU image has none")\n')
+    allowed = gpu_image_distributions()
+    assert "faiss-cpu" not in allowed and "matplotlib" not in allowed  # what the image lacks, refused below
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": f"{hidden.parent}:{REPO}",
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": f"{GPU_IMAGE}:{REPO}",
+           "HYPER_GPU_IMAGE_ALLOWED": ",".join(sorted(allowed)),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--systems", "multitask hyper", "--seeds", "42 43"],
                          env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
@@ -126,7 +168,7 @@ def test_the_dry_run_trains_every_system_and_seed_side_by_side_and_reports_them(
     assert "./results/eval/backbone/results.json" in names  # the preparation's evaluation, once
     assert not any(n.endswith((".safetensors", ".bin", ".pt")) for n in names)  # no weights
     logs = "".join(f.read_text() for f in (tmp_path / "x" / "logs").rglob("*.log"))
-    assert "faiss hidden" not in logs and "Traceback" not in logs
+    assert "None in sys.modules" not in logs and "Traceback" not in logs
     phases = json.loads((results / "gpu_protocol.json").read_text())
     assert list(phases["phases"]) == ["setup", "prepare", "runs", "collect"] and phases["seeds"] == [42, 43]
 

@@ -1,6 +1,8 @@
 """PNG figures for evaluation results: per-collection bars, prompt-attention heat map and 2-D projection.
 
 Every figure has a fixed size in inches and is saved at ``dpi``, so the PNG is ``figsize * dpi`` pixels.
+matplotlib is imported when a figure is drawn, not with this module: the GPU image has none, and the evaluation and
+reports that run there (eval.py --no-plots, the gpu section) import this module for its tables' helpers.
 """
 
 from __future__ import annotations
@@ -8,22 +10,39 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGSIZE = (8.0, 5.0)
 DPI = 100
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int) -> Path:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display); a clear error where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("drawing the figures needs matplotlib (pip install matplotlib); eval.py --no-plots "
+                                  "evaluates without them", name="matplotlib") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subplots(*args, **kwargs):
+    return pyplot().subplots(*args, **kwargs)
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -35,7 +54,7 @@ def plot_collection_bars(scores: Mapping[str, Mapping[str, float]], path: str | 
     runs = list(values)
     width = 0.8 / max(len(runs), 1)
     x = np.arange(len(groups))
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = _subplots(figsize=figsize)
     for i, run in enumerate(runs):
         bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, values[run], width, label=run)
         ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
@@ -71,7 +90,7 @@ def plot_attention_heatmap(attention: np.ndarray, task_labels: Sequence[str], pa
                            figsize: tuple[float, float] = FIGSIZE, dpi: int = DPI) -> Path:
     """Heat map of the mean prompt attention per task: rows tasks, columns the N prompts of the pool."""
     tasks, means = mean_attention_by_task(attention, task_labels)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = _subplots(figsize=figsize)
     image = ax.imshow(means, aspect="auto", cmap="viridis")
     ax.set_yticks(np.arange(len(tasks)), tasks)
     ax.set_xlabel("prompt in the pool")
@@ -105,7 +124,7 @@ def plot_attention_projection(attention: np.ndarray, task_labels: Sequence[str],
     collapsed = is_collapsed(attention)
     points = np.zeros((len(attention), 2)) if collapsed else pca_2d(attention)  # no rounding noise drawn as shape
     labels = np.asarray(task_labels)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = _subplots(figsize=figsize)
     for task in tasks:
         ax.scatter(*points[labels == task].T, s=8, alpha=0.7, label=task)
     ax.set_xlabel("PC 1")
@@ -125,7 +144,7 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path
                          dpi: int = DPI) -> Path:
     """Two panels per run: the contrastive loss against the step (log.jsonl training records) and the dev metric
     at each evaluation (its dev records). ``logs`` is {run name: records of its log.jsonl}."""
-    fig, (loss_ax, dev_ax) = plt.subplots(1, 2, figsize=figsize)
+    fig, (loss_ax, dev_ax) = _subplots(1, 2, figsize=figsize)
     for name, records in logs.items():
         train = [r for r in records if "loss/contrastive" in r]
         dev = [r for r in records if dev_metric in r]
@@ -146,7 +165,7 @@ def plot_routing_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path:
                         figsize: tuple[float, float] = (13.0, 4.0), dpi: int = DPI) -> Path:
     """Three panels, one line per run: the routing diagnostics train.py logs (hyper_retrieval.evaluation.routing)
     against the step. ``logs`` is {run name: records of its log.jsonl}; runs that logged none are skipped."""
-    fig, axes = plt.subplots(1, len(ROUTING_PANELS), figsize=figsize)
+    fig, axes = _subplots(1, len(ROUTING_PANELS), figsize=figsize)
     for name, records in logs.items():
         for ax, (key, _) in zip(axes, ROUTING_PANELS, strict=True):
             points = [(r["step"], r[key]) for r in records if key in r]
@@ -164,7 +183,7 @@ def plot_gap_curve(lines: Mapping[str, Sequence[tuple[int, float]]], path: str |
                    dpi: int = DPI) -> Path:
     """One line per group ({label: [(steps, difference), ...]}), every point labelled, over training steps on a log
     axis, with the zero line: where a difference between two systems goes as training gets longer."""
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = _subplots(figsize=figsize)
     for label, points in lines.items():
         steps, values = zip(*sorted(points), strict=True) if points else ((), ())
         ax.plot(steps, values, marker="o", label=label)
