@@ -82,7 +82,8 @@ def main() -> int:
     loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), num_prompts, sparse=cfg.model.representation == "sparse")
     builder = batch_builder(cfg, data, model.tokenizer)
     model, optimizer = accelerator.prepare(model, optimizer)
-    train_step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip)
+    train_step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip,
+                              passage_table=data.passage_table)
     state = TrainState()
     checkpoints = RunCheckpoints(accelerator, out, state, scheduler, loss_fn)
     if args.resume:

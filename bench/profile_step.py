@@ -54,7 +54,8 @@ def main() -> None:
     loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), prompt_count(model), sparse=cfg.model.representation == "sparse")
     optimizer = build_optimizer(model, cfg.optim, accelerator.device)
     model, optimizer = accelerator.prepare(model.train(), optimizer)
-    step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip)
+    step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip,
+                        passage_table=data.passage_table)
     batches = [batch.to(accelerator.device) for batch in batches]
     for i, batch in enumerate(batches[: args.warmup]):
         step(batch, i)

@@ -100,14 +100,17 @@ def steps_per_s(root: Path, run: ProtocolRun) -> float | None:
 
 
 def throughput_table(runs: Sequence[ProtocolRun], root: Path) -> str:
-    """Per run: the steps it reached, its speed side by side with the others, its training minutes, and whether the
-    script's deadline stopped it (then its dev-selected model so far was evaluated)."""
-    lines = ["| run | steps | steps/s (median over its logged windows) | train (min) | stopped at the deadline |",
-             "|---|---|---|---|---|"]
+    """Per run: the steps it reached, its speed side by side with the others, the seconds from its process's start
+    to its first step (log.jsonl's startup_s), its training minutes, and whether the script's deadline stopped it
+    (then its dev-selected model so far was evaluated)."""
+    lines = ["| run | steps | steps/s (median over its logged windows) | to the first step (s) | train (min) | "
+             "stopped at the deadline |", "|---|---|---|---|---|---|"]
     for run in runs:
         facts = _json(root / run.name / "protocol.json") or {}
         rate = steps_per_s(root, run)
+        startup = next((r["startup_s"] for r in log_rows(root, run) if "startup_s" in r), None)
         lines.append(f"| {run.name} | {steps_of(root, run) or ''} | {'' if rate is None else f'{rate:.1f}'} | "
+                     + ("" if startup is None else f"{startup:.0f}") + " | "
                      + (f"{facts['train_s'] / 60:.1f}" if "train_s" in facts else "") + " | "
                      + ("**yes**" if facts.get("train_stopped_at_deadline") else "no") + " |")
     return "\n".join(lines)

@@ -7,11 +7,12 @@
 #   3. encode.log   encode.py: nq_ckc encoded in shards of 5,000 on the GPU, then run again (every shard cached)
 #   4. scale.log    bench/scale.py --kinds flat flat-torch: exact search streamed on the CPU against the vectors
 #                   held on the GPU, real bbir vectors and 10^6 synthetic ones (scale.json, scale.md beside it)
-# The GPU image has torch, transformers, accelerate, sentence-transformers but no faiss: no step needs it.
+# The GPU image has torch, transformers, accelerate, sentence-transformers but no faiss (no step needs it) and
+# none of scripts/gpu_image.sh's WHEELS (installed from the pack's whl/).
 #
-# On the GPU machine (../shared does not travel; pack what it needs first, here):
-#   ../shared/tools/pack-gpu-carry.sh .carry           # fp16 MiniLM + the bbir collections, ~56 MB, git-ignored
-#   device run, carry [".carry"]:  bash scripts/gpu_checks.sh
+# On the GPU machine (../shared does not travel; pack what it needs first, here, the same pack as gpu_protocol.sh's):
+#   bash scripts/gpu_protocol.sh --pack .gpu-pack      # the code, fp16 MiniLM, bbir, the wheels the image lacks
+#   device run, carry [".gpu-pack"]:  cd .gpu-pack && bash proj/scripts/gpu_checks.sh
 # Here, to check the script itself: the same steps on the CPU on tiny inputs, and the GPU-only parts skipped:
 #   bash scripts/gpu_checks.sh --dry-run
 set -uo pipefail
@@ -23,7 +24,7 @@ mkdir -p "$OUT"
 # The benches run one process at a time: the tokenizer may use every core (false would keep it on one, and encoding
 # on a 16-core GPU machine then waits for a single tokenizing thread)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}  # the GPU image has no `python`
 
 # Weights and data: the carried copies on the GPU machine, else the pip weights and ../shared/data/bbir.
 BACKBONE=sentence-transformers/all-MiniLM-L6-v2
@@ -35,6 +36,11 @@ fi
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+if (( ! DRY )); then  # the wheels the image lacks (the dry run's venv has them)
+  . scripts/gpu_image.sh
+  PY=$PY install_wheels ../whl "$TMP/site" || exit 2
+  export PYTHONPATH=$TMP/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 if (( DRY )); then  # a tiny random BERT (hidden 32, 2 layers) with MiniLM's tokenizer stands in for the weights
   BACKBONE=$TMP/tiny-backbone
   $PY - "$BACKBONE" <<'PYTHON' || exit 2

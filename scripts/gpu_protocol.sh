@@ -66,11 +66,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OF
 # bm25s imports jax, and JAX on a GPU takes 75% of its memory in every process that starts it: keep it on the CPU,
 # before anything imports bm25s (hyper_retrieval/search/bm25.py sets the same defaults)
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
-# What the GPU image has (../shared/docs/STACK-NOTES.md, "Seen on the H200"; their own requirements come with them)
-# and the wheels of the rest that the runs import (tests/test_gpu_protocol.py runs the dry run with nothing else)
-IMAGE="torch transformers accelerate sentence-transformers peft jax"
-WHEELS="bm25s==0.3.16 PyStemmer==3.1.0 evaluate==0.4.6 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-        pytrec-eval-terrier==0.5.11"
+. scripts/gpu_image.sh  # IMAGE, WHEELS, install_wheels
 LIMIT=$((64 * 1024 * 1024))
 
 # ---------------------------------------------------------------- --pack DIR: here, what the device call carries
@@ -173,9 +169,8 @@ weights = f"{sys.argv[1]}/model.safetensors"  # fp16 weights beside a float32 co
 save_file({k: v.half() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
 PYTHON
 else
-  ls ../whl/*.whl > /dev/null 2>&1 || fail "no ../whl/*.whl: make the pack with --pack DIR, then run DIR/proj/scripts/gpu_protocol.sh"
-  logged setup-wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target "$WORK/site" ../whl/*.whl || fail "installing the wheels (logs/setup-wheels.log)"
+  logged setup-wheels 120 env PY="$PY" bash -c '. scripts/gpu_image.sh && install_wheels "$@"' - ../whl "$WORK/site" \
+    || fail "installing the wheels (logs/setup-wheels.log; make the pack with --pack DIR, then run DIR/proj/scripts/gpu_protocol.sh)"
   export PYTHONPATH=$WORK/site:$PROJ${PYTHONPATH:+:$PYTHONPATH}
   DATA=$(cd .. && pwd)/shared/data/bbir
   CARRY=$PROJ/.carry
@@ -286,8 +281,8 @@ else:
         collection = load_collection(c.path, cfg.data.train_split)
         corpora[collection.name] = collection.corpus
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    PassageTable(model.to(device), corpora, cfg.train.embedding_cache_dir, show_progress=False,
-                 windows=passage_windows(cfg.model))
+    PassageTable.encode(model.to(device), corpora, cfg.train.embedding_cache_dir, show_progress=False,
+                        windows=passage_windows(cfg.model))
     print(f"passage table of {sum(map(len, corpora.values()))} passages ({', '.join(corpora)}) on {device}")
 PYTHON
 export PREP_PROTOCOL=$PROTOCOL PREP_PROFILE=gpu-epoch PREP_SYSTEM=${SYSTEM_LIST[0]} PREP_LOGS=$LOGS

@@ -1,25 +1,26 @@
-"""scripts/gpu_checks.sh --dry-run: every step of the GPU run on the CPU, tiny inputs, no faiss (as on the GPU)."""
+"""scripts/gpu_checks.sh --dry-run: every step of the GPU run on the CPU, tiny inputs, importing only what the GPU
+image has (tests/gpu_image.py)."""
 
 import json
 import os
 import subprocess
 import sys
 
+from tests.gpu_image import gpu_image_env
 from tests.processes import REPO
 
 
-def test_the_gpu_checks_run_on_the_cpu_without_faiss(tmp_path):
-    hidden = tmp_path / "no-faiss" / "faiss"
-    hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text('raise ImportError("faiss hidden: the GPU image has none")\n')
+def test_the_gpu_checks_run_on_the_cpu_with_what_the_gpu_image_has(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": f"{hidden.parent}:{REPO}"}
+    image = gpu_image_env()  # the image and the pack's wheels: no faiss, no matplotlib
+    env = {**os.environ, **image, "PYTHON": sys.executable, "OUT": str(out),
+           "PYTHONPATH": f"{image['PYTHONPATH']}:{REPO}"}
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--dry-run"], env=env, capture_output=True,
                          text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     logs = {name: (out / f"{name}.log").read_text() for name in ("eval", "train", "encode", "scale")}
     assert all(log.rstrip().endswith("rc 0") for log in logs.values())
-    assert "faiss hidden" not in run.stdout + run.stderr
+    assert "None in sys.modules" not in run.stdout + run.stderr + "".join(logs.values())
     assert "encode_tokenized, cached token ids" in logs["eval"] and "hnsw" not in logs["eval"]  # exact kinds only
     assert "best ratio" in logs["train"]
     reruns = [line for line in logs["encode"].splitlines() if line.startswith("process 0/1")]

@@ -1,7 +1,6 @@
 """scripts/gpu_protocol.sh: the protocol on one GPU in one call. Its --dry-run runs every step on the CPU on tiny inputs
 (no faiss, as on the GPU); protocol.py's --seeds names runs by the file's rule; the gpu-epoch profile is one epoch."""
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -12,41 +11,15 @@ import tarfile
 import time
 
 import pytest
-from packaging.requirements import Requirement
 
 from experiments.gpu_report import present_runs
 from experiments.protocol import at_seeds, load_protocol
 from hyper_retrieval.training.config import load_config
+from tests.gpu_image import gpu_image_distributions, gpu_image_env
 from tests.processes import REPO
 
 PROTOCOL = REPO / "configs" / "bbir-protocol.yaml"
 SCRIPT = REPO / "scripts" / "gpu_protocol.sh"
-GPU_IMAGE = REPO / "tests" / "fixtures" / "gpu_image"  # its sitecustomize hides what the GPU image lacks
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def gpu_image_distributions() -> set[str]:
-    """What a GPU run may import: the image's distributions and the pack's wheels (gpu_protocol.sh's IMAGE and
-    WHEELS), with what they require as installed here (the wheels install with --no-deps: what they need the image
-    had), and this project."""
-    text = SCRIPT.read_text()
-    listed = re.search(r'^IMAGE="([^"]*)"', text, re.M).group(1).split()
-    listed += [w.split("==")[0] for w in re.search(r'^WHEELS="([^"]*)"', text, re.M).group(1).split()]
-    allowed, todo = {"hyper-retrieval"}, listed
-    while todo:
-        name = _normalized(todo.pop())
-        if name in allowed:
-            continue
-        allowed.add(name)
-        try:
-            requires = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:  # jax: on the image, not here
-            continue
-        todo += [r.name for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": ""})]
-    return allowed
 
 
 def test_the_gpu_image_refuses_what_it_lacks_and_allows_the_wheels(tmp_path):
@@ -55,7 +28,7 @@ def test_the_gpu_image_refuses_what_it_lacks_and_allows_the_wheels(tmp_path):
              "    try:\n        importlib.import_module(name); print(name, 'ok')\n"
              "    except ModuleNotFoundError as e:\n        print(name, 'refused' if 'halted' in str(e) else e)\n"
              "print('find_spec', importlib.util.find_spec('matplotlib'))\n")
-    env = {**os.environ, "PYTHONPATH": str(GPU_IMAGE), "HYPER_GPU_IMAGE_ALLOWED": ",".join(gpu_image_distributions())}
+    env = {**os.environ, **gpu_image_env()}
     run = subprocess.run([sys.executable, "-c", probe, "faiss", "matplotlib", "pytrec_eval", "bm25s", "torch", "json"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.stdout.split("\n")[:-1] == ["faiss refused", "matplotlib refused", "pytrec_eval ok", "bm25s ok",
@@ -139,11 +112,12 @@ def test_pack_refuses_a_folder_that_would_pack_itself():
 @pytest.mark.slow
 def test_the_dry_run_trains_every_system_and_seed_side_by_side_and_reports_them(tmp_path):
     allowed = gpu_image_distributions()
-    assert "faiss-cpu" not in allowed and "matplotlib" not in allowed  # what the image lacks, refused below
+    assert "faiss-cpu" not in allowed and "matplotlib" not in allowed  # what the image lacks, hidden below
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": f"{GPU_IMAGE}:{REPO}",
-           "HYPER_GPU_IMAGE_ALLOWED": ",".join(sorted(allowed)),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    image = gpu_image_env()
+    env = {**os.environ, **image, "PYTHON": sys.executable, "OUT": str(out),
+           "PYTHONPATH": f"{image['PYTHONPATH']}:{REPO}", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--systems", "multitask hyper", "--seeds", "42 43"],
                          env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -182,5 +156,6 @@ def test_the_dry_run_trains_every_system_and_seed_side_by_side_and_reports_them(
         assert f"| **{system}** | mean ± std (2) |" in text
         assert f"| {system} | 43 |" in text
     assert "| hyper − multitask | zero-shot |" in text and "| backbone (untrained) | – |" in text
-    assert "| hyper-seed43 | 4 |" in text  # the speed table: the steps each run reached
+    # the speed table: the steps each run reached, its speed, its seconds to the first step
+    assert re.search(r"\| hyper-seed43 \| 4 \| [\d.]+ \| \d+ \| [\d.]+ \| no \|", text), text
     assert text == (out / "RESULTS.md").read_text()  # as the script's own report step wrote it

@@ -87,6 +87,7 @@ def test_training_lowers_the_loss_and_exports(representation, tiny_backbones, tm
     run = tmp_path / "run"
     log = [r for r in read_log(run) if "loss/total" in r]
     assert [r["step"] for r in log] == list(range(1, 31))
+    assert 0 < log[0]["startup_s"] < 600 and not any("startup_s" in r for r in log[1:])  # launch to the first step
     dev = [r for r in read_log(run) if "dev/ndcg@10" in r]
     assert [r["step"] for r in dev] == [30] and 0 <= dev[0]["dev/ndcg@10"] <= 1
     first, last = mean(r["loss/contrastive"] for r in log[:5]), mean(r["loss/contrastive"] for r in log[-5:])

@@ -163,8 +163,8 @@ def test_passage_table_gives_every_window_and_training_scores_the_best(minilm_pa
     model = with_tokenizer(minilm_path, max_seq_length=48, share_encoders=False, freeze_passage_encoder=True)
     corpus = Corpus.from_jsonl(long_sample / "corpus.jsonl")
     short = Corpus.from_jsonl(SAMPLE / "qasc" / "corpus.jsonl")
-    table = PassageTable(model, {"multirc": corpus, "qasc": short}, tmp_path, show_progress=False,
-                         windows=PassageWindows("max", stride=20))
+    table = PassageTable.encode(model, {"multirc": corpus, "qasc": short}, tmp_path, show_progress=False,
+                                windows=PassageWindows("max", stride=20))
     keys = [f"multirc/{corpus.ids[3]}", f"qasc/{short.ids[0]}", f"multirc/{corpus.ids[0]}"]
     vectors, mask = table.lookup(keys)
     assert vectors.shape[:2] == mask.shape == (3, table.max_windows)

@@ -184,7 +184,8 @@ class TrainSettings:
     # dev metric that selects the best checkpoint (the metrics every dev evaluation computes)
     keep_best_metric: Literal["ndcg@10", "r_precision", "recall@20", "recall@100", "mrr@10"] = "ndcg@10"
     # A frozen separate passage encoder's corpus vectors are computed once and cached here (shared with eval.py's
-    # --cache-dir); training then looks passages up. None: no disk cache (still computed once per run).
+    # --cache-dir); training then looks passages up. The training queries' token ids are kept here too.
+    # None: no disk cache (both still computed once per run).
     embedding_cache_dir: str | None = "outputs/embedding_cache"
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -32,6 +33,8 @@ class TrainingLog:
     report and, for a prompt pool, the routing diagnostics of the queries since then (tensorboard, log.jsonl, bar).
 
     Between reports nothing is read back from the device: the step's terms and attention stay there until `write`.
+    The first report of a process also records `startup_s`: the seconds from the process's start to this log's
+    creation, just before the first step (imports, data, negatives, passage table, model: what a warm cache saves).
     """
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, task_names: Sequence[str], num_prompts: int,
@@ -41,6 +44,8 @@ class TrainingLog:
         self.bar = tqdm(total=total_steps, initial=first_step, desc="train",
                         disable=not accelerator.is_main_process)
         self.window_start, self.window_queries = time.perf_counter(), 0
+        self.startup_s: float | None = time.time() - psutil.Process().create_time()
+        accelerator.print(f"ready to train {self.startup_s:.1f} s after the process started")
 
     def add(self, attention: torch.Tensor | None, tasks: torch.Tensor) -> None:
         """One micro-batch of this process: its queries count towards queries/s, its attention (B, N) to routing."""
@@ -53,6 +58,8 @@ class TrainingLog:
         rate = self.window_queries / (time.perf_counter() - self.window_start)
         logs = {f"loss/{k}": v for k, v in zip(losses, torch.stack(list(losses.values())).tolist(), strict=True)}
         logs |= {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups} | {"queries_per_s": rate}
+        if self.startup_s is not None:
+            logs["startup_s"], self.startup_s = self.startup_s, None
         postfix = {"loss": f"{logs['loss/total']:.3f}", "contrastive": f"{logs['loss/contrastive']:.3f}"}
         if self.routing is not None:
             logs |= {f"routing/{k}": v for k, v in self.routing.diagnostics(self.task_names).items() if v is not None}

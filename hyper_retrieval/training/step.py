@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from hyper_retrieval.training.batching import TrainBatch
 from hyper_retrieval.training.examples import false_negative_mask
 from hyper_retrieval.training.losses import RetrievalLoss
+from hyper_retrieval.training.passage_table import PassageTable
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,12 +41,15 @@ class TrainingStep:
     :class:`StepOutput`; the optimizer steps when the accumulation is complete.
 
     ``autocast_dtype`` casts the forward passes where the accelerator does not (bench/train.py compares dtypes in one
-    process; train.py's accelerator casts from its mixed_precision).
+    process; train.py's accelerator casts from its mixed_precision). ``passage_table`` (on the accelerator) gives the
+    vectors of batches that carry passage rows instead of passage tokens.
     """
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: RetrievalLoss, grad_clip: float = 0.0, autocast_dtype: torch.dtype | None = None) -> None:
+                 loss_fn: RetrievalLoss, grad_clip: float = 0.0, autocast_dtype: torch.dtype | None = None,
+                 passage_table: PassageTable | None = None) -> None:
         self.accelerator, self.model, self.optimizer, self.loss_fn = accelerator, model, optimizer, loss_fn
+        self.passage_table = passage_table
         self.grad_clip = grad_clip
         self.autocast_dtype = autocast_dtype
         device = accelerator.device
@@ -62,13 +66,13 @@ class TrainingStep:
         with accelerator.accumulate(model):
             with self._autocast():
                 q = model(**batch.queries, is_query=True, task_ids=batch.tasks)
-                if batch.passage_vectors is not None:
-                    passages, window_mask = batch.passage_vectors, batch.window_mask
+                if batch.passage_rows is not None:  # a frozen passage encoder: its vectors, gathered on the device
+                    passages = self.passage_table.gather(batch.passage_rows, batch.window_mask)
                 else:
-                    passages, window_mask = model(**batch.passages, is_query=False).embeddings, None
+                    passages = model(**batch.passages, is_query=False).embeddings
             losses = self.loss_fn(q.embeddings, passages, batch.targets, step=step, attention=q.prompt_attention,
                                   tasks=batch.tasks, exclude=self._false_negatives(batch), logits=q.prompt_logits,
-                                  window_mask=window_mask)
+                                  window_mask=batch.window_mask)
             self._record_non_finite(losses, step)
             accelerator.backward(losses["total"])
             if accelerator.sync_gradients and self.grad_clip > 0:

@@ -29,7 +29,7 @@ def load_training_data(cfg: TrainConfig, model: HyperRetrieverModel, accelerator
                        windows: PassageWindows) -> TrainingData:
     """Examples per task, with hard negatives mined by BM25 or `model` (the main process first, the others then read
     its cache); the dev splits (corpora shared with training); a frozen passage encoder's table, each training
-    corpus encoded once (through train.embedding_cache_dir) and then looked up."""
+    corpus encoded once (through train.embedding_cache_dir), held on the accelerator and then looked up."""
     tasks = {name: TaskData(name, [], {}) for name in cfg.data.task_names}
     corpora = {}
     with accelerator.main_process_first():
@@ -41,10 +41,10 @@ def load_training_data(cfg: TrainConfig, model: HyperRetrieverModel, accelerator
         dev_collections = load_dev_collections(cfg.data, corpora)
         passage_table = None
         if has_frozen_passage_encoder(model):
-            passage_table = PassageTable(model.to(accelerator.device),
-                                         {n: c.corpus for t in tasks.values() for n, c in t.collections.items()},
-                                         cfg.train.embedding_cache_dir, show_progress=accelerator.is_main_process,
-                                         windows=windows)
+            passage_table = PassageTable.encode(
+                model.to(accelerator.device), {n: c.corpus for t in tasks.values() for n, c in t.collections.items()},
+                cfg.train.embedding_cache_dir, show_progress=accelerator.is_main_process, windows=windows,
+            ).to(accelerator.device)
     accelerator.print(", ".join(f"{t.name}: {len(t.examples)} queries" for t in tasks.values()))
     return TrainingData(list(tasks.values()), dev_collections, passage_table)
 
@@ -57,7 +57,9 @@ def batch_sampler(cfg: TrainConfig, data: TrainingData, num_replicas: int = 1, r
 
 
 def batch_builder(cfg: TrainConfig, data: TrainingData, tokenizer) -> BatchBuilder:
-    """The configured BatchBuilder; passages looked up in data's passage table when there is one."""
-    lookup = data.passage_table.lookup if data.passage_table is not None else None
+    """The configured BatchBuilder; passages as rows of data's passage table when there is one; the queries' token ids
+    through train.embedding_cache_dir."""
+    rows = data.passage_table.rows if data.passage_table is not None else None
     return BatchBuilder(data.tasks, tokenizer, cfg.data.num_negatives, cfg.model.max_query_length,
-                        cfg.model.max_passage_length, cfg.train.seed, lookup=lookup)
+                        cfg.model.max_passage_length, cfg.train.seed, passage_rows=rows,
+                        cache_dir=cfg.train.embedding_cache_dir)
