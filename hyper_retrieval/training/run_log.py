@@ -41,11 +41,11 @@ class TrainingLog:
                  total_steps: int, first_step: int) -> None:
         self.accelerator, self.path, self.task_names = accelerator, output_dir / "log.jsonl", list(task_names)
         self.routing = RoutingWindow() if num_prompts > 1 else None  # a collapsing pool shows within a few reports
+        self.startup_s: float | None = time.time() - psutil.Process().create_time()
+        accelerator.print(f"ready to train {self.startup_s:.1f} s after the process started")
         self.bar = tqdm(total=total_steps, initial=first_step, desc="train",
                         disable=not accelerator.is_main_process)
         self.window_start, self.window_queries = time.perf_counter(), 0
-        self.startup_s: float | None = time.time() - psutil.Process().create_time()
-        accelerator.print(f"ready to train {self.startup_s:.1f} s after the process started")
 
     def add(self, attention: torch.Tensor | None, tasks: torch.Tensor) -> None:
         """One micro-batch of this process: its queries count towards queries/s, its attention (B, N) to routing."""
