@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What only a GPU can measure, as one prepared run (about 6 minutes on one H200; every step has its own time limit).
+# What only a GPU can measure, as one prepared run (about 7 minutes on one H200; every step has its own time limit).
 # Logs go to $OUT (the device tool's folder that comes back; default outputs/gpu_checks):
 #   1. eval.log     bench/eval.py: corpus encoding, ours against sentence-transformers, cold and from cached token ids,
 #                   on 40,000 bbir passages (targets: >= 3x cold, >= 10x cached); search, flat on the GPU (torch)
@@ -7,6 +7,9 @@
 #   3. encode.log   encode.py: nq_ckc encoded in shards of 5,000 on the GPU, then run again (every shard cached)
 #   4. scale.log    bench/scale.py --kinds flat flat-torch: exact search streamed on the CPU against the vectors
 #                   held on the GPU, real bbir vectors and 10^6 synthetic ones (scale.json, scale.md beside it)
+#   5. steps.log    train.py alone, the protocol's HypeR config in bf16 on three of its collections (cosmosqa, qasc,
+#                   quoref: their BM25 negatives mine in seconds): steps/s over 600 steps, then launch to the first
+#                   step again with every cache warm (targets: >= 150 steps/s, <= 15 s)
 # The GPU image has torch, transformers, accelerate, sentence-transformers but no faiss (no step needs it) and
 # none of scripts/gpu_image.sh's WHEELS (installed from the pack's whl/).
 #
@@ -55,11 +58,17 @@ PYTHON
   TRAIN="--batch-size 2 --negatives 1 --steps 1 --rounds 1 --warmup 1 --device cpu"
   CORPUS=../shared/data/bbir/ropes SHARD=200
   SCALE="--sizes 2000 --queries 16 --collections ropes multirc --encode-docs 0 --rounds 1"
+  STEPS=6 RUN_DATA="[{path: data/sample/cosmosqa}, {path: data/sample/qasc}, {path: data/sample/vitaminc}]"
+  SETTINGS=(train.batch_size=8 data.num_negatives=2 model.max_passage_length=64 model.max_query_length=32
+            train.log_every=2 optim.mixed_precision=no)
 else
   EVAL="--passages 40000 --batch-size 256 --rounds 8 --also-dtype float32 --threads 16"  # ST in bf16 and float32
   TRAIN="--batch-size 32 --passage-length 256 --rounds 3 --steps 4"
   CORPUS=../shared/data/bbir/nq_ckc SHARD=5000
   SCALE="--sizes 1000000 --queries 1000 --encode-docs 0 --threads 16"
+  STEPS=600 RUN_DATA="[{path: ../shared/data/bbir/cosmosqa}, {path: ../shared/data/bbir/qasc},
+                       {path: ../shared/data/bbir/quoref}]"
+  SETTINGS=(train.log_every=50 optim.mixed_precision=bf16)
 fi
 
 status=0
@@ -86,5 +95,7 @@ step encode 90 bash -c "$PY encode.py --model $MODEL --corpus $CORPUS --shard-do
   --no-progress && $PY encode.py --model $MODEL --corpus $CORPUS --shard-docs $SHARD --cache-dir $CACHE --no-progress"
 step scale 150 $PY bench/scale.py $SCALE --kinds flat flat-torch --backbone "$BACKBONE" --cache-dir "$CACHE" \
   --out "$OUT" --extrapolate
+step steps 240 $PY bench/train_run.py --config configs/bbir-hyper.yaml --steps $STEPS --cache-dir "$TMP/run-cache" \
+  "model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}"
 echo "gpu checks: $( ((status)) && echo 'a step failed' || echo 'every step ran' ); logs in $OUT"
 exit $status

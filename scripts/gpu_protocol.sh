@@ -8,11 +8,12 @@
 #
 # 1. Here, once (the network only for pip download): bash scripts/gpu_protocol.sh --pack .gpu-pack
 #    writes .gpu-pack/proj (the tracked and untracked-not-ignored files but docs/ and outputs/), .gpu-pack/proj/.carry
-#    (fp16 MiniLM + bbir.tar.xz: ../shared/tools/pack-gpu-carry.sh) and .gpu-pack/whl (what the image lacks, for
-#    python 3.12: bm25s, PyStemmer, evaluate, datasets, dill, multiprocess; faiss is not needed, exact search runs on
-#    torch), and checks that the pack stays under 64 MiB (measured: ~60 MiB).
+#    (fp16 MiniLM + bbir.tar.xz: ../shared/tools/pack-gpu-carry.sh) and .gpu-pack/whl (scripts/gpu_image.sh's
+#    WHEELS: what the runs import that the image lacks, for python 3.12; neither faiss nor matplotlib is needed: exact
+#    search runs on torch and the evaluations draw no figures), and checks that the pack stays under 64 MiB
+#    (measured: 59.6 MiB). scripts/gpu_checks.sh runs from the same pack.
 # 2. The device call (the checkout's own working tree travels too, and the whole must stay under 64 MiB: docs/ alone
-#    is ~65 MB, so make the call from a checkout without it, e.g. `git sparse-checkout set --no-cone '/*' '!/docs/'`):
+#    is ~90 MB, so make the call from a checkout without it, e.g. `git sparse-checkout set --no-cone '/*' '!/docs/'`):
 #      run(carry=[".gpu-pack"], timeout_s=600, command="cd .gpu-pack && bash proj/scripts/gpu_protocol.sh")
 #    What comes back ($OUT, 3 files): gpu_protocol.tgz (results/: what `protocol.py report` reads, every run without
 #    weights; logs/: each run's log tail, the miners', the preparation's, GPU use every 15 s; docs/RESULTS.md),

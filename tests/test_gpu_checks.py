@@ -3,6 +3,7 @@ image has (tests/gpu_image.py)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,11 +19,14 @@ def test_the_gpu_checks_run_on_the_cpu_with_what_the_gpu_image_has(tmp_path):
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--dry-run"], env=env, capture_output=True,
                          text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    logs = {name: (out / f"{name}.log").read_text() for name in ("eval", "train", "encode", "scale")}
+    logs = {name: (out / f"{name}.log").read_text() for name in ("eval", "train", "encode", "scale", "steps")}
     assert all(log.rstrip().endswith("rc 0") for log in logs.values())
     assert "None in sys.modules" not in run.stdout + run.stderr + "".join(logs.values())
     assert "encode_tokenized, cached token ids" in logs["eval"] and "hnsw" not in logs["eval"]  # exact kinds only
     assert "best ratio" in logs["train"]
+    assert re.search(r"train.py alone, \d+ cores: [\d.]+ steps/s \(median of \d+ log windows after the first, "
+                     r"batch 8\); launch to the first step [\d.]+ s with the caches as found, [\d.]+ s with them warm",
+                     logs["steps"])
     reruns = [line for line in logs["encode"].splitlines() if line.startswith("process 0/1")]
     assert reruns == ["process 0/1: 3 shards, 0 found cached, 3 encoded" + reruns[0].split("encoded")[1],
                       "process 0/1: 3 shards, 3 found cached, 0 encoded" + reruns[1].split("encoded")[1]]
