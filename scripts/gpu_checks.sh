@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What only a GPU can measure, as one prepared run (about 7 minutes on one H200; every step has its own time limit).
+# What only a GPU can measure, as one prepared run (about 8 minutes on one H200; every step has its own time limit).
 # Logs go to $OUT (the device tool's folder that comes back; default outputs/gpu_checks):
 #   1. eval.log     bench/eval.py: corpus encoding, ours against sentence-transformers, cold and from cached token ids,
 #                   on 40,000 bbir passages (targets: >= 3x cold, >= 10x cached); search, flat on the GPU (torch)
@@ -10,6 +10,8 @@
 #   5. steps.log    train.py alone, the protocol's HypeR config in bf16 on three of its collections (cosmosqa, qasc,
 #                   quoref: their BM25 negatives mine in seconds): steps/s over 600 steps, then launch to the first
 #                   step again with every cache warm (targets: >= 150 steps/s, <= 15 s)
+#   6. profile.log  bench/profile_step.py on the same data with the passages encoded (trainable, as bench/train.py
+#                   has them), in bf16 and in float32: the kernels by GPU time, to tell why bf16 was the slower there
 # The GPU image has torch, transformers, accelerate, sentence-transformers but no faiss (no step needs it) and
 # none of scripts/gpu_image.sh's WHEELS (installed from the pack's whl/).
 #
@@ -58,7 +60,7 @@ PYTHON
   TRAIN="--batch-size 2 --negatives 1 --steps 1 --rounds 1 --warmup 1 --device cpu"
   CORPUS=../shared/data/bbir/ropes SHARD=200
   SCALE="--sizes 2000 --queries 16 --collections ropes multirc --encode-docs 0 --rounds 1"
-  STEPS=6 RUN_DATA="[{path: data/sample/cosmosqa}, {path: data/sample/qasc}, {path: data/sample/vitaminc}]"
+  STEPS=6 PROFILE_STEPS=2 RUN_DATA="[{path: data/sample/cosmosqa}, {path: data/sample/qasc}, {path: data/sample/vitaminc}]"
   SETTINGS=(train.batch_size=8 data.num_negatives=2 model.max_passage_length=64 model.max_query_length=32
             train.log_every=2 optim.mixed_precision=no)
 else
@@ -66,7 +68,7 @@ else
   TRAIN="--batch-size 32 --passage-length 256 --rounds 3 --steps 4"
   CORPUS=../shared/data/bbir/nq_ckc SHARD=5000
   SCALE="--sizes 1000000 --queries 1000 --encode-docs 0 --threads 16"
-  STEPS=600 RUN_DATA="[{path: ../shared/data/bbir/cosmosqa}, {path: ../shared/data/bbir/qasc},
+  STEPS=600 PROFILE_STEPS=20 RUN_DATA="[{path: ../shared/data/bbir/cosmosqa}, {path: ../shared/data/bbir/qasc},
                        {path: ../shared/data/bbir/quoref}]"
   SETTINGS=(train.log_every=50 optim.mixed_precision=bf16)
 fi
@@ -97,5 +99,12 @@ step scale 150 $PY bench/scale.py $SCALE --kinds flat flat-torch --backbone "$BA
   --out "$OUT" --extrapolate
 step steps 240 $PY bench/train_run.py --config configs/bbir-hyper.yaml --steps $STEPS --cache-dir "$TMP/run-cache" \
   "model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}"
+for precision in bf16 no; do
+  step "profile-$precision" 150 $PY bench/profile_step.py --config configs/bbir-hyper.yaml --steps $PROFILE_STEPS \
+    --rows 25 "model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}" \
+    model.freeze_passage_encoder=false "optim.mixed_precision=$precision" \
+    "data.negatives_cache_dir=$TMP/run-cache/negatives" "train.embedding_cache_dir=$TMP/run-cache/embeddings"
+done
+cat "$OUT"/profile-*.log > "$OUT/profile.log" && rm -f "$OUT"/profile-*.log
 echo "gpu checks: $( ((status)) && echo 'a step failed' || echo 'every step ran' ); logs in $OUT"
 exit $status

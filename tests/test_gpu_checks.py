@@ -19,11 +19,15 @@ def test_the_gpu_checks_run_on_the_cpu_with_what_the_gpu_image_has(tmp_path):
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--dry-run"], env=env, capture_output=True,
                          text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    logs = {name: (out / f"{name}.log").read_text() for name in ("eval", "train", "encode", "scale", "steps")}
+    logs = {name: (out / f"{name}.log").read_text()
+            for name in ("eval", "train", "encode", "scale", "steps", "profile")}
     assert all(log.rstrip().endswith("rc 0") for log in logs.values())
     assert "None in sys.modules" not in run.stdout + run.stderr + "".join(logs.values())
     assert "encode_tokenized, cached token ids" in logs["eval"] and "hnsw" not in logs["eval"]  # exact kinds only
     assert "best ratio" in logs["train"]
+    settings = [line.rsplit(", ", 1)[1] for line in logs["profile"].splitlines() if ", passages encoded, " in line]
+    assert settings == ["mixed precision bf16", "mixed precision no"]  # trainable passages, in both precisions
+    assert logs["profile"].count("Self CPU time total") == 2
     assert re.search(r"train.py alone, \d+ cores: [\d.]+ steps/s \(median of \d+ log windows after the first, "
                      r"batch 8\); launch to the first step [\d.]+ s with the caches as found, [\d.]+ s with them warm",
                      logs["steps"])
