@@ -156,6 +156,17 @@ def test_accumulation_checkpointing_bf16_and_frozen_passages(tiny_backbones, tmp
     assert not torch.equal(final[f"query_encoder.{name}"], initial[name])  # trained query encoder
 
 
+def test_a_sparse_model_trains_on_its_frozen_passage_table(tiny_backbones, tmp_path):
+    """A sparse model whose passage encoder is frozen: the training corpora's CSR vectors are encoded once, cached,
+    and gathered on the device at every step."""
+    config = write_config(tmp_path, tiny_backbones["sparse"], "sparse",
+                          model={"share_encoders": False, "freeze_passage_encoder": True}, optim={"max_steps": 4})
+    run_train(config)
+    log = [r for r in read_log(tmp_path / "run") if "loss/total" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(math.isfinite(r["loss/contrastive"]) for r in log)
+    assert len(list((tmp_path / "embedding_cache").glob("*.vectors"))) == 2  # the two training corpora's vectors
+
+
 def test_maxp_training_scores_passages_by_their_best_window(tiny_backbones, tmp_path):
     """model.passage_windows: max reads every window of the sample passages (32 tokens a window), in training and
     dev scoring."""
