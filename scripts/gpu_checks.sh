@@ -97,12 +97,12 @@ step encode 90 bash -c "$PY encode.py --model $MODEL --corpus $CORPUS --shard-do
   --no-progress && $PY encode.py --model $MODEL --corpus $CORPUS --shard-docs $SHARD --cache-dir $CACHE --no-progress"
 step scale 150 $PY bench/scale.py $SCALE --kinds flat flat-torch --backbone "$BACKBONE" --cache-dir "$CACHE" \
   --out "$OUT" --extrapolate
+RUN_SETTINGS=("model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}")
 step steps 240 $PY bench/train_run.py --config configs/bbir-hyper.yaml --steps $STEPS --cache-dir "$TMP/run-cache" \
-  "model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}"
-for precision in bf16 no; do
+  "${RUN_SETTINGS[@]}"
+for precision in bf16 no; do  # on the caches the runs above filled (bench/train_run.py's layout under --cache-dir)
   step "profile-$precision" 150 $PY bench/profile_step.py --config configs/bbir-hyper.yaml --steps $PROFILE_STEPS \
-    --rows 25 "model.backbone=$BACKBONE" data.dev_split=null "data.collections=$RUN_DATA" "${SETTINGS[@]}" \
-    model.freeze_passage_encoder=false "optim.mixed_precision=$precision" \
+    --rows 25 "${RUN_SETTINGS[@]}" model.freeze_passage_encoder=false "optim.mixed_precision=$precision" \
     "data.negatives_cache_dir=$TMP/run-cache/negatives" "train.embedding_cache_dir=$TMP/run-cache/embeddings"
 done
 cat "$OUT"/profile-*.log > "$OUT/profile.log" && rm -f "$OUT"/profile-*.log

@@ -6,15 +6,12 @@ import importlib.metadata
 import re
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.processes import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_image.sh"
 GPU_IMAGE = REPO / "tests" / "fixtures" / "gpu_image"
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def gpu_image_distributions() -> set[str]:
@@ -26,7 +23,7 @@ def gpu_image_distributions() -> set[str]:
     listed += [w.split("==")[0] for w in re.search(r'^WHEELS="([^"]*)"', text, re.M).group(1).split()]
     allowed, todo = {"hyper-retrieval"}, listed
     while todo:
-        name = _normalized(todo.pop())
+        name = canonicalize_name(todo.pop())
         if name in allowed:
             continue
         allowed.add(name)
