@@ -74,7 +74,7 @@ def main() -> int:
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     data = load_training_data(cfg, model, accelerator, windows)
-    optimizer = build_optimizer(model, cfg.optim, accelerator.device)
+    optimizer = build_optimizer(model, cfg.optim, accelerator.device, accelerator.mixed_precision)
     sampler = batch_sampler(cfg, data, accelerator.num_processes, accelerator.process_index)
     steps = total_steps(cfg.optim, sampler.num_batches)
     scheduler = build_schedule(optimizer, cfg.optim, steps)

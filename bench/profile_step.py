@@ -52,7 +52,7 @@ def main() -> None:
     build_ms = (time.perf_counter() - start) / len(batches) * 1000
 
     loss_fn = RetrievalLoss(cfg.loss, len(data.tasks), prompt_count(model), sparse=cfg.model.representation == "sparse")
-    optimizer = build_optimizer(model, cfg.optim, accelerator.device)
+    optimizer = build_optimizer(model, cfg.optim, accelerator.device, accelerator.mixed_precision)
     model, optimizer = accelerator.prepare(model.train(), optimizer)
     step = TrainingStep(accelerator, model, optimizer, loss_fn.to(accelerator.device), cfg.optim.grad_clip,
                         passage_table=data.passage_table)

@@ -136,10 +136,11 @@ def st_round(backbone: str, device: torch.device, dtype: torch.dtype, args, sync
 
 
 def trainer(accelerator: Accelerator, model: HyperRetrieverModel, num_tasks: int, dtype: torch.dtype) -> TrainingStep:
-    """train.py's TrainingStep for `model`: AdamW (backbone / prompt groups, fused on CUDA), RetrievalLoss, clipping
-    at 1.0, the forward passes autocast to `dtype` (float32: none)."""
+    """train.py's TrainingStep for `model`: AdamW (backbone / prompt groups, fused as train.py fuses it), RetrievalLoss,
+    clipping at 1.0, the forward passes autocast to `dtype` (float32: none)."""
     settings = OptimSettings(backbone_lr=2e-5, prompt_lr=1e-3)
-    optimizer = build_optimizer(model, settings, accelerator.device)
+    precision = "no" if dtype == torch.float32 else "bf16"
+    optimizer = build_optimizer(model, settings, accelerator.device, precision)
     model, optimizer = accelerator.prepare(model.train(), optimizer)
     loss = RetrievalLoss(LossSettings(contrastive_temperature=0.05), num_tasks, prompt_count(model), sparse=False)
     return TrainingStep(accelerator, model, optimizer, loss.to(accelerator.device).train(), grad_clip=1.0,

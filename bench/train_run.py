@@ -51,7 +51,7 @@ def main() -> None:
     rates = [r["queries_per_s"] / batch for r in timed[1:] if "queries_per_s" in r]
     if not rates:
         sys.exit(f"{args.steps} steps gave fewer than two log windows: raise --steps or lower train.log_every")
-    print(f"{args.config}: train.py alone, {os.cpu_count()} cores: {statistics.median(rates):.1f} steps/s "
+    print(f"{args.config}: train.py alone, {os.cpu_count()} cores: {statistics.median(rates):.2f} steps/s "
           f"(median of {len(rates)} log windows after the first, batch {batch}); launch to the first step "
           f"{timed[0]['startup_s']:.1f} s with the caches as found, {warm[0]['startup_s']:.1f} s with them warm")
 

@@ -145,6 +145,9 @@ class OptimSettings:
     gradient_checkpointing: bool = False
     # CUDA only: float32 matmuls in TF32 (10-bit mantissa, ~8x the float32 rate on tensor cores); the CPU ignores it
     tf32: bool = True
+    # None: fused on CUDA, and on the CPU under bf16/fp16 autocast (1.2x a bf16 step there); a float32 CPU run keeps
+    # torch's per-parameter AdamW, whose rounding earlier float32 CPU runs reproduce bit for bit. Set, it wins.
+    fused_adamw: bool | None = None
 
     def warmup_for(self, total_steps: int) -> int:
         """Learning-rate warm-up steps: warmup_steps when set, else warmup_ratio of the run's total steps."""
