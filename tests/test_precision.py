@@ -9,42 +9,50 @@ from accelerate import Accelerator
 from tiny import tiny_model
 
 from experiments.protocol import load_protocol
-from hyper_retrieval.core.precision import cpu_flags, fast_bf16, resolve_dtype, resolve_mixed_precision
+from hyper_retrieval.core.precision import cpu_flags, cpu_vendor, fast_bf16, resolve_dtype, resolve_mixed_precision
 from hyper_retrieval.training.config import LossSettings, load_config
 from hyper_retrieval.training.losses import RetrievalLoss
 
 REPO = Path(__file__).resolve().parents[1]
-AVX512_BF16_ONLY = {"avx512f", "avx512_bf16", "avx512_fp16"}  # the machines of this project: measured slower in bf16
+AVX512_BF16_ONLY = {"avx512f", "avx512_bf16", "avx512_fp16"}  # Intel without AMX: measured slower in bf16
 AMX = AVX512_BF16_ONLY | {"amx_tile", "amx_bf16"}
+ZEN3 = {"avx2", "fma"}  # AMD without AVX512-BF16
+ZEN4 = {"avx512f", "avx512_bf16"}  # AMD with AVX512-BF16: measured faster in bf16 (docs/RESULTS.md)
+INTEL, AMD = "GenuineIntel", "AuthenticAMD"
+FASTER = [(AMX, INTEL, True), (AVX512_BF16_ONLY, INTEL, False), (ZEN4, AMD, True), (ZEN3, AMD, False),
+          (ZEN4, "", False)]  # no vendor known: AVX512-BF16 alone is not taken for fast
 
 
-def test_bf16_only_where_the_cpu_has_amx():
-    assert not fast_bf16("cpu", AVX512_BF16_ONLY)
-    assert fast_bf16("cpu", AMX)
-    assert resolve_mixed_precision("auto", "cpu", AVX512_BF16_ONLY) == "no"
-    assert resolve_mixed_precision("auto", "cpu", AMX) == "bf16"
+@pytest.mark.parametrize(("flags", "vendor", "faster"), FASTER)
+def test_bf16_where_the_cpu_computes_it_faster(flags, vendor, faster):
+    assert fast_bf16("cpu", flags, vendor) is faster
+    assert resolve_mixed_precision("auto", "cpu", flags, vendor) == ("bf16" if faster else "no")
     for explicit in ("no", "bf16", "fp16", None):  # an explicit choice (None: the launcher's) is kept
-        assert resolve_mixed_precision(explicit, "cpu", AMX) == explicit
+        assert resolve_mixed_precision(explicit, "cpu", flags, vendor) == explicit
 
 
-def test_this_machines_flags_decide_auto(tmp_path):
+def test_this_machines_cpuinfo_decides_auto(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\n")
-    assert cpu_flags(cpuinfo) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
-    assert cpu_flags(tmp_path / "missing") == set()
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nvendor_id\t: AuthenticAMD\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16"} and cpu_vendor(cpuinfo) == AMD
+    assert cpu_flags(tmp_path / "missing") == set() and cpu_vendor(tmp_path / "missing") == ""
+    flags, vendor = cpu_flags(), cpu_vendor()
+    amd_bf16 = vendor == AMD and "avx512_bf16" in flags
     expected = "bfloat16" if fast_bf16("cpu") else "float32"
     assert resolve_dtype("auto", "cpu") == expected
-    assert (expected == "bfloat16") == ("amx_bf16" in cpu_flags())  # no AMX, no bf16, whatever AVX512-BF16 says
+    if "amx_bf16" not in flags:  # (with AMX it also asks the kernel for leave to use the tiles)
+        assert (expected == "bfloat16") == amd_bf16
     assert resolve_dtype("float32", "cpu") == "float32"
 
 
-@pytest.mark.parametrize("flags", [AVX512_BF16_ONLY, AMX])
-def test_the_cpu_epoch_profile_resolves_to_bf16_only_with_amx(flags):
+@pytest.mark.parametrize(("flags", "vendor", "faster"), FASTER)
+def test_the_cpu_epoch_profile_resolves_to_bf16_where_it_is_faster(flags, vendor, faster):
     protocol, _ = load_protocol(REPO / "configs" / "bbir-protocol.yaml")
     config = load_config(REPO / "configs" / "bbir-hyper.yaml", protocol["profiles"]["cpu-epoch"])
     assert config.optim.max_steps is None and config.optim.epochs == 1
-    resolved = resolve_mixed_precision(config.optim.mixed_precision, "cpu", flags)
-    assert resolved == ("bf16" if "amx_bf16" in flags else "no")
+    resolved = resolve_mixed_precision(config.optim.mixed_precision, "cpu", flags, vendor)
+    assert resolved == ("bf16" if faster else "no")
 
 
 def test_under_bf16_autocast_the_model_outputs_and_every_loss_term_are_float32():

@@ -13,7 +13,7 @@ def load_retriever(name_or_path: str, dtype: str = "auto", compile_model: bool =
                    trust_remote_code: bool = False, device: str | None = None) -> Any:
     """The model behind ``--model``: a local folder (which must hold weights) or a Hub id, on ``device`` (default:
     the GPU when there is one, else the CPU); dtype "auto" is bfloat16 where the device computes it faster (a bf16 GPU,
-    a CPU with AMX: precision.py), else float32. A HypeR model
+    a CPU with AMX, an AMD CPU with AVX512-BF16: precision.py), else float32. A HypeR model
     (config model_type hyper_retriever) loads with this repository's own classes, so none of its files' code runs;
     any other model through AutoModel, running code it ships only with ``trust_remote_code``."""
     import torch

@@ -115,5 +115,5 @@ def add_encoding_options(parser: argparse.ArgumentParser) -> None:
                         help="documents per corpus shard (encoded, cached and read back one at a time; split "
                              "between processes under accelerate launch)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="model weights: auto is bfloat16 where it computes faster (a bf16 GPU, a CPU with AMX), "
-                        "else float32")
+                        help="model weights: auto is bfloat16 where it computes faster (a bf16 GPU, a CPU with AMX, "
+                        "an AMD CPU with AVX512-BF16), else float32")

@@ -140,7 +140,8 @@ class OptimSettings:
     grad_clip: float = field(default=1.0, metadata=_at_least(0))  # 0 disables clipping
     grad_accum: int = field(default=1, metadata=_at_least(1))
     # None: the launcher's (`accelerate launch --mixed_precision`, `accelerate config`), else no; set, it wins.
-    # auto: bf16 where the device computes it faster than float32 (a bf16 GPU, a CPU with AMX), else no (precision.py)
+    # auto: bf16 where the device computes it faster than float32 (a bf16 GPU, a CPU with AMX, an AMD CPU with
+    # AVX512-BF16), else no (precision.py)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     gradient_checkpointing: bool = False
     # CUDA only: float32 matmuls in TF32 (10-bit mantissa, ~8x the float32 rate on tensor cores); the CPU ignores it
