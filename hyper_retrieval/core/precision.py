@@ -2,10 +2,10 @@
 
 bfloat16 halves memory traffic everywhere, but it only computes faster where the matrix units take it natively: CUDA
 GPUs of compute capability 8 and up, CPUs with AMX tiles (Intel Sapphire Rapids and later), and AMD CPUs with
-AVX512-BF16 (Zen 4 and later). On an Intel CPU AVX512-BF16 alone is not enough: its dot-product instruction issues on
+AVX512-BF16 (measured on Zen 4). On an Intel CPU AVX512-BF16 alone is not enough: its dot-product instruction issues on
 one port where float32 FMAs issue on two, so a bfloat16 matmul does the same work per cycle plus the conversions.
 Measured on 2 cores (bench/train.py, bench/train_run.py, bench/eval.py; docs/RESULTS.md): on a Xeon with AVX512-BF16
-and no AMX, MiniLM training steps 0.7x and corpus encoding 0.7x the speed of float32; on an AMD EPYC (Zen 4, no AMX),
+and no AMX, MiniLM training steps 0.74x and corpus encoding 0.73-0.97x the speed of float32; on an AMD EPYC (Zen 4),
 training 1.69x (train.py's step 1.58x) and encoding 1.74x.
 """
 
