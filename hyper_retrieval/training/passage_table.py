@@ -99,8 +99,9 @@ class PassageTable:
             docs = self.corpora[name].rows_of([split[p][1] for p in positions])
             starts, ends = self.first_window[name][docs], self.first_window[name][docs + 1]
             owner = np.repeat(positions, ends - starts)
-            slot = np.concatenate([np.arange(b - a) for a, b in zip(starts, ends, strict=True)])
-            rows[owner, slot] = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            windows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            slot = windows - np.repeat(starts, ends - starts)  # each window's place among its passage's
+            rows[owner, slot] = windows
             mask[owner, slot] = True
         if self.max_windows == 1:
             return torch.from_numpy(rows), None
