@@ -24,6 +24,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xdist_group("hub_run" if item.path in hub_files else item.path.stem))
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate's state is a process-wide singleton: an Accelerator built by one test (say on the CPU in float32)
+    would refuse another test's settings (bf16) in the same worker. Reset after each test, as accelerate's own
+    AccelerateTestCase does."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def bbir() -> Path:
     """The BIG-bench retrieval suite (BEIR layout), shipped beside the repo in ../shared/data/bbir."""
